@@ -1,0 +1,1 @@
+"""Stacking ensemble and the Kaggle bundle."""

@@ -1,0 +1,191 @@
+"""Faces: batched MTCNN detection on a downscaled copy, IoU person tracks, and the one crop function.
+
+`crop_face`, `isotropic_resize_pad` and `normalise` are shared by inference and `training/`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face in one sampled frame; `box` is (x1, y1, x2, y2) in full-resolution pixels."""
+
+    frame: int
+    box: tuple[float, float, float, float]
+    score: float
+
+
+@dataclass
+class Track:
+    """A person: detections linked across frames by box IoU."""
+
+    person: int
+    detections: list[Detection] = field(default_factory=list)
+
+    @property
+    def last_box(self) -> tuple[float, float, float, float]:
+        return self.detections[-1].box
+
+
+def detection_scale(height: int, width: int, detect_long_side: int) -> float:
+    """Downscale factor for detection: the long side becomes `detect_long_side` (never upscale)."""
+    return min(1.0, detect_long_side / max(height, width))
+
+
+def brighten_dark(frames: np.ndarray, dark_below: float = 60.0, target: float = 110.0) -> np.ndarray:
+    """Gamma-lift frames whose mean intensity is under `dark_below` so their mean becomes about `target`.
+
+    Used on the detection copy only: MTCNN misses faces in very dark DFDC clips, crops keep the original pixels.
+    """
+    mean = float(frames.mean())
+    if mean >= dark_below:
+        return frames
+    gamma = np.log(target / 255.0) / np.log(max(mean, 1.0) / 255.0)
+    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma, 0, 255).astype(np.uint8)
+    return lut[frames]
+
+
+def resize_frames(frames: np.ndarray, scale: float) -> np.ndarray:
+    """Resize a batch of frames `(n, H, W, 3)` by `scale` with area interpolation."""
+    if scale >= 1.0:
+        return frames
+    height, width = frames.shape[1:3]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
+
+
+class FaceDetector:
+    """facenet-pytorch MTCNN run in batches over the frames of one video."""
+
+    def __init__(self, device: str = "cpu", detect_long_side: int = 480, min_face_size: int = 15,
+                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), batch_size: int = 32):
+        from facenet_pytorch import MTCNN
+
+        self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
+                           thresholds=list(thresholds), post_process=False, select_largest=False)
+        self.detect_long_side = detect_long_side
+        self.batch_size = batch_size
+
+    def detect(self, frames: np.ndarray) -> list[list[Detection]]:
+        """Faces per frame for RGB uint8 frames `(n, H, W, 3)`, boxes in full-resolution pixels."""
+        height, width = frames.shape[1:3]
+        scale = detection_scale(height, width, self.detect_long_side)
+        small = brighten_dark(resize_frames(frames, scale))
+        per_frame: list[list[Detection]] = []
+        for start in range(0, len(small), self.batch_size):
+            batch = small[start:start + self.batch_size]
+            with torch.inference_mode():
+                boxes, probs = self.mtcnn.detect(batch)
+            for offset, (frame_boxes, frame_probs) in enumerate(zip(boxes, probs)):
+                per_frame.append(_to_detections(start + offset, frame_boxes, frame_probs, scale, width, height))
+        return per_frame
+
+
+def _to_detections(frame: int, boxes, probs, scale: float, width: int, height: int) -> list[Detection]:
+    if boxes is None:
+        return []
+    detections = []
+    for box, prob in zip(np.asarray(boxes, dtype=np.float64), np.asarray(probs, dtype=np.float64)):
+        x1, y1, x2, y2 = (box / scale).tolist()
+        x1, y1 = max(0.0, x1), max(0.0, y1)
+        x2, y2 = min(float(width), x2), min(float(height), y2)
+        if x2 > x1 and y2 > y1:
+            detections.append(Detection(frame, (x1, y1, x2, y2), float(prob)))
+    return detections
+
+
+def filter_detections(per_frame: list[list[Detection]], min_score: float,
+                      min_size: float) -> list[list[Detection]]:
+    """Drop low-confidence detections and faces whose shorter side is under `min_size` pixels."""
+    def keep(d: Detection) -> bool:
+        return d.score >= min_score and min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= min_size
+
+    return [[d for d in detections if keep(d)] for detections in per_frame]
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def center_shift(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Distance between box centres in units of the boxes' mean side length."""
+    dx = (a[0] + a[2] - b[0] - b[2]) / 2
+    dy = (a[1] + a[3] - b[1] - b[3]) / 2
+    side = (a[2] - a[0] + a[3] - a[1] + b[2] - b[0] + b[3] - b[1]) / 4
+    return float(np.hypot(dx, dy) / max(side, 1e-6))
+
+
+def link_tracks(per_frame: list[list[Detection]], iou_threshold: float = 0.2, max_shift: float = 1.0,
+                min_track_share: float = 0.3) -> list[Track]:
+    """Link detections into person tracks, greedily matching each track's latest box, nearest first.
+
+    A detection joins a track if their boxes overlap by `iou_threshold` or their centres are within
+    `max_shift` face sizes (sampled frames are ~0.3 s apart, a walking face moves). Tracks seen in fewer
+    than `min_track_share` of the frames of the longest are dropped; persons are numbered 0.. by length.
+    """
+    tracks: list[Track] = []
+    for detections in per_frame:
+        pairs = sorted((center_shift(t.last_box, d.box), ti, di) for ti, t in enumerate(tracks)
+                       for di, d in enumerate(detections))
+        used_tracks, used_detections = set(), set()
+        for shift, ti, di in pairs:
+            if ti in used_tracks or di in used_detections:
+                continue
+            if shift > max_shift and box_iou(tracks[ti].last_box, detections[di].box) < iou_threshold:
+                continue
+            tracks[ti].detections.append(detections[di])
+            used_tracks.add(ti)
+            used_detections.add(di)
+        for di, detection in enumerate(detections):
+            if di not in used_detections:
+                tracks.append(Track(person=-1, detections=[detection]))
+    if not tracks:
+        return []
+    longest = max(len(t.detections) for t in tracks)
+    kept = sorted((t for t in tracks if len(t.detections) >= min_track_share * longest),
+                  key=lambda t: -len(t.detections))
+    for person, track in enumerate(kept):
+        track.person = person
+    return kept
+
+
+def crop_face(frame: np.ndarray, box: tuple[float, float, float, float], margin: float = 0.3) -> np.ndarray:
+    """Crop `box` from `frame` widened by `margin` of the box size on each side, clipped to the frame."""
+    x1, y1, x2, y2 = box
+    pad_x, pad_y = (x2 - x1) * margin, (y2 - y1) * margin
+    height, width = frame.shape[:2]
+    left, top = max(0, int(x1 - pad_x)), max(0, int(y1 - pad_y))
+    right, bottom = min(width, int(round(x2 + pad_x))), min(height, int(round(y2 + pad_y)))
+    return frame[top:bottom, left:right]
+
+
+def isotropic_resize_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the long side is `size` (aspect kept), then zero-pad to `size` x `size`, centred."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    out = np.zeros((size, size) + image.shape[2:], dtype=image.dtype)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[top:top + new_h, left:left + new_w] = resized
+    return out
+
+
+def normalise(crops: np.ndarray, mean: tuple[float, float, float],
+              std: tuple[float, float, float]) -> torch.Tensor:
+    """uint8 RGB crops `(n, H, W, 3)` → float tensor `(n, 3, H, W)` scaled to [0, 1] and standardised."""
+    tensor = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return tensor.sub_(mean_t).div_(std_t)

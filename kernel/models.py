@@ -1,0 +1,144 @@
+"""Classifier factory over timm names and the weights manifest (`weights_manifest.json`)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+FAMILIES = {
+    "xception": ("xception", "legacy_xception"),
+    "efficientnet": ("efficientnet", "tf_efficientnet", "test_efficientnet"),
+    "resnet": ("resnet", "test_resnet", "seresnet", "resnext"),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ManifestError(ValueError):
+    """The manifest or one of the files it names is unusable; the message names the file and the fix."""
+
+
+def model_family(arch: str) -> str:
+    """The family ('xception', 'efficientnet', 'resnet') of a timm model name."""
+    for family, prefixes in FAMILIES.items():
+        if arch.startswith(prefixes):
+            return family
+    raise ValueError(f"model '{arch}' is not in a supported family; use a timm name starting with one of "
+                     f"{sorted(p for prefixes in FAMILIES.values() for p in prefixes)}")
+
+
+def create_classifier(arch: str, num_classes: int = 1, **timm_kwargs) -> torch.nn.Module:
+    """A timm backbone of a supported family with a `num_classes` head (weights not loaded)."""
+    import timm
+
+    model_family(arch)
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, **timm_kwargs)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One manifest entry: what to build, where its weights are and how to feed it."""
+
+    name: str
+    arch: str
+    file: Path
+    sha256: str
+    bytes: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    models: tuple[ModelSpec, ...]
+    stacker: Path | None
+    path: Path
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Parse a manifest; file paths are resolved relative to the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; pass --manifest PATH to a weights_manifest.json")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"{path}: not valid JSON ({error})") from error
+    entries = data.get("models")
+    if not entries:
+        raise ManifestError(f"{path}: 'models' is empty; add at least one entry "
+                            "(name, arch, file, sha256, bytes, input_size, mean, std)")
+    specs = []
+    for index, entry in enumerate(entries):
+        missing = [key for key in ("arch", "file", "sha256", "input_size") if key not in entry]
+        if missing:
+            raise ManifestError(f"{path}: models[{index}] lacks {missing}")
+        specs.append(ModelSpec(
+            name=entry.get("name", Path(entry["file"]).stem), arch=entry["arch"],
+            file=path.parent / entry["file"], sha256=entry["sha256"].lower(), bytes=int(entry.get("bytes", -1)),
+            input_size=int(entry["input_size"]), mean=tuple(entry.get("mean", IMAGENET_MEAN)),
+            std=tuple(entry.get("std", IMAGENET_STD))))
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ManifestError(f"{path}: model names must be unique, got {names}")
+    stacker = path.parent / data["stacker"] if data.get("stacker") else None
+    return Manifest(models=tuple(specs), stacker=stacker, path=path)
+
+
+def verify_manifest(manifest: Manifest) -> None:
+    """Check every weight file (and the stacker) exists and matches its sha256 and size."""
+    for spec in manifest.models:
+        if not spec.file.is_file():
+            raise ManifestError(f"weight file {spec.file} (model '{spec.name}') is missing; "
+                                f"attach it beside {manifest.path.name} or fix 'file' in {manifest.path}")
+        if spec.bytes >= 0 and spec.file.stat().st_size != spec.bytes:
+            raise ManifestError(f"weight file {spec.file} has {spec.file.stat().st_size} bytes, manifest says "
+                                f"{spec.bytes}; the file is truncated or the manifest is stale")
+        actual = sha256_of(spec.file)
+        if actual != spec.sha256:
+            raise ManifestError(f"weight file {spec.file} has sha256 {actual}, manifest {manifest.path} says "
+                                f"{spec.sha256}; re-copy the file or regenerate the manifest")
+    if manifest.stacker is not None and not manifest.stacker.is_file():
+        raise ManifestError(f"stacker {manifest.stacker} named in {manifest.path} is missing")
+
+
+def load_classifier(spec: ModelSpec, device: str = "cpu") -> torch.nn.Module:
+    """Build `spec.arch`, load its state_dict (fp16 or fp32), eval mode; fp16 on CUDA, fp32 on CPU."""
+    model = create_classifier(spec.arch)
+    state = torch.load(spec.file, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ManifestError(f"weight file {spec.file} does not fit arch '{spec.arch}': {error}") from error
+    model = model.to(device).eval()
+    return model.half() if device.startswith("cuda") else model.float()
+
+
+def manifest_entry(name: str, arch: str, weights: Path, manifest_dir: Path, input_size: int,
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD, **extra) -> dict:
+    """A manifest entry for a weight file, with its sha256 and size computed."""
+    return {"name": name, "arch": arch, "file": str(Path(weights).resolve().relative_to(manifest_dir.resolve())),
+            "sha256": sha256_of(weights), "bytes": Path(weights).stat().st_size, "input_size": int(input_size),
+            "mean": list(mean), "std": list(std), **extra}
+
+
+def save_fp16_state_dict(model: torch.nn.Module, path: str | Path) -> None:
+    """Save `model`'s weights as an fp16 CPU state_dict (integer buffers kept as they are), atomically."""
+    state = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+             for k, v in model.state_dict().items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)

@@ -1,0 +1,100 @@
+"""`python -m kernel.validate`: score a submission against DFDC `metadata.json` labels.
+
+Prints the competition log loss (same clipping as the kernel), AUC and accuracy; with `--plots DIR`
+writes `confusion_matrix.png` and `roc.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kernel.metrics import CLIP, binary_report
+
+
+def labelled_pairs(submission: pd.DataFrame, metadata: dict) -> tuple[pd.DataFrame, list[str]]:
+    """Rows of the submission whose video has a REAL/FAKE label, with `y` (1 = FAKE); and unlabelled names."""
+    labels = {name: entry.get("label") for name, entry in metadata.items()}
+    known = submission[submission["filename"].map(lambda f: labels.get(f) in ("REAL", "FAKE"))].copy()
+    known["y"] = known["filename"].map(lambda f: 1 if labels[f] == "FAKE" else 0)
+    return known, sorted(set(submission["filename"]) - set(known["filename"]))
+
+
+def save_plots(y: np.ndarray, p: np.ndarray, out_dir: Path, threshold: float = 0.5) -> list[Path]:
+    """Confusion-matrix and ROC PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix, roc_curve
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrix = confusion_matrix(y, (p > threshold).astype(int), labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=14)
+    ax.set_xticks([0, 1], ["REAL", "FAKE"])
+    ax.set_yticks([0, 1], ["REAL", "FAKE"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix (threshold {threshold})")
+    fig.tight_layout()
+    paths = [out_dir / "confusion_matrix.png"]
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    if len(np.unique(y)) == 2:
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label="ROC")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC")
+    fig.tight_layout()
+    paths.append(out_dir / "roc.png")
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def validate(submission_path: str | Path, metadata_path: str | Path, plots: str | Path | None = None,
+             clip: tuple[float, float] = CLIP) -> dict[str, float]:
+    submission = pd.read_csv(submission_path)
+    if not {"filename", "label"} <= set(submission.columns):
+        raise ValueError(f"{submission_path}: needs 'filename,label' columns, has {list(submission.columns)}")
+    metadata = json.loads(Path(metadata_path).read_text())
+    known, unlabelled = labelled_pairs(submission, metadata)
+    if known.empty:
+        raise ValueError(f"no video of {submission_path} has a REAL/FAKE label in {metadata_path}")
+    report = binary_report(known["y"].to_numpy(), known["label"].to_numpy(), clip)
+    report["unlabelled"] = len(unlabelled)
+    if plots is not None:
+        save_plots(known["y"].to_numpy(), known["label"].to_numpy(dtype=np.float64), Path(plots))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kernel.validate", description=__doc__)
+    parser.add_argument("--submission", required=True, help="submission CSV (filename,label)")
+    parser.add_argument("--metadata", required=True, help="DFDC metadata.json with REAL/FAKE labels")
+    parser.add_argument("--plots", default=None, help="folder for confusion_matrix.png and roc.png")
+    args = parser.parse_args(argv)
+    try:
+        report = validate(args.submission, args.metadata, args.plots)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"videos scored: {report['n']} (unlabelled skipped: {report['unlabelled']})")
+    print(f"log loss: {report['log_loss']:.4f}  AUC: {report['auc']:.4f}  accuracy: {report['accuracy']:.4f}")
+    if args.plots:
+        print(f"plots: {Path(args.plots) / 'confusion_matrix.png'}, {Path(args.plots) / 'roc.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

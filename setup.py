@@ -1,0 +1,13 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dfdc-kit",
+    version="0.1.0",
+    description="Kaggle Deepfake Detection Challenge submission kit: training, stacking and an offline kernel",
+    python_requires=">=3.10",
+    packages=find_packages(include=["kernel", "kernel.*", "training", "training.*", "ensemble", "ensemble.*"]),
+    package_data={"kernel": ["*.json"], "training": ["*.json", "*.yaml", "configs/*"]},
+    install_requires=["torch", "torchvision", "timm", "opencv-python-headless", "numpy", "pandas",
+                      "scikit-learn", "decord", "av", "tqdm", "pillow", "requests", "matplotlib", "pyyaml"],
+    # facenet-pytorch pins torch<2.3 and numpy<2; it is installed separately with --no-deps (see README).
+)

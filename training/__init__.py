@@ -1,0 +1,1 @@
+"""Training: face extraction, leak-free folds and train_fold.py."""
