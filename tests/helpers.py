@@ -1,0 +1,58 @@
+"""Small data the suite makes itself: synthetic H.264 clips, tiny random models and their manifest."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kernel.models import create_classifier, manifest_entry, save_fp16_state_dict
+
+DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+TINY_MODELS = (("test_efficientnet", 64), ("test_resnet", 96))
+
+
+def write_h264(path: Path, frames: np.ndarray, fps: int = 30, faststart: bool = False) -> Path:
+    """Encode RGB uint8 frames `(n, H, W, 3)` (even H and W) to an H.264 mp4 with PyAV.
+
+    `faststart` puts the index (moov) before the data, so a truncated file still opens.
+    """
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def faceless_frames(n: int = 40, height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
+    """Smooth moving colour gradients: decodable video with no face in it."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = rng.uniform(0, 255, 3)
+    return np.stack([np.stack([(base[c] + x * (c + 1) + y + 3 * t) % 256 for c in range(3)], -1)
+                     for t in range(n)]).astype(np.uint8)
+
+
+def tiny_manifest(folder: Path, models=TINY_MODELS, seed: int = 0) -> Path:
+    """Randomly initialised tiny timm models saved fp16 with a `weights_manifest.json` beside them."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for arch, size in models:
+        torch.manual_seed(seed)
+        weights = folder / f"{arch}.pth"
+        save_fp16_state_dict(create_classifier(arch), weights)
+        entries.append(manifest_entry(arch, arch, weights, folder, size))
+    path = folder / "weights_manifest.json"
+    path.write_text(json.dumps({"models": entries, "stacker": None}, indent=1))
+    return path

@@ -1,0 +1,198 @@
+"""The kernel end to end: crafted bad inputs, weight checks, time budget, checkpoints, no network, real videos."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import kernel.pipeline as pipeline
+from kernel import predict
+from kernel.config import load_config
+from kernel.models import ManifestError
+from tests.helpers import faceless_frames, write_h264
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = load_config(frames=8)
+
+
+@pytest.fixture(scope="module")
+def bad_videos(tmp_path_factory):
+    """Crafted files the kernel must survive, with the fallback reason each must get."""
+    folder = tmp_path_factory.mktemp("bad_videos")
+    (folder / "zero_bytes.mp4").write_bytes(b"")
+    truncated = write_h264(folder / "truncated.mp4", faceless_frames(60))
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    (folder / "random_bytes.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
+    write_h264(folder / "no_face.mp4", faceless_frames(40, 240, 320))
+    write_h264(folder / "tiny_64x64.mp4", faceless_frames(30, 64, 64, seed=1))
+    return folder, {"zero_bytes.mp4": "decode_error", "truncated.mp4": "decode_error",
+                    "random_bytes.mp4": "decode_error", "no_face.mp4": "no_face", "tiny_64x64.mp4": "no_face"}
+
+
+def read_submission(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == ["filename", "label"]
+    return frame
+
+
+def test_bad_videos_get_the_prior_and_the_run_goes_on(bad_videos, tiny_manifest_path, tmp_path):
+    folder, expected = bad_videos
+    sample = tmp_path / "sample_submission.csv"
+    order = sorted(expected, reverse=True) + ["not_there.mp4"]
+    pd.DataFrame({"filename": order, "label": 0}).to_csv(sample, index=False)
+    out = tmp_path / "submission.csv"
+    run = predict(folder, sample, tiny_manifest_path, out, config=dict(FAST, prior=0.42), progress=False)
+    submission = read_submission(out)
+    assert submission["filename"].tolist() == order
+    assert np.allclose(submission["label"], 0.42)
+    assert run.reasons == dict(expected, **{"not_there.mp4": "decode_error"})
+    assert run.fallback_counts == {"decode_error": 4, "no_face": 2}
+
+
+def test_an_error_anywhere_costs_one_video(monkeypatch, bad_videos, tiny_manifest_path, tmp_path):
+    folder, _ = bad_videos
+    monkeypatch.setattr(pipeline.Scorer, "find_tracks", lambda self, frames: 1 / 0)
+    run = predict(folder, None, tiny_manifest_path, tmp_path / "s.csv", config=FAST, progress=False)
+    assert run.reasons["no_face.mp4"] == "error:ZeroDivisionError"
+    assert len(read_submission(tmp_path / "s.csv")) == 5
+
+
+@pytest.mark.parametrize("damage,message", [("sha", "sha256"), ("missing", "missing"), ("bytes", "bytes")])
+def test_weights_are_checked_before_the_first_video(monkeypatch, tiny_manifest_path, tmp_path, damage, message):
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_manifest_path.parent, folder)
+    manifest = json.loads((folder / "weights_manifest.json").read_text())
+    weights = folder / manifest["models"][1]["file"]
+    if damage == "sha":
+        manifest["models"][1]["sha256"] = "0" * 64
+    elif damage == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:-10])
+    (folder / "weights_manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(pipeline, "read_frames", lambda *a, **k: pytest.fail("a video was read"))
+    with pytest.raises(ManifestError, match=message) as error:
+        predict(tmp_path, None, folder / "weights_manifest.json", tmp_path / "s.csv", config=FAST, progress=False)
+    assert weights.name in str(error.value)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_time_budget_gives_the_rest_the_prior(monkeypatch, bad_videos, tiny_manifest_path, tmp_path):
+    folder, expected = bad_videos
+    clock = iter(range(0, 10**9, 1000))  # every reading of the clock is 1000 s later
+    monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(monotonic=lambda: next(clock),
+                                                                perf_counter=pipeline.time.perf_counter))
+    run = predict(folder, None, tiny_manifest_path, tmp_path / "s.csv", config=dict(FAST, time_budget_hours=1),
+                  progress=False)
+    reasons = list(run.reasons.values())
+    # at 1000 s per clock reading, the first video fits in the hour and the estimate for a second does not
+    assert reasons[0] != "time_budget" and reasons[1:] == ["time_budget"] * (len(reasons) - 1)
+    assert len(read_submission(tmp_path / "s.csv")) == len(expected)
+    zero = predict(folder, None, tiny_manifest_path, tmp_path / "z.csv", config=dict(FAST, time_budget_hours=0),
+                   progress=False)
+    assert set(zero.reasons.values()) == {"time_budget"} and zero.videos_scored == 0
+
+
+def test_a_crash_loses_nothing_already_predicted(monkeypatch, bad_videos, tiny_manifest_path, tmp_path):
+    folder, expected = bad_videos
+    out = tmp_path / "submission.csv"
+    real_score = pipeline.Scorer.score
+    calls = []
+
+    def crash_on_second(self, frames):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # not caught per video: the run dies
+        return real_score(self, frames)
+
+    monkeypatch.setattr(pipeline.Scorer, "score", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        predict(folder, None, tiny_manifest_path, out, config=FAST, progress=False)
+    assert not out.exists()
+    checkpoint = out.with_name(out.name + ".partial.jsonl")
+    done_before = len(checkpoint.read_text().splitlines()) - 1
+    assert done_before >= 2
+    monkeypatch.setattr(pipeline.Scorer, "score", real_score)
+    seen = []
+
+    def record_and_fail(path, *args):
+        seen.append(path.name)
+        raise pipeline.VideoReadError(f"{path}: decoded again")
+
+    monkeypatch.setattr(pipeline, "read_frames", record_and_fail)
+    run = predict(folder, None, tiny_manifest_path, out, config=FAST, progress=False)
+    assert len(seen) == len(expected) - done_before  # finished videos were not decoded again
+    assert len(read_submission(out)) == len(expected) and run.videos_scored == len(seen)
+
+
+def test_stacker_from_the_manifest_is_applied(tiny_manifest_path, tmp_path, dev_data):
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_manifest_path.parent, folder)
+    manifest = json.loads((folder / "weights_manifest.json").read_text())
+    names = [m["name"] for m in manifest["models"]]
+    stacker = {"feature_names": [f"{names[0]}.mean", f"{names[1]}.persons"], "coef": [0.0, 0.0], "intercept": 2.0}
+    (folder / "stacker.json").write_text(json.dumps(stacker))
+    manifest["stacker"] = "stacker.json"
+    (folder / "weights_manifest.json").write_text(json.dumps(manifest))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(dev_data / "videos" / "ffc23_yt_519.mp4", videos)
+    run = predict(videos, None, folder / "weights_manifest.json", tmp_path / "s.csv", config=FAST, progress=False)
+    assert run.reasons == {"ffc23_yt_519.mp4": "ok"}
+    assert read_submission(tmp_path / "s.csv")["label"][0] == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-6)
+
+
+REAL_VIDEOS = ["abofeumbvv.mp4", "brtujopkby.mp4", "ffc23_yt_519.mp4", "ffc40_df_183_253.mp4",
+               "ffc40_actor_07__talking_against_wall.mp4", "dfdccrop_0_aayrffkzxn_0_0.mp4"]
+
+
+def test_real_videos_give_a_valid_submission_offline(dev_data, tiny_manifest_path, tmp_path):
+    """`python -m kernel` with sockets blocked on real dev videos with two tiny random models, then validate."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in REAL_VIDEOS:
+        os.symlink(dev_data / "videos" / name, videos / name)
+    (videos / "broken.mp4").write_bytes(b"\x00" * 100)
+    sample = tmp_path / "sample_submission.csv"
+    pd.DataFrame({"filename": ["broken.mp4"] + REAL_VIDEOS, "label": 0.5}).to_csv(sample, index=False)
+    out = tmp_path / "working" / "submission.csv"
+    block_network = (
+        "import socket, runpy, sys\n"
+        "def refuse(*args, **kwargs): raise OSError('network blocked by test')\n"
+        "socket.socket.connect = refuse; socket.socket.connect_ex = refuse; socket.create_connection = refuse\n"
+        "socket.getaddrinfo = refuse\n"
+        "sys.argv = ['kernel'] + sys.argv[1:]\n"
+        "runpy.run_module('kernel', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    result = subprocess.run(
+        [sys.executable, "-c", block_network, "--videos", str(videos), "--sample-submission", str(sample),
+         "--manifest", str(tiny_manifest_path), "--out", str(out), "--device", "cpu", "--frames", "8",
+         "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    submission = read_submission(out)
+    assert submission["filename"].tolist() == ["broken.mp4"] + REAL_VIDEOS
+    assert submission["label"].between(0.01, 0.99).all()
+    assert submission["label"][0] == 0.5 and submission["label"][1:].nunique() > 1
+    assert "broken.mp4: decode_error" in result.stderr
+    assert "fallbacks: decode_error 1" in result.stderr and "s/video: decode" in result.stderr
+    metadata = dev_data / "videos" / "metadata.json"
+    plots = tmp_path / "plots"
+    validated = subprocess.run([sys.executable, "-m", "kernel.validate", "--submission", str(out), "--metadata",
+                                str(metadata), "--plots", str(plots)], cwd=REPO, capture_output=True, text=True)
+    assert validated.returncode == 0, validated.stderr
+    assert "log loss:" in validated.stdout and "videos scored: 6" in validated.stdout
+    assert (plots / "confusion_matrix.png").stat().st_size > 1000 and (plots / "roc.png").stat().st_size > 1000
+
+
+def test_cli_reports_a_bad_manifest_clearly(tmp_path):
+    manifest = tmp_path / "weights_manifest.json"
+    manifest.write_text('{"models": [], "stacker": null}')
+    result = subprocess.run([sys.executable, "-m", "kernel", "--videos", str(tmp_path), "--manifest", str(manifest),
+                             "--out", str(tmp_path / "s.csv")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "'models' is empty" in result.stderr

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from kernel.video import VideoReadError, evenly_spaced_indices, read_frames
+from tests.helpers import faceless_frames, write_h264
+
+
+def test_evenly_spaced_indices_cover_the_video():
+    indices = evenly_spaced_indices(300, 32)
+    assert len(indices) == 32 and indices[0] == 0 and indices[-1] == 299
+    assert np.all(np.diff(indices) > 0)
+    assert evenly_spaced_indices(10, 32).tolist() == list(range(10))
+    assert len(evenly_spaced_indices(0, 32)) == 0
+
+
+@pytest.mark.parametrize("backend", ["decord", "opencv"])
+@pytest.mark.parametrize("height,width", [(120, 160), (146, 98), (64, 64)])  # landscape, portrait, tiny
+def test_backends_decode_the_same_frames(tmp_path, backend, height, width):
+    clip = faceless_frames(50, height, width)
+    path = write_h264(tmp_path / "clip.mp4", clip)
+    frames, indices = read_frames(path, 8, (backend,))
+    assert frames.shape == (8, height, width, 3) and frames.dtype == np.uint8
+    assert indices.tolist() == evenly_spaced_indices(50, 8).tolist()
+    # lossy H.264, but each decoded frame must be close to the frame it claims to be
+    errors = np.abs(frames.astype(int) - clip[indices].astype(int)).mean(axis=(1, 2, 3))
+    assert errors.max() < 12
+
+
+def test_real_portrait_video_is_rgb_and_upright(dev_data):
+    frames, _ = read_frames(dev_data / "videos" / "brtujopkby.mp4", 4)
+    assert frames.shape[1:] == (1920, 1080, 3)
+    reference, _ = read_frames(dev_data / "videos" / "brtujopkby.mp4", 4, ("opencv",))
+    assert np.abs(frames.astype(int) - reference.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("content,message", [(b"", "empty file"), (b"\x00\x01garbage" * 500, "cannot decode")])
+def test_bad_files_raise_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(VideoReadError, match=message) as error:
+        read_frames(path, 8)
+    assert "bad.mp4" in str(error.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(VideoReadError, match="no such file"):
+        read_frames(tmp_path / "absent.mp4", 8)
+
+
+def test_truncated_video_without_its_index_is_an_error(tmp_path):
+    path = write_h264(tmp_path / "clip.mp4", faceless_frames(60))  # moov atom at the end: cut off
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(VideoReadError, match="clip.mp4"):
+        read_frames(path, 8)
+
+
+def test_truncated_video_with_its_index_falls_back_to_opencv(tmp_path):
+    clip = faceless_frames(60)
+    path = write_h264(tmp_path / "clip.mp4", clip, faststart=True)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(VideoReadError):
+        read_frames(path, 8, ("decord",))
+    frames, indices = read_frames(path, 8)  # decord fails on the missing packets, OpenCV reads what is there
+    assert 0 < len(frames) < 8 and indices[0] == 0
+    assert np.abs(frames.astype(int) - clip[indices].astype(int)).mean() < 12
