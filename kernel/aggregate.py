@@ -77,19 +77,19 @@ class Stacker:
     """A logistic-regression stacker stored as plain JSON and applied with numpy."""
 
     def __init__(self, feature_names: list[str], coef: list[float], intercept: float,
-                 clip: tuple[float, float] | None = None):
+                 aggregation: str | None = None):
         if len(feature_names) != len(coef):
             raise ValueError(f"stacker has {len(feature_names)} feature names but {len(coef)} coefficients")
         self.feature_names = list(feature_names)
         self.coef = np.asarray(coef, dtype=np.float64)
         self.intercept = float(intercept)
-        self.clip = clip
+        self.aggregation = aggregation  # the frame→person rule its features were computed with
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Stacker":
         data = json.loads(Path(path).read_text())
         try:
-            return cls(data["feature_names"], data["coef"], data["intercept"], data.get("clip"))
+            return cls(data["feature_names"], data["coef"], data["intercept"], data.get("aggregation"))
         except KeyError as error:
             raise ValueError(f"{path}: stacker JSON lacks {error}; it needs feature_names, coef, intercept") from error
 

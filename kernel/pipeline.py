@@ -137,11 +137,12 @@ class Scorer:
                         for name, model_probs in probs.items()}
         strategy = self.config["aggregation"]
         model_scores = {name: video_score(pp, strategy) for name, pp in person_probs.items()}
+        if self.stacker is None:
+            return VideoPrediction(float(np.mean(list(model_scores.values()))), model_scores, person_probs, tracks, {})
+        feature_strategy = self.stacker.aggregation or strategy
         features = {feature_name(name, stat): value for name, pp in person_probs.items()
-                    for stat, value in video_features(pp, strategy).items()}
-        score = (self.stacker.predict_one(features) if self.stacker is not None
-                 else float(np.mean(list(model_scores.values()))))
-        return VideoPrediction(score, model_scores, person_probs, tracks, features)
+                    for stat, value in video_features(pp, feature_strategy).items()}
+        return VideoPrediction(self.stacker.predict_one(features), model_scores, person_probs, tracks, features)
 
 
 def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str = "cpu") -> Scorer:
