@@ -83,7 +83,8 @@ def build_wheels(wheels: Path, extra: tuple[str, ...]) -> list[Path]:
 
 
 def build_bundle(manifest_path: str | Path, out: str | Path, dataset_id: str = "USERNAME/dfdc-kit-bundle",
-                 extra_wheels: tuple[str, ...] = EXTRA_WHEELS, limit: int = KAGGLE_LIMIT_BYTES) -> int:
+                 extra_wheels: tuple[str, ...] = EXTRA_WHEELS, limit: int = KAGGLE_LIMIT_BYTES,
+                 wheels: bool = True) -> int:
     """Build the bundle folder; return its size in bytes."""
     manifest_path, out = Path(manifest_path), Path(out)
     manifest = load_manifest(manifest_path)
@@ -95,7 +96,8 @@ def build_bundle(manifest_path: str | Path, out: str | Path, dataset_id: str = "
     data = copy_weights(manifest_path, out)
     write_atomic(out / "weights_manifest.json", json.dumps(data, indent=1))
     verify_manifest(load_manifest(out / "weights_manifest.json"))  # the copies, not only the sources
-    build_wheels(out / "wheels", extra_wheels)
+    if wheels:
+        build_wheels(out / "wheels", extra_wheels)
     slug = dataset_id.split("/")[-1]
     write_atomic(out / "dataset-metadata.json", json.dumps(
         {"title": slug, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}, indent=1))
@@ -111,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="new folder for the bundle")
     parser.add_argument("--dataset-id", default="USERNAME/dfdc-kit-bundle", help="Kaggle dataset id OWNER/SLUG")
     parser.add_argument("--max-bytes", type=int, default=KAGGLE_LIMIT_BYTES, help="size limit (Kaggle: 1e9)")
+    parser.add_argument("--no-wheels", action="store_true",
+                        help="skip wheels/ (a local check needs no registry; a Kaggle upload needs the wheels)")
     args = parser.parse_args(argv)
     try:
-        size = build_bundle(args.manifest, args.out, args.dataset_id, limit=args.max_bytes)
+        size = build_bundle(args.manifest, args.out, args.dataset_id, limit=args.max_bytes,
+                            wheels=not args.no_wheels)
     except (BundleError, ManifestError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

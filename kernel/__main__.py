@@ -7,6 +7,7 @@ import sys
 
 from kernel.config import load_config
 from kernel.models import ManifestError
+from kernel.offline import block_network
 from kernel.pipeline import KAGGLE_OUT, KAGGLE_SAMPLE_SUBMISSION, KAGGLE_VIDEOS, predict
 
 
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prior", type=float, default=None, help="label for videos that cannot be scored")
     parser.add_argument("--time-budget-hours", type=float, default=None, help="wall-clock budget (default 8.5)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--block-network", action="store_true",
+                        help="refuse every network connection, to prove the run is offline as on Kaggle")
     return parser.parse_args(argv)
 
 
@@ -40,6 +43,8 @@ def default_device() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.block_network:
+        block_network()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, frames=args.frames, detect_batch_size=args.detect_batch_size,
                          classify_batch_size=args.classify_batch_size, detect_long_side=args.detect_long_side,

@@ -63,7 +63,7 @@ class FaceDetector:
     """facenet-pytorch MTCNN run in batches over the frames of one video."""
 
     def __init__(self, device: str = "cpu", detect_long_side: int = 480, min_face_size: int = 15,
-                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), batch_size: int = 32):
+                 thresholds: tuple[float, float, float] = (0.7, 0.8, 0.9), batch_size: int = 32):
         from facenet_pytorch import MTCNN
 
         self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,

@@ -153,7 +153,7 @@ REAL_VIDEOS = ["abofeumbvv.mp4", "brtujopkby.mp4", "ffc23_yt_519.mp4", "ffc40_df
 
 
 def test_real_videos_give_a_valid_submission_offline(dev_data, tiny_manifest_path, tmp_path):
-    """`python -m kernel` with sockets blocked on real dev videos with two tiny random models, then validate."""
+    """`python -m kernel --block-network` on real dev videos with two tiny random models, then validate."""
     videos = tmp_path / "videos"
     videos.mkdir()
     for name in REAL_VIDEOS:
@@ -162,17 +162,10 @@ def test_real_videos_give_a_valid_submission_offline(dev_data, tiny_manifest_pat
     sample = tmp_path / "sample_submission.csv"
     pd.DataFrame({"filename": ["broken.mp4"] + REAL_VIDEOS, "label": 0.5}).to_csv(sample, index=False)
     out = tmp_path / "working" / "submission.csv"
-    block_network = (
-        "import socket, runpy, sys\n"
-        "def refuse(*args, **kwargs): raise OSError('network blocked by test')\n"
-        "socket.socket.connect = refuse; socket.socket.connect_ex = refuse; socket.create_connection = refuse\n"
-        "socket.getaddrinfo = refuse\n"
-        "sys.argv = ['kernel'] + sys.argv[1:]\n"
-        "runpy.run_module('kernel', run_name='__main__')\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     result = subprocess.run(
-        [sys.executable, "-c", block_network, "--videos", str(videos), "--sample-submission", str(sample),
-         "--manifest", str(tiny_manifest_path), "--out", str(out), "--device", "cpu", "--frames", "8",
+        [sys.executable, "-m", "kernel", "--block-network", "--videos", str(videos), "--sample-submission",
+         str(sample), "--manifest", str(tiny_manifest_path), "--out", str(out), "--device", "cpu", "--frames", "8",
          "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     submission = read_submission(out)
@@ -188,6 +181,23 @@ def test_real_videos_give_a_valid_submission_offline(dev_data, tiny_manifest_pat
     assert validated.returncode == 0, validated.stderr
     assert "log loss:" in validated.stdout and "videos scored: 6" in validated.stdout
     assert (plots / "confusion_matrix.png").stat().st_size > 1000 and (plots / "roc.png").stat().st_size > 1000
+
+
+def test_block_network_refuses_connections_and_lookups():
+    probe = ("import socket\n"
+             "from kernel.offline import NetworkBlocked, block_network\n"
+             "server = socket.socket(); server.bind(('127.0.0.1', 0)); server.listen()\n"
+             "socket.create_connection(server.getsockname(), timeout=1).close()\n"  # works before
+             "block_network()\n"
+             "for attempt in (lambda: socket.create_connection(server.getsockname(), timeout=1),\n"
+             "                lambda: socket.socket().connect(server.getsockname()),\n"
+             "                lambda: socket.getaddrinfo('pypi.org', 443)):\n"
+             "    try:\n"
+             "        attempt()\n"
+             "    except NetworkBlocked:\n"
+             "        print('blocked')\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["blocked"] * 3, result.stderr
 
 
 def test_cli_reports_a_bad_manifest_clearly(tmp_path):
