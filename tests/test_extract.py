@@ -1,0 +1,139 @@
+"""extract_faces.py: crops with the kernel's detector and crop, a matching index, per-entry problems, resume, shards."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers import faceless_frames, write_h264
+from training.extract_faces import (INDEX_COLUMNS, cap_long_side, collect_items, find_parts, main as extract_main,
+                                    read_index, run_extraction, shard_of)
+
+LABELS = {"REAL": 0, "FAKE": 1}
+
+
+@pytest.fixture(scope="module")
+def dev_extraction(dev_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dev_crops")
+    run_extraction(dev_data / "videos", out, frames=2, progress=False)
+    return out, read_index(out / "index.csv"), pd.read_csv(out / "problems.csv")
+
+
+def test_every_labelled_dev_video_with_a_face_has_crops_and_matching_labels(dev_data, dev_extraction):
+    out, index, problems = dev_extraction
+    metadata = json.loads((dev_data / "videos" / "metadata.json").read_text())
+    labelled = {name for name, entry in metadata.items() if entry["label"] in LABELS}
+    without_face = set(problems.loc[problems["status"].isin(["no_face", "decode_error"]), "video"])
+    assert set(index["video"]) | without_face == labelled
+    assert len(set(index["video"])) >= 0.9 * len(labelled)
+    assert list(index.columns) == INDEX_COLUMNS
+    for video, label, original in index[["video", "label", "original"]].drop_duplicates().itertuples(index=False):
+        assert label == LABELS[metadata[video]["label"]]
+        assert original == (metadata[video]["original"] or "")
+    assert "unlabelled_multiface_demo.mp4" not in set(index["video"])
+    assert set(problems.loc[problems["status"] == "unlabelled", "video"]) == {"unlabelled_multiface_demo.mp4"}
+    assert "abofeumbvv.mp4" in set(problems.loc[problems["status"] == "original_absent", "video"])
+
+
+def test_dev_crops_are_kernel_margin_crops_on_disk(dev_extraction):
+    out, index, _ = dev_extraction
+    for row in index.sample(min(20, len(index)), random_state=0).itertuples():
+        image = cv2.imread(str(out / row.path))
+        assert image is not None and max(image.shape[:2]) <= 320
+        x1, y1, x2, y2 = map(float, row.box.split())
+        face_w, face_h = x2 - x1, y2 - y1
+        assert image.shape[1] >= min(face_w, 320) * 0.99 or image.shape[0] >= min(face_h, 320) * 0.99
+        assert row.score >= 0.9
+    assert (index.groupby("video")["frame"].nunique() <= 2).all()
+
+
+def test_rerun_skips_finished_videos(dev_data, dev_extraction, caplog):
+    out, index, _ = dev_extraction
+    caplog.set_level(logging.INFO, logger="extract_faces")
+    again, _ = run_extraction(dev_data / "videos", out, frames=2, progress=False)
+    assert "0 to extract" in caplog.text
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), read_index(out / "index.csv"), check_dtype=False)
+    assert len(again) == len(index)
+
+
+def test_image_folder_dataset(dev_data, tmp_path):
+    root = tmp_path / "images"
+    for folder in ("real", "fake"):
+        (root / folder).mkdir(parents=True)
+        for source in sorted((dev_data / "faces" / folder).glob("rff_*"))[:2]:
+            (root / folder / source.name).symlink_to(source)
+    index, problems = run_extraction(root, tmp_path / "out", progress=False)
+    assert len(index) + len(problems) >= 4
+    assert (index["label"] == index["part"].map({"real": 0, "fake": 1})).all()
+    assert (index["frame"] == 0).all()
+
+
+def write_part(part: Path, entries: dict[str, dict], videos: list[str], seed: int = 0) -> None:
+    part.mkdir(parents=True)
+    (part / "metadata.json").write_text(json.dumps(entries))
+    for number, name in enumerate(videos):
+        write_h264(part / name, faceless_frames(n=8, seed=seed + number))
+
+
+@pytest.fixture()
+def bad_dfdc(tmp_path) -> Path:
+    """Two DFDC parts of faceless clips with every kind of bad metadata entry."""
+    root = tmp_path / "dfdc"
+    write_part(root / "dfdc_train_part_0", {
+        "real.mp4": {"label": "REAL", "original": None},
+        "fake.mp4": {"label": "FAKE", "original": "real.mp4"},
+        "orphan.mp4": {"label": "FAKE", "original": "elsewhere.mp4"},
+        "weird.mp4": {"label": "MAYBE", "original": None},
+        "gone.mp4": {"label": "REAL", "original": None},
+        "nolabel.mp4": {"original": None}}, ["real.mp4", "fake.mp4", "orphan.mp4", "weird.mp4"])
+    write_part(root / "dfdc_train_part_1", {"b.mp4": {"label": "REAL"}, "c.mp4": {"label": "REAL"}},
+               ["b.mp4", "c.mp4"], seed=10)
+    (root / "notes").mkdir()
+    return root
+
+
+def test_bad_metadata_gives_a_message_per_entry_not_a_crash(bad_dfdc, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    index, problems = run_extraction(bad_dfdc, tmp_path / "out", frames=2, progress=False)
+    found = set(zip(problems["video"], problems["status"]))
+    assert {("weird.mp4", "bad_label"), ("gone.mp4", "missing_file"), ("nolabel.mp4", "unlabelled"),
+            ("orphan.mp4", "original_absent")} <= found
+    assert {(v, "no_face") for v in ("real.mp4", "fake.mp4", "orphan.mp4", "b.mp4", "c.mp4")} <= found
+    assert not any(video == "weird.mp4" and status == "no_face" for video, status in found)
+    assert index.empty and list(index.columns) == INDEX_COLUMNS
+    assert "'MAYBE'" in caplog.text and "remove the entry" in caplog.text and "no face" in caplog.text
+    assert (tmp_path / "out" / "problems.csv").is_file()
+
+
+def test_shards_split_the_videos_and_merge_into_one_index(bad_dfdc, tmp_path):
+    items, _ = collect_items(bad_dfdc)
+    shards = [shard_of(items, shard, 3) for shard in range(3)]
+    assert sorted(i.key for s in shards for i in s) == sorted(i.key for i in items)
+    assert all(len(s) >= 1 for s in shards)
+    out = tmp_path / "out"
+    for shard in range(2):
+        extract_main(["--data", str(bad_dfdc), "--out", str(out), "--frames", "2", "--shard", str(shard),
+                      "--num-shards", "2"])
+    records = sorted(p.name for p in (out / "records").glob("*/*.json"))
+    assert records == sorted(f"{i.name}.json" for i in items)
+    assert set(pd.read_csv(out / "problems.csv")["status"]) >= {"no_face", "bad_label"}
+    with pytest.raises(ValueError, match="--shard 2"):
+        shard_of(items, 2, 2)
+
+
+def test_layout_errors_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no metadata.json"):
+        find_parts(tmp_path)
+    (tmp_path / "metadata.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        collect_items(tmp_path)
+
+
+def test_cap_long_side_keeps_aspect_and_never_enlarges():
+    assert cap_long_side(np.zeros((640, 320, 3), np.uint8), 320).shape == (320, 160, 3)
+    assert cap_long_side(np.zeros((100, 50, 3), np.uint8), 320).shape == (100, 50, 3)

@@ -1,0 +1,102 @@
+"""Group folds: no original/fake group is ever split, on the real DFDC metadata and on generated data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.folds import (assign_folds, check_folds, connected_groups, main as folds_main, name_links,
+                            videos_from_metadata)
+
+
+def assert_leak_free(table: pd.DataFrame) -> None:
+    """Independent of `check_folds`: fakes sit with their original and with every fake of that original."""
+    fold_of = dict(zip(table["video"], table["fold"]))
+    fakes = table[table["label"] == 1]
+    for original, siblings in fakes.groupby("original"):
+        if not original:
+            continue
+        assert siblings["fold"].nunique() == 1, f"fakes of {original} split over folds"
+        if original in fold_of:
+            assert fold_of[original] == siblings["fold"].iloc[0], f"{original} apart from its fakes"
+    assert (table["fold"] >= 0).all()
+
+
+def generated_videos(seed: int) -> pd.DataFrame:
+    """DFDC-like data: reals, fakes of them, fakes of originals not listed, FF++-style X<->Y swaps."""
+    rng = np.random.default_rng(seed)
+    reals = [f"r{i}.mp4" for i in range(rng.integers(8, 30))]
+    absent = [f"gone{i}.mp4" for i in range(3)]
+    rows = [{"video": r, "label": 0, "original": ""} for r in reals]
+    for number in range(rng.integers(20, 80)):
+        pool = reals if rng.random() < 0.85 else absent
+        rows.append({"video": f"f{number}.mp4", "label": 1, "original": str(rng.choice(pool))})
+    for a, b in zip(reals[:4:2], reals[1:4:2]):
+        rows += [{"video": f"swap_{a}_{b}", "label": 1, "original": a},
+                 {"video": f"swap_{b}_{a}", "label": 1, "original": b}]
+    return pd.DataFrame(rows)
+
+
+def test_real_dfdc_metadata_folds_are_leak_free_and_stratified(dev_data):
+    videos = videos_from_metadata([dev_data / "dfdc_format" / "train_sample_videos_metadata.json"])
+    assert len(videos) == 400 and videos["label"].sum() == 323
+    table = assign_folds(videos, k=5, seed=0)
+    assert_leak_free(table)
+    assert table["fold"].nunique() == 5
+    assert all(rows["label"].nunique() == 2 for _, rows in table.groupby("fold"))
+
+
+FFPP_PATTERN = r"ffc(?P<q>\d+)_(?:df|f2f|fs|nt)_(?P<a>\d+)_(?P<b>\d+)\.mp4"
+FFPP_LINKS = ["ffc{q}_yt_{a}.mp4", "ffc{q}_yt_{b}.mp4"]
+
+
+def test_dev_video_pairs_that_swap_both_ways_form_one_group(dev_data):
+    videos = videos_from_metadata([dev_data / "videos" / "metadata.json"])
+    by_metadata = dict(zip(videos["video"], connected_groups(videos["video"], videos["original"])))
+    assert by_metadata["ffc40_yt_183.mp4"] == by_metadata["ffc40_df_183_253.mp4"]
+    assert by_metadata["ffc40_df_183_253.mp4"] == by_metadata["ffc40_f2f_253_183.mp4"]
+    table = assign_folds(videos, k=3, extra_links=name_links(videos["video"], FFPP_PATTERN, FFPP_LINKS))
+    group = dict(zip(table["video"], table["group"]))
+    assert group["ffc40_yt_183.mp4"] == group["ffc40_yt_253.mp4"] == group["ffc40_df_183_253.mp4"]
+    assert group["ffc23_yt_519.mp4"] == group["ffc23_df_519_515.mp4"] != group["ffc40_yt_183.mp4"]
+    assert "unlabelled_multiface_demo.mp4" not in group
+    assert_leak_free(table)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_generated_groups_never_cross_folds(seed):
+    table = assign_folds(generated_videos(seed), k=int(np.random.default_rng(seed).integers(2, 6)), seed=seed)
+    assert_leak_free(table)
+    fakes_of_absent = table[table["original"].str.startswith("gone")]
+    assert fakes_of_absent.groupby("original")["fold"].nunique().max() == 1
+
+
+def test_connected_groups_join_chains_and_absent_originals():
+    groups = connected_groups(pd.Series(["a", "b", "c", "d", "e"]), pd.Series(["", "a", "x", "x", ""]))
+    assert groups[0] == groups[1] and groups[2] == groups[3]
+    assert len({groups[0], groups[2], groups[4]}) == 3
+
+
+def test_check_folds_rejects_a_split_group():
+    table = pd.DataFrame({"video": ["a", "b"], "label": [0, 1], "original": ["", "a"], "group": [0, 0], "fold": [0, 1]})
+    with pytest.raises(AssertionError, match="split across folds"):
+        check_folds(table)
+
+
+def test_too_many_folds_is_a_clear_error():
+    with pytest.raises(ValueError, match="number of groups"):
+        assign_folds(pd.DataFrame({"video": ["a", "b"], "label": [0, 1], "original": ["", "a"]}), k=2)
+
+
+def test_cli_writes_the_csv_training_reads(tmp_path):
+    metadata = tmp_path / "metadata.json"
+    videos = generated_videos(1)
+    entries = {video: {"label": "FAKE" if label else "REAL", "original": original or None}
+               for video, label, original in zip(videos["video"], videos["label"], videos["original"])}
+    metadata.write_text(json.dumps(entries))
+    folds_main(["--metadata", str(metadata), "--k", "4", "--out", str(tmp_path / "folds.csv")])
+    table = pd.read_csv(tmp_path / "folds.csv", keep_default_na=False)
+    assert list(table.columns) == ["video", "label", "original", "group", "fold"] and len(table) == len(videos)
+    assert_leak_free(table)

@@ -1,0 +1,183 @@
+"""train_fold.py: a 1-epoch CPU run of a tiny model, --resume after a stop, and a 2-process torchrun (gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from kernel.models import load_classifier, load_manifest, verify_manifest
+from tests.helpers import TINY_MODELS
+from training.data import BalancedSampler, build_augmentation
+from training.folds import assign_folds
+from training.pretrained import load_pretrained, map_lukemelas_keys
+from training.train_fold import main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
+ARCH, SIZE = TINY_MODELS[0]
+
+
+def write_synthetic_crops(folder: Path, videos: int = 8, frames: int = 3, seed: int = 0) -> Path:
+    """Face-crop-like images (real: bluish, fake: reddish) with an extract_faces.py style index and folds."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for number in range(videos):
+        label = number % 2
+        original = f"v{number - 1}.mp4" if label else ""
+        for frame in range(frames):
+            image = rng.integers(0, 120, (70, 56, 3), dtype=np.uint8)
+            image[..., 0 if label else 2] += 100
+            path = Path("crops") / "part0" / f"v{number}" / f"{frame:04d}_0.jpg"
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / path), image)
+            rows.append({"video": f"v{number}.mp4", "frame": frame * 10, "person": 0, "label": label,
+                         "original": original, "part": "part0", "path": str(path), "box": "0 0 10 10", "score": 0.99})
+    index = pd.DataFrame(rows)
+    index.to_csv(folder / "index.csv", index=False)
+    videos_table = index.drop_duplicates("video")[["video", "label", "original"]]
+    assign_folds(videos_table, k=2).to_csv(folder / "folds.csv", index=False)
+    return folder
+
+
+def write_config(folder: Path, crops: Path, **overrides) -> Path:
+    config = {"arch": ARCH, "input_size": SIZE, "crops": str(crops), "out": str(folder / "runs"), "epochs": 1,
+              "batch_size": 4, "num_workers": 0, "device": "cpu", "lr": 1e-3, "early_stopping": None, **overrides}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory) -> Path:
+    return write_synthetic_crops(tmp_path_factory.mktemp("crops"))
+
+
+def test_one_epoch_writes_weights_manifest_oof_and_plots(tmp_path, crops):
+    train_main(["--config", str(write_config(tmp_path, crops)), "--fold", "0"])
+    run = tmp_path / "runs" / f"{ARCH}_fold0"
+    for name in ("config.yaml", "last.pt", "best_fp16.pth", "metrics.csv", "loss_curve.png", "oof.csv"):
+        assert (run / name).is_file(), name
+    assert (run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1]
+    assert {"train_loss", "val_loss", "val_log_loss", "val_auc", "val_accuracy"} <= set(metrics.columns)
+    manifest = load_manifest(tmp_path / "runs" / "weights_manifest.json")
+    verify_manifest(manifest)
+    (spec,) = manifest.models
+    assert (spec.name, spec.arch, spec.input_size) == (f"{ARCH}_fold0", ARCH, SIZE)
+    entry = json.loads((tmp_path / "runs" / "weights_manifest.json").read_text())["models"][0]
+    assert entry["fold"] == 0 and entry["val_log_loss"] == pytest.approx(metrics["val_log_loss"].min(), abs=1e-5)
+    assert all(v.dtype in (torch.float16, torch.int64) for v in torch.load(spec.file, weights_only=True).values())
+    load_classifier(spec, "cpu")
+    oof = pd.read_csv(run / "oof.csv")
+    folds = pd.read_csv(crops / "folds.csv")
+    assert list(oof.columns) == ["video", "frame", "person", "model", "prob", "label"]
+    assert set(oof["video"]) == set(folds.loc[folds["fold"] == 0, "video"])
+    assert oof["prob"].between(0, 1).all() and (oof["model"] == spec.name).all()
+
+
+def test_rerun_replaces_its_manifest_entry_and_keeps_others(tmp_path, crops):
+    config = write_config(tmp_path, crops)
+    for fold in (0, 1, 0):
+        train_main(["--config", str(config), "--fold", str(fold)])
+    names = [m["name"] for m in json.loads((tmp_path / "runs" / "weights_manifest.json").read_text())["models"]]
+    assert sorted(names) == [f"{ARCH}_fold0", f"{ARCH}_fold1"]
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path, crops, caplog):
+    config = write_config(tmp_path, crops, epochs=2, balance="weights", schedule="onecycle", optimizer="sgd",
+                          label_smoothing=0.1)
+    train_main(["--config", str(config), "--fold", "1", "--stop-after", "1"])
+    run = tmp_path / "runs" / f"{ARCH}_fold1"
+    first = pd.read_csv(run / "metrics.csv")
+    assert first["epoch"].tolist() == [1] and not (run / "oof.csv").exists()
+    caplog.set_level("INFO", logger="train_fold")
+    train_main(["--config", str(config), "--fold", "1", "--resume"])
+    assert "resumed from" in caplog.text and "after epoch 1" in caplog.text
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2]
+    pd.testing.assert_frame_equal(metrics.iloc[:1], first)
+    assert (run / "oof.csv").is_file()
+
+
+def test_resume_without_checkpoint_says_how_to_start(tmp_path, crops):
+    with pytest.raises(FileNotFoundError, match="run without --resume"):
+        train_main(["--config", str(write_config(tmp_path, crops)), "--fold", "0", "--resume"])
+
+
+def test_unknown_config_key_is_named(tmp_path, crops):
+    with pytest.raises(KeyError, match="learning_rate"):
+        train_main(["--config", str(write_config(tmp_path, crops, learning_rate=0.1)), "--fold", "0"])
+
+
+def test_torchrun_two_processes_gloo(tmp_path, crops):
+    config = write_config(tmp_path, crops, arch=TINY_MODELS[1][0], input_size=TINY_MODELS[1][1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(REPO / "training" / "train_fold.py"),
+                             "--config", str(config), "--fold", "0"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = tmp_path / "runs" / f"{TINY_MODELS[1][0]}_fold0"
+    assert (run / "oof.csv").is_file() and (run / "best_fp16.pth").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == 2
+
+
+def test_balanced_sampler_splits_one_draw_between_ranks():
+    labels = np.array([0] * 9 + [1])
+    ranks = [list(BalancedSampler(labels, rank, 2, seed=3)) for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 5
+    drawn = np.concatenate(ranks)
+    assert 0.2 < labels[drawn].mean() < 0.9
+
+
+def test_every_augmentation_runs_and_keeps_shape():
+    transforms = build_augmentation({name: {"p": 1.0} for name in ("hflip", "shift_scale_rotate", "color_jitter",
+                                     "jpeg", "blur", "gauss_noise", "salt_pepper", "sharpen", "cutout")})
+    image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    out = transforms(image=image)["image"]
+    assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
+    with pytest.raises(KeyError, match="mixup"):
+        build_augmentation({"mixup": {"p": 1.0}})
+
+
+def test_efficientnet_lite_checkpoint_keys_map_onto_timm(tmp_path, caplog):
+    """A lukemelas-style checkpoint made from a timm model maps back key for key; the head is reported."""
+    from kernel.models import create_classifier
+
+    source = create_classifier("tf_efficientnet_lite0", num_classes=1000)
+    lukemelas = {}
+    for key, tensor in source.state_dict().items():
+        lukemelas[to_lukemelas(key, source)] = tensor
+    renamed, unmapped = map_lukemelas_keys(lukemelas, source)
+    assert unmapped == [] and set(renamed) == set(source.state_dict())
+    path = tmp_path / "lite0.pth"
+    torch.save(lukemelas, path)
+    target = create_classifier("tf_efficientnet_lite0")
+    report = load_pretrained(target, path, "tf_efficientnet_lite0")
+    assert sorted(report.missing) == ["classifier.bias", "classifier.weight"]
+    assert len(report.shape_mismatch) == 2 and report.unexpected == []
+    assert torch.equal(target.state_dict()["conv_head.weight"], source.state_dict()["conv_head.weight"])
+    assert "missing keys" in caplog.text
+
+
+def to_lukemelas(key: str, model) -> str:
+    """timm EfficientNet-Lite key → lukemelas name (the inverse mapping, written out for the test)."""
+    top = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1", "classifier": "_fc"}
+    parts = key.split(".")
+    if parts[0] != "blocks":
+        return ".".join([top[parts[0]], *parts[1:]])
+    flat = sum(len(stage) for stage in model.blocks[:int(parts[1])]) + int(parts[2])
+    expand = hasattr(model.blocks[int(parts[1])][int(parts[2])], "conv_pwl")
+    names = ({"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
+              "conv_pwl": "_project_conv", "bn3": "_bn2"} if expand else
+             {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"})
+    return ".".join(["_blocks", str(flat), names[parts[3]], *parts[4:]])

@@ -1,0 +1,314 @@
+"""Face crops for training, cut by the kernel's own detector, tracker and crop function.
+
+    python training/extract_faces.py --data ROOT --out CROPS [--frames 32] [--shard i --num-shards n]
+
+ROOT is DFDC layout (`dfdc_train_part_*/` folders each with `metadata.json` and mp4s, or one such folder)
+or an image-folder dataset (`real/` and `fake/` sub-folders of face images). Each finished video leaves a
+record in `CROPS/records/`, so a rerun skips it; every run then merges all records into `CROPS/index.csv`
+(`video, frame, person, label, original, part, path, box, score`) and `CROPS/problems.csv`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernel.config import load_config  # noqa: E402
+from kernel.faces import FaceDetector, crop_face, filter_detections, link_tracks  # noqa: E402
+from kernel.submission import write_atomic  # noqa: E402
+from kernel.video import VideoReadError, read_frames  # noqa: E402
+
+log = logging.getLogger("extract_faces")
+
+LABELS = {"REAL": 0, "FAKE": 1}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+INDEX_COLUMNS = ["video", "frame", "person", "label", "original", "part", "path", "box", "score"]
+PROBLEM_COLUMNS = ["video", "part", "status", "message"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One video (or face image) to extract: where it is and what metadata says about it."""
+
+    part: str
+    name: str
+    path: Path
+    label: int
+    original: str | None
+    is_image: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.part}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A metadata entry or video that yields no crops (or a warning), with the reason."""
+
+    video: str
+    part: str
+    status: str
+    message: str
+
+
+def find_parts(root: Path) -> list[Path]:
+    """DFDC part folders under `root`: `root` itself if it holds `metadata.json`, else its sub-folders that do."""
+    if (root / "metadata.json").is_file():
+        return [root]
+    parts = sorted(p for p in root.iterdir() if p.is_dir() and (p / "metadata.json").is_file())
+    if not parts:
+        raise FileNotFoundError(f"{root}: no metadata.json in it or in its sub-folders; pass --data a DFDC "
+                                "train part, a folder of dfdc_train_part_*/ folders, or a folder with real/ and fake/")
+    return parts
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); re-download the part's metadata.json") from error
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: expected a JSON object {{'name.mp4': {{'label': ...}}}}, "
+                         f"got {type(metadata).__name__}")
+    return metadata
+
+
+def dfdc_items(part: Path) -> tuple[list[Item], list[Problem]]:
+    """Checked entries of one part's `metadata.json`; bad entries become problems, never exceptions."""
+    metadata = read_metadata(part / "metadata.json")
+    items, problems = [], []
+    for name, entry in sorted(metadata.items()):
+        entry = entry if isinstance(entry, dict) else {}
+        label, original = entry.get("label"), entry.get("original")
+        where = f"{part / 'metadata.json'}: '{name}'"
+        if label is None:
+            problems.append(Problem(name, part.name, "unlabelled", f"{where} has no label; skipped"))
+        elif label not in LABELS:
+            problems.append(Problem(name, part.name, "bad_label", f"{where} has label {label!r}; expected "
+                                    "'REAL' or 'FAKE'; fix the entry or remove it"))
+        elif not (part / name).is_file():
+            problems.append(Problem(name, part.name, "missing_file", f"{where} names a file that is not in "
+                                    f"{part}; copy it there or remove the entry"))
+        else:
+            if label == "FAKE" and not original:
+                problems.append(Problem(name, part.name, "no_original", f"{where} is FAKE without an 'original'; "
+                                        "extracted, and it forms a fold group of its own"))
+            elif label == "FAKE" and original not in metadata:
+                problems.append(Problem(name, part.name, "original_absent", f"{where} is FAKE but its original "
+                                        f"{original!r} is not in this metadata.json; extracted, and grouped "
+                                        "with other fakes of the same original when folds are made"))
+            items.append(Item(part.name, name, part / name, LABELS[label], original or None))
+    return items, problems
+
+
+def image_folder_items(root: Path) -> list[Item]:
+    """Face images of `root/real` and `root/fake`; each image is treated as a one-frame video."""
+    items = []
+    for folder, label in (("real", 0), ("fake", 1)):
+        images = sorted(p for p in (root / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        items += [Item(folder, p.name, p, label, None, is_image=True) for p in images]
+    if not items:
+        raise FileNotFoundError(f"{root}: real/ and fake/ hold no images ({', '.join(IMAGE_SUFFIXES)})")
+    return items
+
+
+def collect_items(root: Path) -> tuple[list[Item], list[Problem]]:
+    """Every extractable item under `root` (DFDC layout or image folders) and the metadata problems."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root}: no such folder")
+    if (root / "real").is_dir() and (root / "fake").is_dir():
+        return image_folder_items(root), []
+    items, problems = [], []
+    for part in find_parts(root):
+        part_items, part_problems = dfdc_items(part)
+        items += part_items
+        problems += part_problems
+    return items, problems
+
+
+def shard_of(items: list[Item], shard: int, num_shards: int) -> list[Item]:
+    """Every `num_shards`-th item (sorted by part and name), starting at `shard`."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard {shard} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
+    return sorted(items, key=lambda item: item.key)[shard::num_shards]
+
+
+def read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise VideoReadError(f"{path}: OpenCV cannot read this image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]
+
+
+def cap_long_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink `image` so its long side is at most `max_side` (aspect kept, never enlarged)."""
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def write_image(path: Path, rgb: np.ndarray, jpeg_quality: int) -> None:
+    """Write an RGB crop as JPEG or PNG (by suffix) through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix == ".jpg" else []
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
+        raise OSError(f"cannot write {tmp}; check free space and permissions of {path.parent}")
+    tmp.replace(path)
+
+
+class Extractor:
+    """Detector loaded once; `extract(item)` writes one item's crops and returns its index rows."""
+
+    def __init__(self, out: Path, config: dict[str, Any], frames: int, max_side: int, image_format: str,
+                 jpeg_quality: int, device: str = "cpu"):
+        self.out, self.config, self.frames = out, config, frames
+        self.max_side, self.suffix, self.jpeg_quality = max_side, f".{image_format}", jpeg_quality
+        self.detector = FaceDetector(device=device, detect_long_side=config["detect_long_side"],
+                                     min_face_size=config["mtcnn_min_face_size"],
+                                     thresholds=tuple(config["mtcnn_thresholds"]),
+                                     batch_size=config["detect_batch_size"])
+
+    def decode(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
+        if item.is_image:
+            return read_image(item.path), np.zeros(1, dtype=np.int64)
+        return read_frames(item.path, self.frames, tuple(self.config["decode_backends"]))
+
+    def extract(self, item: Item) -> list[dict[str, Any]]:
+        """Crops of every kept person in every sampled frame, exactly as the kernel cuts them."""
+        cfg = self.config
+        frames, frame_numbers = self.decode(item)
+        per_frame = filter_detections(self.detector.detect(frames), cfg["min_face_score"], cfg["min_face_px"])
+        tracks = link_tracks(per_frame, cfg["track_iou"], cfg["track_max_shift"],
+                             cfg["min_track_share"])[:cfg["max_persons"]]
+        folder = self.out / "crops" / item.part / Path(item.name).stem
+        if tracks:
+            folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for track in tracks:
+            for detection in track.detections:
+                frame = int(frame_numbers[detection.frame])
+                crop = cap_long_side(crop_face(frames[detection.frame], detection.box, cfg["crop_margin"]),
+                                     self.max_side)
+                path = folder / f"{frame:04d}_{track.person}{self.suffix}"
+                write_image(path, crop, self.jpeg_quality)
+                rows.append({"video": item.name, "frame": frame, "person": track.person, "label": item.label,
+                             "original": item.original or "", "part": item.part,
+                             "path": str(path.relative_to(self.out)),
+                             "box": " ".join(f"{v:.1f}" for v in detection.box),
+                             "score": round(detection.score, 5)})
+        return rows
+
+
+def record_path(out: Path, item: Item) -> Path:
+    return out / "records" / item.part / f"{item.name}.json"
+
+
+def process(extractor: Extractor, item: Item) -> dict[str, Any]:
+    """Extract one item and its record (status ok / no_face / decode_error)."""
+    try:
+        rows = extractor.extract(item)
+    except VideoReadError as error:
+        return {"status": "decode_error", "message": str(error), "rows": []}
+    if not rows:
+        return {"status": "no_face", "message": f"{item.path}: no face kept in {extractor.frames} sampled frames",
+                "rows": []}
+    return {"status": "ok", "message": "", "rows": rows}
+
+
+def write_record(out: Path, item: Item, record: dict[str, Any]) -> None:
+    write_atomic(record_path(out, item), json.dumps({"video": item.name, "part": item.part, **record}))
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    """An `index.csv` as written here: an empty `original` stays "" (not NaN)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found; run training/extract_faces.py --out {Path(path).parent}")
+    index = pd.read_csv(path, dtype={"original": str, "part": str, "video": str}, keep_default_na=False)
+    missing = set(INDEX_COLUMNS) - set(index.columns)
+    if missing:
+        raise ValueError(f"{path}: lacks columns {sorted(missing)}; pass the index.csv written by extract_faces.py")
+    return index
+
+
+def merge_records(out: Path, metadata_problems: Iterable[Problem]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All finished records (from every shard) → `index.csv` and `problems.csv`, written atomically."""
+    rows, problems = [], [vars(p) for p in metadata_problems]
+    for path in sorted((out / "records").glob("*/*.json")):
+        record = json.loads(path.read_text())
+        rows += record["rows"]
+        if record["status"] != "ok":
+            problems.append({"video": record["video"], "part": record["part"], "status": record["status"],
+                             "message": record["message"]})
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    problem_frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS).drop_duplicates()
+    write_atomic(out / "index.csv", index.to_csv(index=False))
+    write_atomic(out / "problems.csv", problem_frame.to_csv(index=False))
+    return index, problem_frame
+
+
+def run_extraction(data: Path, out: Path, frames: int = 32, shard: int = 0, num_shards: int = 1,
+                   max_side: int = 320, image_format: str = "jpg", jpeg_quality: int = 95,
+                   config_path: Path | None = None, device: str = "cpu",
+                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Extract this shard's unfinished items, then merge every finished record; returns (index, problems)."""
+    config = load_config(config_path)
+    items, metadata_problems = collect_items(Path(data))
+    for problem in metadata_problems:
+        log.warning("%s", problem.message)
+    mine = shard_of(items, shard, num_shards)
+    todo = [item for item in mine if not record_path(out, item).is_file()]
+    log.info("shard %d/%d: %d items, %d already done, %d to extract", shard, num_shards, len(mine),
+             len(mine) - len(todo), len(todo))
+    if todo:
+        extractor = Extractor(out, config, frames, max_side, image_format, jpeg_quality, device)
+        for item in tqdm(todo, desc=f"extract shard {shard}", unit="video", disable=not progress):
+            record = process(extractor, item)
+            if record["status"] != "ok":
+                log.warning("%s", record["message"])
+            write_record(out, item, record)
+    index, problems = merge_records(out, metadata_problems)
+    no_face = problems[problems["status"] == "no_face"]
+    log.info("index: %d crops of %d videos -> %s; %d videos without faces, %d problems in %s", len(index),
+             index["video"].nunique(), out / "index.csv", len(no_face), len(problems), out / "problems.csv")
+    return index, problems
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="DFDC root/part folder, or folder with real/ fake/")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for crops, index.csv, problems.csv")
+    parser.add_argument("--frames", type=int, default=32, help="evenly spaced frames sampled per video")
+    parser.add_argument("--shard", type=int, default=0, help="this process's shard, 0..num-shards-1")
+    parser.add_argument("--num-shards", type=int, default=1, help="how many processes/machines split the data")
+    parser.add_argument("--max-side", type=int, default=320, help="crops larger than this are shrunk to it")
+    parser.add_argument("--format", choices=("jpg", "png"), default="jpg", dest="image_format")
+    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--config", type=Path, default=None, help="kernel config JSON (default: kernel defaults)")
+    parser.add_argument("--device", default="cpu", help="face detector device, e.g. cuda:0")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    run_extraction(args.data, args.out, args.frames, args.shard, args.num_shards, args.max_side,
+                   args.image_format, args.jpeg_quality, args.config, args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+r"""Leak-free k folds: a fake, its original and every other fake of that original share one fold.
+
+    python training/folds.py --index CROPS/index.csv --k 5 --out CROPS/folds.csv
+    python training/folds.py --metadata part_0/metadata.json [part_1/metadata.json ...] --k 5 --out folds.csv
+
+Groups are the connected components of the fake → original links (an original that is not itself listed
+still joins its fakes). Where file names also name a second identity (FaceForensics++ `df_X_Y`: target X,
+source Y), `--link-pattern` / `--link-to` add those links too, e.g. for the dev videos:
+
+    --link-pattern 'ffc(?P<q>\d+)_(?:df|f2f|fs|nt)_(?P<a>\d+)_(?P<b>\d+)\.mp4'
+    --link-to 'ffc{q}_yt_{a}.mp4' 'ffc{q}_yt_{b}.mp4'
+
+Folds are stratified by label over groups (sklearn's StratifiedGroupKFold), and `check_folds` asserts that
+no group crosses folds. The CSV (`video, label, original, group, fold`) is what `train_fold.py` reads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernel.submission import write_atomic  # noqa: E402
+from training.extract_faces import read_index  # noqa: E402
+
+log = logging.getLogger("folds")
+
+LABELS = {"REAL": 0, "FAKE": 1}
+FOLD_COLUMNS = ["video", "label", "original", "group", "fold"]
+
+
+def videos_from_metadata(paths: list[Path]) -> pd.DataFrame:
+    """`video, label, original` of every labelled entry in DFDC `metadata.json` files (label 1 = FAKE)."""
+    rows = []
+    for path in paths:
+        for name, entry in json.loads(Path(path).read_text()).items():
+            label = entry.get("label") if isinstance(entry, dict) else None
+            if label not in LABELS:
+                log.warning("%s: '%s' has label %r, not REAL/FAKE: left out of the folds", path, name, label)
+                continue
+            rows.append({"video": name, "label": LABELS[label], "original": entry.get("original") or ""})
+    return pd.DataFrame(rows, columns=["video", "label", "original"])
+
+
+def videos_from_index(path: Path) -> pd.DataFrame:
+    """One row per video of an `extract_faces.py` index (`video, label, original`)."""
+    return read_index(path).drop_duplicates("video")[["video", "label", "original"]].reset_index(drop=True)
+
+
+def name_links(videos: pd.Series, pattern: str, templates: list[str]) -> list[tuple[str, str]]:
+    """(video, linked name) for every video whose name fully matches `pattern`, one per filled-in template."""
+    regex = re.compile(pattern)
+    links = []
+    for video in videos:
+        match = regex.fullmatch(video)
+        if match:
+            try:
+                links += [(video, template.format(**match.groupdict())) for template in templates]
+            except KeyError as error:
+                raise ValueError(f"--link-to {templates}: {error} is not a named group of --link-pattern") from error
+    return links
+
+
+def connected_groups(videos: pd.Series, originals: pd.Series,
+                     extra_links: list[tuple[str, str]] = ()) -> np.ndarray:
+    """Group number of each video: connected components of the video–original (and extra) links (union–find)."""
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        parent.setdefault(name, name)
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for video, original in [*zip(videos, originals), *extra_links]:
+        root = find(video)
+        if original:
+            parent[root] = find(original)
+    roots = [find(video) for video in videos]
+    numbering = {root: number for number, root in enumerate(dict.fromkeys(roots))}
+    return np.array([numbering[root] for root in roots], dtype=np.int64)
+
+
+def assign_folds(videos: pd.DataFrame, k: int, seed: int = 0,
+                 extra_links: list[tuple[str, str]] = ()) -> pd.DataFrame:
+    """Add `group` and `fold` columns: stratified by label, no group split across folds."""
+    table = videos.copy()
+    table["original"] = table["original"].fillna("").astype(str)
+    table["group"] = connected_groups(table["video"], table["original"], extra_links)
+    n_groups = table["group"].nunique()
+    if k < 2 or k > n_groups:
+        raise ValueError(f"--k {k}: need 2 <= k <= number of groups ({n_groups} groups among {len(table)} videos)")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    table["fold"] = -1
+    for fold, (_, val_rows) in enumerate(splitter.split(table, table["label"], table["group"])):
+        table.loc[table.index[val_rows], "fold"] = fold
+    check_folds(table)
+    return table[FOLD_COLUMNS]
+
+
+def check_folds(table: pd.DataFrame) -> None:
+    """Assert every video has a fold, no group crosses folds and no original sits apart from its fakes."""
+    if (table["fold"] < 0).any():
+        raise AssertionError(f"videos without a fold: {table.loc[table['fold'] < 0, 'video'].tolist()[:5]}")
+    folds_per_group = table.groupby("group")["fold"].nunique()
+    split = folds_per_group[folds_per_group > 1]
+    if len(split):
+        raise AssertionError(f"groups split across folds: {split.index.tolist()[:5]}")
+    fold_of = dict(zip(table["video"], table["fold"]))
+    for video, original, fold in zip(table["video"], table["original"], table["fold"]):
+        if original in fold_of and fold_of[original] != fold:
+            raise AssertionError(f"{video} is in fold {fold} but its original {original} in fold {fold_of[original]}")
+
+
+def log_fold_summary(table: pd.DataFrame) -> None:
+    for fold, rows in table.groupby("fold"):
+        log.info("fold %d: %d videos (%d fake, %d real), %d groups", fold, len(rows), int(rows["label"].sum()),
+                 int((rows["label"] == 0).sum()), rows["group"].nunique())
+        if rows["label"].nunique() < 2:
+            log.warning("fold %d has one class only: AUC cannot be computed on it", fold)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--index", type=Path, help="index.csv written by extract_faces.py")
+    source.add_argument("--metadata", type=Path, nargs="+", help="one or more DFDC metadata.json files")
+    parser.add_argument("--k", type=int, default=5, help="number of folds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--link-pattern", help="regex with named groups over video names that also name identities")
+    parser.add_argument("--link-to", nargs="+", default=[], help="names to link a matching video to, e.g. 'x_{a}.mp4'")
+    parser.add_argument("--out", type=Path, required=True, help="folds CSV to write")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    videos = videos_from_index(args.index) if args.index else videos_from_metadata(args.metadata)
+    if bool(args.link_pattern) != bool(args.link_to):
+        raise SystemExit("--link-pattern and --link-to go together")
+    links = name_links(videos["video"], args.link_pattern, args.link_to) if args.link_pattern else []
+    table = assign_folds(videos, args.k, args.seed, links)
+    write_atomic(args.out, table.to_csv(index=False))
+    log_fold_summary(table)
+    log.info("wrote %d videos in %d folds to %s", len(table), args.k, args.out)
+
+
+if __name__ == "__main__":
+    main()
