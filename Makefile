@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test
+.PHONY: install test demo
 
 install: $(VENV)/.installed
 
@@ -17,3 +17,6 @@ $(VENV)/.installed: requirements.txt setup.py
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) -m demo

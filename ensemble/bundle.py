@@ -59,12 +59,10 @@ def copy_weights(manifest_path: Path, out: Path) -> dict:
     manifest = load_manifest(manifest_path)
     verify_manifest(manifest)
     data = json.loads(manifest_path.read_text())
-    names = [spec.file.name for spec in manifest.models]
-    if len(set(names)) != len(names):
-        raise BundleError(f"{manifest_path}: two weight files share a name ({names}); rename one")
-    for entry, spec in zip(data["models"], manifest.models):
-        shutil.copy2(spec.file, out / spec.file.name)
-        entry["file"] = spec.file.name
+    for entry, spec in zip(data["models"], manifest.models):  # model names are unique in a manifest
+        copy = f"{spec.name}{spec.file.suffix}"
+        shutil.copy2(spec.file, out / copy)
+        entry["file"] = copy
     if manifest.stacker is not None:
         shutil.copy2(manifest.stacker, out / manifest.stacker.name)
         data["stacker"] = manifest.stacker.name

@@ -1,0 +1,142 @@
+"""`python -m demo`: the whole kit end to end, on CPU, with no Kaggle data.
+
+    python -m demo [--out runs/demo] [--data DFDC_FOLDER | --synthetic] [--quick] [--no-wheels]
+
+Data: `--data` (any DFDC-format folder), else `../shared/data/dev/videos` where it exists, else (or with
+`--synthetic`) a dataset generated from scikit-image's face photos (`demo/synthetic.py`). Then, printing
+each command as a user would type it: extract faces → group folds (one fold held out for the kernel) →
+train one Xception, one EfficientNet and one ResNet on one fold → fit the stacker on their OOF predictions →
+build the Kaggle bundle → run the kernel on the held-out videos with the network blocked → validate.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from demo.synthetic import DemoSpec, make_dataset
+from kernel.validate import validate
+
+REPO = Path(__file__).resolve().parents[1]
+DEV_VIDEOS = REPO.parent / "shared" / "data" / "dev" / "videos"
+CONFIG = Path(__file__).with_name("config.yaml")
+
+
+def run(step: str, args: list[str]) -> None:
+    """Run one kit command in a fresh process, echoing it; stop the demo if it fails."""
+    command = [sys.executable] + args
+    print(f"\n=== {step}\n$ python {shlex.join(args)}", flush=True)
+    result = subprocess.run(command, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if result.returncode != 0:
+        raise SystemExit(f"demo step '{step}' failed (exit {result.returncode}): python {shlex.join(args)}")
+
+
+def choose_data(args: argparse.Namespace, settings: dict, out: Path) -> tuple[Path, str]:
+    if args.data is not None:
+        return args.data, f"DFDC-format data in {args.data}"
+    if DEV_VIDEOS.is_dir() and not args.synthetic:
+        return DEV_VIDEOS, f"the dev videos in {DEV_VIDEOS}"
+    data = out / "data"
+    if not (data / "metadata.json").is_file():
+        print(f"=== generating the synthetic demo dataset in {data}", flush=True)
+        make_dataset(data, DemoSpec(**settings["synthetic"]))
+    return data, f"synthetic videos made from scikit-image face photos in {data}"
+
+
+def hold_out(folds_csv: Path, fold: int, train_csv: Path) -> list[str]:
+    """Write the folds without `fold` to `train_csv`; return the held-out videos."""
+    with open(folds_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    held = [row["video"] for row in rows if int(row["fold"]) == fold]
+    with open(train_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(row for row in rows if int(row["fold"]) != fold)
+    return held
+
+
+def video_paths(data: Path) -> tuple[dict[str, Path], dict]:
+    """Every video named in the data's metadata.json file(s), and the merged metadata."""
+    files = [data / "metadata.json"] if (data / "metadata.json").is_file() else sorted(data.glob("*/metadata.json"))
+    paths, metadata = {}, {}
+    for file in files:
+        entries = json.loads(file.read_text())
+        metadata.update(entries)
+        paths.update({name: file.parent / name for name in entries})
+    return paths, metadata
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="folder for everything it makes")
+    parser.add_argument("--data", type=Path, default=None, help="a DFDC-format folder to use instead")
+    parser.add_argument("--synthetic", action="store_true", help="use the generated dataset even if dev data exists")
+    parser.add_argument("--quick", action="store_true", help="smaller data and one epoch (the test suite's run)")
+    parser.add_argument("--no-wheels", action="store_true", help="bundle without wheels (no registry needed)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    settings = yaml.safe_load(CONFIG.read_text())
+    if args.quick:
+        settings = {**settings, **settings.pop("quick")}
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data, described = choose_data(args, settings, out)
+    print(f"demo on {described}; everything goes to {out}", flush=True)
+    crops, models, frames = out / "crops", out / "runs", str(settings["frames"])
+    run("extract faces", ["training/extract_faces.py", "--data", str(data), "--out", str(crops), "--frames", frames])
+    run("group folds", ["training/folds.py", "--index", str(crops / "index.csv"), "--k", str(settings["folds"]),
+                        "--out", str(crops / "folds.csv")])
+    held_out = hold_out(crops / "folds.csv", settings["holdout_fold"], crops / "folds_train.csv")
+    manifest = models / "weights_manifest.json"
+    oofs = []
+    for model in settings["models"]:
+        config = {**settings["train"], **model, "crops": str(crops), "folds": str(crops / "folds_train.csv"),
+                  "out": str(models), "manifest": str(manifest)}
+        config_path = out / "configs" / f"{model['arch']}.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(config))
+        run(f"train {model['arch']}", ["training/train_fold.py", "--config", str(config_path),
+                                       "--fold", str(settings["train_fold"])])
+        oofs += sorted(models.glob(f"{model['arch']}_fold{settings['train_fold']}*/oof.csv"))
+    run("fit the stacker", ["-m", "ensemble.stack", "--oof", *map(str, oofs), "--folds",
+                            str(crops / "folds_train.csv"), "--out", str(models / "stacker.json")])
+    data_manifest = json.loads(manifest.read_text())
+    data_manifest["stacker"] = "stacker.json"
+    manifest.write_text(json.dumps(data_manifest, indent=1))
+    bundle = out / "bundle"
+    run("build the Kaggle bundle", ["-m", "ensemble.bundle", "--manifest", str(manifest), "--out", str(bundle)]
+        + (["--no-wheels"] if args.no_wheels else []))
+    paths, metadata = video_paths(data)
+    test_videos = out / "test_videos"
+    test_videos.mkdir(exist_ok=True)
+    for name in held_out:
+        if not (test_videos / name).exists():
+            (test_videos / name).symlink_to(paths[name])
+    (test_videos / "sample_submission.csv").write_text("filename,label\n" + "".join(f"{n},0.5\n" for n in held_out))
+    (out / "metadata.json").write_text(json.dumps(metadata))
+    submission = out / "submission.csv"
+    run("kernel on the held-out videos, network blocked",
+        ["-m", "kernel", "--block-network", "--videos", str(test_videos), "--sample-submission",
+         str(test_videos / "sample_submission.csv"), "--manifest", str(bundle / "weights_manifest.json"),
+         "--out", str(submission), "--device", "cpu", "--frames", frames])
+    report = validate(submission, out / "metadata.json", out / "plots")
+    minutes = (time.monotonic() - started) / 60
+    print(f"\n=== done in {minutes:.1f} min on {described}")
+    print(f"held-out videos: {report['n']}; log loss {report['log_loss']:.4f}, AUC {report['auc']:.4f}, "
+          f"accuracy {report['accuracy']:.4f}")
+    print(f"submission: {submission}\nplots: {out / 'plots'} (confusion_matrix.png, roc.png) and "
+          f"{out / 'runs'}/*/loss_curve.png\nKaggle bundle: {bundle}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
