@@ -62,7 +62,7 @@ def resize_frames(frames: np.ndarray, scale: float) -> np.ndarray:
 class FaceDetector:
     """facenet-pytorch MTCNN run in batches over the frames of one video."""
 
-    def __init__(self, device: str = "cpu", detect_long_side: int = 480, min_face_size: int = 15,
+    def __init__(self, device: str = "cpu", detect_long_side: int = 480, min_face_size: int = 20,
                  thresholds: tuple[float, float, float] = (0.7, 0.8, 0.9), batch_size: int = 32):
         from facenet_pytorch import MTCNN
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -76,6 +78,25 @@ class KernelRun:
         return Counter(reason for reason in self.reasons.values() if reason != "ok")
 
 
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with `count` intra-op torch threads (None: unchanged), then restore the setting."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def detection_threads(config: dict[str, Any], device: str) -> int | None:
+    """CPU threads for MTCNN: by default all cores but one, which the prefetch thread decodes on."""
+    if device != "cpu":
+        return None
+    return config["detect_threads"] or max(1, (os.cpu_count() or 1) - 1)
+
+
 class Scorer:
     """Detector and classifiers, loaded once; `score(frames)` scores one decoded video."""
 
@@ -89,13 +110,16 @@ class Scorer:
                                      min_face_size=config["mtcnn_min_face_size"],
                                      thresholds=tuple(config["mtcnn_thresholds"]),
                                      batch_size=config["detect_batch_size"])
+        self.detect_threads = detection_threads(config, device)
         self.timer = StageTimer()
 
     def find_tracks(self, frames: np.ndarray) -> list[Track]:
         """Person tracks in decoded frames, largest first, at most `max_persons`."""
         cfg = self.config
         start = time.perf_counter()
-        per_frame = filter_detections(self.detector.detect(frames), cfg["min_face_score"], cfg["min_face_px"])
+        with torch_threads(self.detect_threads):
+            per_frame = self.detector.detect(frames)
+        per_frame = filter_detections(per_frame, cfg["min_face_score"], cfg["min_face_px"])
         tracks = link_tracks(per_frame, cfg["track_iou"], cfg["track_max_shift"], cfg["min_track_share"])[:cfg["max_persons"]]
         self.timer.add("detect", time.perf_counter() - start)
         return tracks

@@ -206,3 +206,15 @@ def test_cli_reports_a_bad_manifest_clearly(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kernel", "--videos", str(tmp_path), "--manifest", str(manifest),
                              "--out", str(tmp_path / "s.csv")], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "'models' is empty" in result.stderr
+
+
+def test_detection_leaves_a_core_to_the_decoder_and_restores_threads():
+    import torch
+
+    assert pipeline.detection_threads({"detect_threads": None}, "cpu") == max(1, (os.cpu_count() or 1) - 1)
+    assert pipeline.detection_threads({"detect_threads": 3}, "cpu") == 3
+    assert pipeline.detection_threads({"detect_threads": None}, "cuda") is None
+    before = torch.get_num_threads()
+    with pipeline.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
