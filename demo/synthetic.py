@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from kernel.faces import FaceDetector, filter_detections
+from kernel.config import load_config
+from kernel.faces import detector_from_config, filter_detections
 from kernel.submission import write_atomic
 
 FRAME_SIZE = (320, 240)  # width, height
@@ -116,10 +117,11 @@ def make_dataset(root: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)
-    detector = FaceDetector()
+    config = load_config()
+    detector = detector_from_config(config)
     metadata: dict[str, dict] = {}
     for index, image in enumerate(tqdm(portraits(spec.identities, rng), desc="demo videos", unit="identity")):
-        faces = filter_detections(detector.detect(image[None]), 0.9, 24)[0]
+        faces = filter_detections(detector.detect(image[None]), config["min_face_score"], config["min_face_px"])[0]
         if not faces:
             raise RuntimeError(f"demo identity {index}: the detector finds no face in its portrait")
         real = f"real_{index:03d}.mp4"

@@ -159,6 +159,20 @@ def link_tracks(per_frame: list[list[Detection]], iou_threshold: float = 0.2, ma
     return kept
 
 
+def detector_from_config(config: dict, device: str = "cpu") -> FaceDetector:
+    """The face detector with the kernel config's settings (`kernel/default_config.json`)."""
+    return FaceDetector(device=device, detect_long_side=config["detect_long_side"],
+                        min_face_size=config["mtcnn_min_face_size"], thresholds=tuple(config["mtcnn_thresholds"]),
+                        batch_size=config["detect_batch_size"])
+
+
+def person_tracks(detector: FaceDetector, frames: np.ndarray, config: dict) -> list[Track]:
+    """Kept person tracks of decoded frames, largest first, at most `max_persons`: the kernel's and training's."""
+    per_frame = filter_detections(detector.detect(frames), config["min_face_score"], config["min_face_px"])
+    tracks = link_tracks(per_frame, config["track_iou"], config["track_max_shift"], config["min_track_share"])
+    return tracks[:config["max_persons"]]
+
+
 def crop_face(frame: np.ndarray, box: tuple[float, float, float, float], margin: float = 0.3) -> np.ndarray:
     """Crop `box` from `frame` widened by `margin` of the box size on each side, clipped to the frame."""
     x1, y1, x2, y2 = box

@@ -21,8 +21,7 @@ from tqdm import tqdm
 
 from kernel.aggregate import Stacker, feature_name, video_features, video_score
 from kernel.config import load_config
-from kernel.faces import (FaceDetector, Track, crop_face, filter_detections, isotropic_resize_pad,
-                          link_tracks, normalise)
+from kernel.faces import Track, crop_face, detector_from_config, isotropic_resize_pad, normalise, person_tracks
 from kernel.models import ModelSpec, load_classifier, load_manifest, verify_manifest
 from kernel.submission import Checkpoint, target_filenames, write_submission
 from kernel.video import VideoReadError, read_frames
@@ -106,21 +105,15 @@ class Scorer:
         self.config = config
         self.device = device
         self.stacker = stacker
-        self.detector = FaceDetector(device=device, detect_long_side=config["detect_long_side"],
-                                     min_face_size=config["mtcnn_min_face_size"],
-                                     thresholds=tuple(config["mtcnn_thresholds"]),
-                                     batch_size=config["detect_batch_size"])
+        self.detector = detector_from_config(config, device)
         self.detect_threads = detection_threads(config, device)
         self.timer = StageTimer()
 
     def find_tracks(self, frames: np.ndarray) -> list[Track]:
         """Person tracks in decoded frames, largest first, at most `max_persons`."""
-        cfg = self.config
         start = time.perf_counter()
         with torch_threads(self.detect_threads):
-            per_frame = self.detector.detect(frames)
-        per_frame = filter_detections(per_frame, cfg["min_face_score"], cfg["min_face_px"])
-        tracks = link_tracks(per_frame, cfg["track_iou"], cfg["track_max_shift"], cfg["min_track_share"])[:cfg["max_persons"]]
+            tracks = person_tracks(self.detector, frames, self.config)
         self.timer.add("detect", time.perf_counter() - start)
         return tracks
 

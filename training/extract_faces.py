@@ -25,7 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel.config import load_config  # noqa: E402
-from kernel.faces import FaceDetector, crop_face, filter_detections, link_tracks  # noqa: E402
+from kernel.faces import crop_face, detector_from_config, person_tracks  # noqa: E402
 from kernel.submission import write_atomic  # noqa: E402
 from kernel.video import VideoReadError, read_frames  # noqa: E402
 
@@ -178,10 +178,7 @@ class Extractor:
                  jpeg_quality: int, device: str = "cpu"):
         self.out, self.config, self.frames = out, config, frames
         self.max_side, self.suffix, self.jpeg_quality = max_side, f".{image_format}", jpeg_quality
-        self.detector = FaceDetector(device=device, detect_long_side=config["detect_long_side"],
-                                     min_face_size=config["mtcnn_min_face_size"],
-                                     thresholds=tuple(config["mtcnn_thresholds"]),
-                                     batch_size=config["detect_batch_size"])
+        self.detector = detector_from_config(config, device)
 
     def decode(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
         if item.is_image:
@@ -192,9 +189,7 @@ class Extractor:
         """Crops of every kept person in every sampled frame, exactly as the kernel cuts them."""
         cfg = self.config
         frames, frame_numbers = self.decode(item)
-        per_frame = filter_detections(self.detector.detect(frames), cfg["min_face_score"], cfg["min_face_px"])
-        tracks = link_tracks(per_frame, cfg["track_iou"], cfg["track_max_shift"],
-                             cfg["min_track_share"])[:cfg["max_persons"]]
+        tracks = person_tracks(self.detector, frames, cfg)
         folder = self.out / "crops" / item.part / Path(item.name).stem
         if tracks:
             folder.mkdir(parents=True, exist_ok=True)
