@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from demo.synthetic import DemoSpec, make_dataset
+from kernel.submission import write_atomic
 from kernel.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                   "out": str(models), "manifest": str(manifest)}
         config_path = out / "configs" / f"{model['arch']}.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(yaml.safe_dump(config))
+        write_atomic(config_path, yaml.safe_dump(config))
         run(f"train {model['arch']}", ["training/train_fold.py", "--config", str(config_path),
                                        "--fold", str(settings["train_fold"])])
         oofs += sorted(models.glob(f"{model['arch']}_fold{settings['train_fold']}*/oof.csv"))
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                             str(crops / "folds_train.csv"), "--out", str(models / "stacker.json")])
     data_manifest = json.loads(manifest.read_text())
     data_manifest["stacker"] = "stacker.json"
-    manifest.write_text(json.dumps(data_manifest, indent=1))
+    write_atomic(manifest, json.dumps(data_manifest, indent=1))
     bundle = out / "bundle"
     run("build the Kaggle bundle", ["-m", "ensemble.bundle", "--manifest", str(manifest), "--out", str(bundle)]
         + (["--no-wheels"] if args.no_wheels else []))
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in held_out:
         if not (test_videos / name).exists():
             (test_videos / name).symlink_to(paths[name])
-    (test_videos / "sample_submission.csv").write_text("filename,label\n" + "".join(f"{n},0.5\n" for n in held_out))
-    (out / "metadata.json").write_text(json.dumps(metadata))
+    write_atomic(test_videos / "sample_submission.csv", "filename,label\n" + "".join(f"{n},0.5\n" for n in held_out))
+    write_atomic(out / "metadata.json", json.dumps(metadata))
     submission = out / "submission.csv"
     run("kernel on the held-out videos, network blocked",
         ["-m", "kernel", "--block-network", "--videos", str(test_videos), "--sample-submission",
