@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import torch
 
+from kernel.mtcnn import detect_faces
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -66,8 +68,11 @@ class FaceDetector:
                  thresholds: tuple[float, float, float] = (0.7, 0.8, 0.9), batch_size: int = 32):
         from facenet_pytorch import MTCNN
 
-        self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
-                           thresholds=list(thresholds), post_process=False, select_largest=False)
+        mtcnn = MTCNN(device=device).to(memory_format=torch.channels_last).eval()
+        self.nets = (mtcnn.pnet, mtcnn.rnet, mtcnn.onet)
+        self.device = torch.device(device)
+        self.min_face_size = min_face_size
+        self.thresholds = thresholds
         self.detect_long_side = detect_long_side
         self.batch_size = batch_size
 
@@ -79,18 +84,16 @@ class FaceDetector:
         per_frame: list[list[Detection]] = []
         for start in range(0, len(small), self.batch_size):
             batch = small[start:start + self.batch_size]
-            with torch.inference_mode():
-                boxes, probs = self.mtcnn.detect(batch)
-            for offset, (frame_boxes, frame_probs) in enumerate(zip(boxes, probs)):
+            found = detect_faces(batch, self.nets, self.min_face_size, self.thresholds, self.device)
+            for offset, (frame_boxes, frame_probs) in enumerate(found):
                 per_frame.append(_to_detections(start + offset, frame_boxes, frame_probs, scale, width, height))
         return per_frame
 
 
-def _to_detections(frame: int, boxes, probs, scale: float, width: int, height: int) -> list[Detection]:
-    if boxes is None:
-        return []
+def _to_detections(frame: int, boxes: np.ndarray, probs: np.ndarray, scale: float, width: int,
+                   height: int) -> list[Detection]:
     detections = []
-    for box, prob in zip(np.asarray(boxes, dtype=np.float64), np.asarray(probs, dtype=np.float64)):
+    for box, prob in zip(boxes.astype(np.float64), probs.astype(np.float64)):
         x1, y1, x2, y2 = (box / scale).tolist()
         x1, y1 = max(0.0, x1), max(0.0, y1)
         x2, y2 = min(float(width), x2), min(float(height), y2)

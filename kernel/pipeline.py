@@ -89,11 +89,16 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: `taskset`, container CPU sets), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def detection_threads(config: dict[str, Any], device: str) -> int | None:
     """CPU threads for MTCNN: by default all cores but one, which the prefetch thread decodes on."""
     if device != "cpu":
         return None
-    return config["detect_threads"] or max(1, (os.cpu_count() or 1) - 1)
+    return config["detect_threads"] or max(1, available_cores() - 1)
 
 
 class Scorer:

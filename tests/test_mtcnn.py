@@ -1,0 +1,51 @@
+"""kernel.mtcnn: the same faces as facenet-pytorch's MTCNN, on real frames; nothing on blank or tiny images."""
+import numpy as np
+import pytest
+import torch
+
+from kernel.faces import FaceDetector, box_iou, detection_scale, resize_frames
+from kernel.mtcnn import detect_faces, pyramid_scales
+from kernel.video import read_frames
+
+THRESHOLDS = (0.7, 0.8, 0.9)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector(thresholds=THRESHOLDS)
+
+
+def test_pyramid_scales_follow_mtcnn():
+    scales = pyramid_scales(270, 480, min_face_size=20)
+    assert scales[0] == pytest.approx(0.6)
+    assert all(b / a == pytest.approx(0.709) for a, b in zip(scales, scales[1:]))
+    assert 270 * scales[-1] >= 12 > 270 * scales[-1] * 0.709
+    assert pyramid_scales(16, 16, min_face_size=20) == []
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16, 3), (2, 120, 160, 3)])
+def test_no_faces_in_blank_or_tiny_frames(detector, shape):
+    found = detect_faces(np.full(shape, 128, np.uint8), detector.nets, 20, THRESHOLDS, torch.device("cpu"))
+    assert len(found) == shape[0]
+    assert all(boxes.shape == (0, 4) and scores.shape == (0,) for boxes, scores in found)
+
+
+def test_same_faces_as_facenet_pytorch(dev_data, detector):
+    """Every face facenet-pytorch's MTCNN finds (score >= 0.9) on real dev frames is found again, same box."""
+    from facenet_pytorch import MTCNN
+
+    reference = MTCNN(keep_all=True, min_face_size=20, thresholds=list(THRESHOLDS), post_process=False)
+    ious, reference_faces, our_faces = [], 0, 0
+    for name in ("ffc23_yt_519.mp4", "brtujopkby.mp4", "ffc40_df_183_253.mp4"):
+        frames, _ = read_frames(dev_data / "videos" / name, 8)
+        small = resize_frames(frames, detection_scale(*frames.shape[1:3], 480))
+        ours = detect_faces(small, detector.nets, 20, THRESHOLDS, torch.device("cpu"))
+        boxes, probs = reference.detect(small)
+        for (our_boxes, our_scores), ref_boxes, ref_probs in zip(ours, boxes, probs):
+            confident = [] if ref_boxes is None else [b for b, p in zip(ref_boxes, ref_probs) if p >= 0.9]
+            reference_faces += len(confident)
+            our_faces += int((our_scores >= 0.9).sum())
+            ious += [max((box_iou(tuple(ref), tuple(box)) for box in our_boxes), default=0.0) for ref in confident]
+    assert reference_faces >= 24
+    assert abs(our_faces - reference_faces) <= 2
+    assert np.median(ious) > 0.9 and np.mean(np.array(ious) > 0.7) == 1.0
