@@ -6,7 +6,7 @@ Run from the repository root:
 
 What is measured, on the same videos:
 
-* decode alone, per backend of `kernel.video` (decord and OpenCV), one video after another;
+* decode alone, per backend of `kernel.video` (PyAV reference frames, decord, OpenCV), one video after another;
 * OUR decode+detect as the kernel runs it: `kernel.pipeline.prefetch_frames` decodes the next videos in its
   background thread while `Scorer.find_tracks` (batched MTCNN on a downscaled copy, filter, tracks) works on
   the current one; the headline figure is the loop's wall time divided by the number of videos;
@@ -48,7 +48,7 @@ from kernel import video as kvideo  # noqa: E402
 from kernel.config import load_config  # noqa: E402
 from kernel.faces import crop_face  # noqa: E402
 from kernel.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_classifier  # noqa: E402
-from kernel.pipeline import LoadedModel, Scorer, prefetch_frames  # noqa: E402
+from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames  # noqa: E402
 
 DEV_VIDEOS = REPO.parent / "shared" / "data" / "dev" / "videos"
 if not DEV_VIDEOS.is_dir():
@@ -253,7 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="only videos whose shorter side is at least this (720: the HD full-frame ones)")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled per video")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: cores)")
+    parser.add_argument("--threads", type=int, default=available_cores(), help="torch.set_num_threads (default: cores)")
     parser.add_argument("--archs", nargs="*", default=["efficientnet_b0@224"],
                         help="classifiers as timm_name@input_size, random init (none: skip classify)")
     parser.add_argument("--config", default=None, help="kernel config JSON overriding default_config.json")
@@ -261,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="kernel config override, e.g. --set detect_long_side=384 (repeatable)")
     parser.add_argument("--decord-threads", type=int, default=None,
                         help="experiment: decord num_threads (kernel uses 1); patched in the benchmark only")
-    parser.add_argument("--decode-backends", nargs="*", default=["decord", "opencv"],
+    parser.add_argument("--decode-backends", nargs="*", default=list(kvideo.BACKENDS),
                         help="backends timed in the decode-only pass (none: skip it)")
     parser.add_argument("--baseline-thresholds", default=",".join(map(str, KERNEL_UTILS_THRESHOLDS)),
                         help="baseline MTCNN thresholds (kernel_utils.py: 0.7,0.8,0.8; "
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures[name] = VideoFigures(name, f"{width}x{height}", labels.get(name))
         (folder / name).read_bytes()  # page cache warm for every pipeline alike
     print(f"{len(names)} videos from {folder}, {args.frames} frames, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}", file=sys.stderr)
+          f"torch threads {torch.get_num_threads()}, cores {available_cores()}", file=sys.stderr)
 
     scorer = build_scorer(config, args.archs, args.device)
     tap = DetectionTap(scorer)
@@ -427,8 +427,8 @@ def summarise(args, config, names, figures, loop_wall, base_thresholds) -> dict[
     n = len(names)
     labelled = [f for f in ok if f.label]
     stages = {
-        "decode_decord": mean(f.decode.get("decord", float("nan")) for f in figs),
-        "decode_opencv": mean(f.decode.get("opencv", float("nan")) for f in figs),
+        **{f"decode_{backend}": mean(f.decode.get(backend, float("nan")) for f in figs)
+           for backend in args.decode_backends},
         "ours_decode_in_loop": mean(f.ours_decode_bg for f in figs),
         "ours_detect": mean(f.ours_detect for f in figs),
         "ours_loop": loop_wall / n,
@@ -447,14 +447,15 @@ def summarise(args, config, names, figures, loop_wall, base_thresholds) -> dict[
         "base_labelled": share(sum(f.base_faces for f in labelled), sum(f.base_frames for f in labelled)),
         "ours_min_video_labelled": min((share(f.ours_faces, f.frames) for f in labelled), default=float("nan")),
     }
+    first_backend = stages.get(f"decode_{config['decode_backends'][0]}", float("nan"))
     ratios = {
         "decode_detect": stages["base_decode_detect"] / stages["ours_loop"],
-        "decode": stages["base_decode"] / stages["decode_decord"] if stages["decode_decord"] == stages["decode_decord"] else float("nan"),
+        "decode": stages["base_decode"] / first_backend,
         "detect": stages["base_detect"] / stages["ours_detect"],
     }
     return {
         "videos_dir": str(args.videos), "videos": names, "frames": args.frames, "device": args.device,
-        "torch_threads": torch.get_num_threads(), "cores": os.cpu_count(), "archs": args.archs,
+        "torch_threads": torch.get_num_threads(), "cores": available_cores(), "archs": args.archs,
         "decord_threads": args.decord_threads if args.decord_threads is not None else 1,
         "baseline_thresholds": list(base_thresholds), "baseline_from": args.baseline_from,
         "config": {k: config[k] for k in ("detect_long_side", "mtcnn_min_face_size", "mtcnn_thresholds",
@@ -462,7 +463,7 @@ def summarise(args, config, names, figures, loop_wall, base_thresholds) -> dict[
                                           "min_face_px", "decode_backends")},
         "env": {"python": platform.python_version(), "torch": torch.__version__, "cv2": cv2.__version__},
         "seconds_per_video": stages, "faces_found_share": faces, "ratios": ratios, "target_ratio": 3.0,
-        "per_video": [f.__dict__ for f in figs],
+        "decode_backends_timed": list(args.decode_backends), "per_video": [f.__dict__ for f in figs],
     }
 
 
@@ -491,19 +492,24 @@ def print_report(result: dict[str, Any]) -> None:
           f"thresholds {cfg['mtcnn_thresholds']}, batch {cfg['detect_batch_size']}, prefetch "
           f"{cfg['prefetch_videos']}; baseline: half scale, min_face_size 20, thresholds "
           f"{result['baseline_thresholds']}\n")
-    print("per video (s)                  size       frames  dec:decord dec:opencv  ours:detect faces "
-          "| base:decode base:detect faces")
+    timed = result["decode_backends_timed"]
+    print("per video (s)                  size       frames " + "".join(f"{'dec:' + b:>11s}" for b in timed)
+          + "  ours:detect faces | base:decode base:detect faces")
     for v in result["per_video"]:
-        print(f"  {v['name'][:28]:28s} {v['size']:>10s} {v['frames']:5d}    {fmt(v['decode'].get('decord', float('nan')))}"
-              f"     {fmt(v['decode'].get('opencv', float('nan')))}      {fmt(v['ours_detect'])}  "
+        print(f"  {v['name'][:28]:28s} {v['size']:>10s} {v['frames']:5d} "
+              + "".join(f"     {fmt(v['decode'].get(b, float('nan')))}" for b in timed)
+              + f"       {fmt(v['ours_detect'])}  "
               f"{pct(share(v['ours_faces'], v['frames']))} |     {fmt(v['base_decode'])}      "
               f"{fmt(v['base_detect'])}  {pct(share(v['base_faces'], v['base_frames']))}"
               + (f"  [{v['error']}]" if v["error"] else ""))
     print()
     print(f"{'stage (s/video)':44s} {'ours':>8s} {'baseline':>9s} {'ratio':>7s}")
-    print(f"{'decode alone: decord (ours) | grab/retrieve':44s} {fmt(s['decode_decord']):>8s} "
-          f"{fmt(s['base_decode']):>9s} {r['decode']:6.2f}x")
-    print(f"{'decode alone: OpenCV backend of kernel':44s} {fmt(s['decode_opencv']):>8s}")
+    first = cfg["decode_backends"][0]
+    print(f"{'decode alone: ' + first + ' (kernel first) | grab/retrieve':44s} "
+          f"{fmt(s.get('decode_' + first, float('nan'))):>8s} {fmt(s['base_decode']):>9s} {r['decode']:6.2f}x")
+    for backend in timed:
+        if backend != first:
+            print(f"{'decode alone: ' + backend + ' backend':44s} {fmt(s['decode_' + backend]):>8s}")
     print(f"{'decode in prefetch thread (overlapped)':44s} {fmt(s['ours_decode_in_loop']):>8s}")
     print(f"{'detect (ours batched MTCNN | per-frame)':44s} {fmt(s['ours_detect']):>8s} "
           f"{fmt(s['base_detect']):>9s} {r['detect']:6.2f}x")

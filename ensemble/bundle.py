@@ -3,7 +3,7 @@
     python -m ensemble.bundle --manifest weights_manifest.json --out bundle/ [--dataset-id USER/SLUG]
 
 It copies the fp16 weights, the stacker JSON and a rewritten manifest; builds wheels of this kit and of the
-packages the Kaggle image lacks (facenet-pytorch, decord) into `wheels/`; writes Kaggle's
+packages the Kaggle image lacks (facenet-pytorch, decord, PyAV) into `wheels/`; writes Kaggle's
 `dataset-metadata.json` and `kernel_notebook.py`, which installs the wheels offline and runs the kernel.
 It refuses a bundle over the size limit (listing the largest files) and any weight whose sha256 differs
 from the manifest.
@@ -22,7 +22,7 @@ from kernel.submission import write_atomic
 
 KAGGLE_LIMIT_BYTES = 10**9
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXTRA_WHEELS = ("facenet-pytorch==2.6.0", "decord==0.6.0")
+EXTRA_WHEELS = ("facenet-pytorch==2.6.0", "decord==0.6.0", "av==18.1.0")
 
 NOTEBOOK = '''"""Kaggle kernel (internet off): install the DFDC kit from the attached dataset and write submission.csv."""
 import subprocess

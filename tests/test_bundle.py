@@ -25,7 +25,7 @@ def test_bundle_holds_weights_stacker_wheels_and_notebook(models, tmp_path, caps
     verify_manifest(manifest)
     assert all(spec.file.parent == out for spec in manifest.models) and manifest.stacker == out / "stacker.json"
     wheels = sorted(p.name.split("-")[0] for p in (out / "wheels").glob("*.whl"))
-    assert wheels == ["decord", "dfdc_kit", "facenet_pytorch"]
+    assert wheels == ["av", "decord", "dfdc_kit", "facenet_pytorch"]
     assert json.loads((out / "dataset-metadata.json").read_text())["id"] == "me/dfdc-test"
     notebook = (out / "kernel_notebook.py").read_text()
     assert "/kaggle/input/dfdc-test" in notebook and "--no-index" in notebook
