@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kernel.config import load_config
+from kernel.explain import main as explain_main
 from kernel.models import ManifestError, class_keys, fake_probability
 from kernel.pipeline import load_scorer
 from tests.test_train import ARCH, write_config, write_synthetic_crops
@@ -94,3 +95,15 @@ def test_kernel_scores_a_multiclass_model_as_one_minus_p_real(three_class_run):
     probs = scorer.classify_crops([read_crop(crops / path) for path in paths])[model.spec.name]
     assert np.allclose(probs, oof["prob"], atol=2e-6)
     assert np.allclose(probs, 1 - oof["p_real"], atol=4e-6)
+
+
+def test_explain_a_crop_with_a_multiclass_model(three_class_run, tmp_path):
+    runs, crops = three_class_run
+    oof = pd.read_csv(runs / f"{ARCH}_fold0" / "oof.csv").merge(read_index(crops / "index.csv"),
+                                                                 on=["video", "frame", "person"])
+    row = oof.iloc[0]
+    assert explain_main([str(crops / row["path"]), "--crop", "--manifest", str(runs / "weights_manifest.json"),
+                         "--out", str(tmp_path)]) == 0
+    data = json.loads(next(tmp_path.glob("*_explain.json")).read_text())
+    assert data["models"][0]["num_classes"] == 3
+    assert data["faces"][0]["probs"][row["model"]] == pytest.approx(row["prob"], abs=2e-6)
