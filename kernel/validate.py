@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kernel.metrics import CLIP, binary_report
+from kernel.plots import plot_confusion_matrix, pyplot, save_figure
 
 
 def labelled_pairs(submission: pd.DataFrame, metadata: dict) -> tuple[pd.DataFrame, list[str]]:
@@ -26,28 +27,12 @@ def labelled_pairs(submission: pd.DataFrame, metadata: dict) -> tuple[pd.DataFra
 
 def save_plots(y: np.ndarray, p: np.ndarray, out_dir: Path, threshold: float = 0.5) -> list[Path]:
     """Confusion-matrix and ROC PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix, roc_curve
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     matrix = confusion_matrix(y, (p > threshold).astype(int), labels=[0, 1])
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=14)
-    ax.set_xticks([0, 1], ["REAL", "FAKE"])
-    ax.set_yticks([0, 1], ["REAL", "FAKE"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix (threshold {threshold})")
-    fig.tight_layout()
-    paths = [out_dir / "confusion_matrix.png"]
-    fig.savefig(paths[0], dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    paths = [plot_confusion_matrix(matrix, ["REAL", "FAKE"], out_dir / "confusion_matrix.png",
+                                   f"confusion matrix (threshold {threshold})")]
+    fig, ax = pyplot().subplots(figsize=(4, 4))
     if len(np.unique(y)) == 2:
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, label="ROC")
@@ -56,9 +41,7 @@ def save_plots(y: np.ndarray, p: np.ndarray, out_dir: Path, threshold: float = 0
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC")
     fig.tight_layout()
-    paths.append(out_dir / "roc.png")
-    fig.savefig(paths[1], dpi=100)
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "roc.png"))
     return paths
 
 

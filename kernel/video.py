@@ -16,8 +16,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
 class VideoReadError(RuntimeError):
-    """A video could not be opened or decoded by any backend."""
+    """A video (or image) could not be opened or decoded by any backend."""
 
 
 def evenly_spaced_indices(frame_count: int, num_frames: int) -> np.ndarray:
@@ -152,3 +155,11 @@ def read_frames(path: str | Path, num_frames: int = 32,
             continue
         return np.ascontiguousarray(frames), indices
     raise VideoReadError(f"{path}: cannot decode ({'; '.join(failures)})")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as a one-frame RGB uint8 batch `(1, H, W, 3)`."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise VideoReadError(f"{path}: OpenCV cannot read this image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]

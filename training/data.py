@@ -66,12 +66,12 @@ def read_crop(path: Path) -> np.ndarray:
 
 
 class CropDataset(Dataset):
-    """Rows of the face index → (normalised tensor, label); augmentation only when given."""
+    """Rows of the face index → (normalised tensor, label from `label_column`); augmentation only when given."""
 
     def __init__(self, rows: pd.DataFrame, root: Path, input_size: int, mean: tuple[float, float, float],
-                 std: tuple[float, float, float], augmentation: A.Compose | None = None):
+                 std: tuple[float, float, float], augmentation: A.Compose | None = None, label_column: str = "label"):
         self.paths = [root / path for path in rows["path"]]
-        self.labels = rows["label"].to_numpy(dtype=np.float32)
+        self.labels = rows[label_column].to_numpy(dtype=np.float32)
         self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
         self.augmentation = augmentation
 
@@ -86,7 +86,7 @@ class CropDataset(Dataset):
 
 
 class BalancedSampler(Sampler[int]):
-    """Draws classes equally often (with replacement); each process takes its share of one shared draw.
+    """Draws classes (0/1 or class indices) equally often (with replacement); each process takes its share of one shared draw.
 
     Works single-process (`world_size=1`) and under torch.distributed; call `set_epoch` every epoch.
     """
@@ -94,7 +94,7 @@ class BalancedSampler(Sampler[int]):
     def __init__(self, labels: np.ndarray, rank: int = 0, world_size: int = 1, seed: int = 0):
         counts = np.bincount(labels.astype(np.int64), minlength=2).astype(np.float64)
         if (counts == 0).any():
-            raise ValueError("balance: sampler needs both classes in the training fold; use balance: none")
+            raise ValueError("balance: sampler needs every class in the training fold; use balance: none")
         self.weights = torch.as_tensor(1.0 / counts[labels.astype(np.int64)], dtype=torch.float64)
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
         self.per_rank = math.ceil(len(labels) / world_size)

@@ -27,12 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernel.config import load_config  # noqa: E402
 from kernel.faces import crop_face, detector_from_config, person_tracks  # noqa: E402
 from kernel.submission import write_atomic  # noqa: E402
-from kernel.video import VideoReadError, read_frames  # noqa: E402
+from kernel.video import IMAGE_SUFFIXES, VideoReadError, read_frames, read_image  # noqa: E402
 
 log = logging.getLogger("extract_faces")
 
 LABELS = {"REAL": 0, "FAKE": 1}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 INDEX_COLUMNS = ["video", "frame", "person", "label", "original", "part", "path", "box", "score"]
 PROBLEM_COLUMNS = ["video", "part", "status", "message"]
 
@@ -143,13 +142,6 @@ def shard_of(items: list[Item], shard: int, num_shards: int) -> list[Item]:
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard {shard} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
     return sorted(items, key=lambda item: item.key)[shard::num_shards]
-
-
-def read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise VideoReadError(f"{path}: OpenCV cannot read this image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]
 
 
 def cap_long_side(image: np.ndarray, max_side: int) -> np.ndarray:

@@ -6,12 +6,15 @@
 Writes to OUT/NAME/: config.yaml, last.pt (checkpoint every epoch), metrics.csv, loss_curve.png,
 best_fp16.pth (best val log loss) and oof.csv (`video, frame, person, model, prob, label` per crop of the
 fold's validation videos); adds or replaces the model's entry in the weights manifest.
+
+With `num_classes > 1` it learns the classes of `label_column` (e.g. the FF++ method, see training/methods.py)
+with softmax cross-entropy; `prob` is then 1 - P(real_class), oof.csv adds one `p_<class>` column per class,
+metrics.csv per-class video accuracy, and confusion_matrix.png/.csv show the best weights' video predictions.
 """
 from __future__ import annotations
 
 import argparse
 import fcntl
-import io
 import json
 import logging
 import math
@@ -37,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel.aggregate import video_score  # noqa: E402
 from kernel.metrics import auc, binary_report  # noqa: E402
-from kernel.models import (create_classifier, load_classifier, load_manifest, manifest_entry,  # noqa: E402
-                           model_family, save_fp16_state_dict)
+from kernel.models import (create_classifier, fake_probability, load_classifier, load_manifest,  # noqa: E402
+                           manifest_entry, model_family, save_fp16_state_dict)
+from kernel.plots import plot_confusion_matrix, pyplot, save_figure  # noqa: E402
 from kernel.submission import write_atomic  # noqa: E402
 from training.data import BalancedSampler, CropDataset, build_augmentation  # noqa: E402
 from training.extract_faces import read_index  # noqa: E402
@@ -81,9 +85,20 @@ def resolve_config(path: Path, fold: int) -> dict[str, Any]:
             raise ValueError(f"{path}: {key} is {config[key]!r}; choose one of {allowed}")
     if not config["crops"]:
         raise ValueError(f"{path}: set 'crops' to the folder written by extract_faces.py")
+    check_classes(config, path)
     config["name"] = config["name"].format(arch=config["arch"], fold=fold, input_size=config["input_size"])
     config["mean"], config["std"] = normalisation(config)
     return config
+
+
+def check_classes(config: dict[str, Any], path: Path) -> None:
+    """`num_classes`, `classes` and `real_class` agree (when the classes are listed)."""
+    count, classes = config["num_classes"], config["classes"]
+    if count < 1:
+        raise ValueError(f"{path}: num_classes is {count}; use 1 (real/fake) or the number of classes")
+    if count > 1 and classes is not None and (len(classes) != count or config["real_class"] not in classes):
+        raise ValueError(f"{path}: classes {classes} must be num_classes ({count}) names including "
+                         f"real_class {config['real_class']!r}")
 
 
 def normalisation(config: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -191,18 +206,49 @@ def load_fold_rows(config: dict[str, Any], fold: int) -> tuple[pd.DataFrame, pd.
         rows = rows[rows["fold"].notna()].astype({"fold": int})
     if fold not in set(folds["fold"]):
         raise ValueError(f"--fold {fold} is not in {folds_path}; it has folds {sorted(set(folds['fold']))}")
+    rows = with_targets(rows, config, index_path)
     train, val = rows[rows["fold"] != fold], rows[rows["fold"] == fold]
     if train.empty or val.empty:
         raise ValueError(f"fold {fold}: {len(train)} training and {len(val)} validation crops; need both")
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
+def with_targets(rows: pd.DataFrame, config: dict[str, Any], index_path: Path) -> pd.DataFrame:
+    """Add `target`, what the loss learns: the 0/1 label, or the class index of `label_column`.
+
+    With classes, `label` becomes class != real_class (for the binary metrics and the stacker), rows
+    without a class are left out, and `config["classes"]` is filled in (sorted names) when it was null.
+    """
+    if config["num_classes"] == 1:
+        return rows.assign(target=rows["label"])
+    column = config["label_column"]
+    if column not in rows.columns:
+        raise ValueError(f"{index_path} has no column {column!r} for label_column; add one, e.g. "
+                         f"python -m training.methods --index {index_path}")
+    names = rows[column].astype(str)
+    if (names == "").any():
+        log.warning("%d crops of %d videos have no %s: left out", int((names == "").sum()),
+                    rows.loc[names == "", "video"].nunique(), column)
+        rows, names = rows[names != ""], names[names != ""]
+    config["classes"] = list(config["classes"] or sorted(names.unique()))
+    check_classes(config, index_path)
+    unknown = sorted(set(names) - set(config["classes"]))
+    if unknown:
+        raise ValueError(f"{index_path}: {column} has classes {unknown} that are not in classes {config['classes']}")
+    return rows.assign(target=names.map(config["classes"].index),
+                       label=(names != config["real_class"]).astype(int))
+
+
+def real_index(config: dict[str, Any]) -> int:
+    return config["classes"].index(config["real_class"]) if config["num_classes"] > 1 else 0
+
+
 def make_loaders(config: dict[str, Any], train: pd.DataFrame, val: pd.DataFrame,
                  context: Dist) -> tuple[DataLoader, DataLoader]:
     crops, size = Path(config["crops"]), config["input_size"]
     mean, std = config["mean"], config["std"]
-    train_set = CropDataset(train, crops, size, mean, std, build_augmentation(config["augment"]))
-    val_set = CropDataset(val, crops, size, mean, std)
+    train_set = CropDataset(train, crops, size, mean, std, build_augmentation(config["augment"]), "target")
+    val_set = CropDataset(val, crops, size, mean, std, label_column="target")
     if config["balance"] == "sampler":
         sampler = BalancedSampler(train_set.labels, context.rank, context.world_size, config["seed"])
     else:
@@ -216,7 +262,7 @@ def make_loaders(config: dict[str, Any], train: pd.DataFrame, val: pd.DataFrame,
 # ---------------------------------------------------------------- model, optimiser, checkpoint
 
 def build_model(config: dict[str, Any]) -> torch.nn.Module:
-    model = create_classifier(config["arch"])
+    model = create_classifier(config["arch"], config["num_classes"])
     if config["pretrained"]:
         load_pretrained(model, config["pretrained"], config["arch"])
     return model
@@ -238,12 +284,42 @@ def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer,
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=floor)
 
 
+class BinaryLoss(torch.nn.Module):
+    """BCE on the single logit against labels smoothed towards 0.5: `y * (1 - s) + s / 2`."""
+
+    def __init__(self, smoothing: float, pos_weight: torch.Tensor | None = None):
+        super().__init__()
+        self.smoothing = smoothing
+        self.bce = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.bce(logits[:, 0].float(), labels * (1 - self.smoothing) + 0.5 * self.smoothing)
+
+
+class MultiClassLoss(torch.nn.Module):
+    """Softmax cross-entropy over class indices, with label smoothing `s` spread over the classes."""
+
+    def __init__(self, smoothing: float, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.cross_entropy = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.cross_entropy(logits.float(), labels.long())
+
+
 def build_loss(config: dict[str, Any], train_labels: np.ndarray, device: torch.device) -> torch.nn.Module:
-    pos_weight = None
-    if config["balance"] == "weights":
+    """`criterion(model outputs, labels)`; `balance: weights` weighs classes by inverse frequency."""
+    smoothing, count = config["label_smoothing"], config["num_classes"]
+    if config["balance"] != "weights":
+        weights = None
+    elif count == 1:
         fakes = float(train_labels.sum())
-        pos_weight = torch.tensor([(len(train_labels) - fakes) / max(fakes, 1.0)], device=device)
-    return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        weights = torch.tensor([(len(train_labels) - fakes) / max(fakes, 1.0)], device=device)
+    else:
+        counts = np.bincount(train_labels.astype(np.int64), minlength=count).astype(np.float64)
+        weights = torch.tensor(len(train_labels) / (count * np.maximum(counts, 1.0)), dtype=torch.float32,
+                               device=device)
+    return BinaryLoss(smoothing, weights) if count == 1 else MultiClassLoss(smoothing, weights)
 
 
 @dataclass
@@ -306,15 +382,13 @@ def train_one_epoch(model, loader: DataLoader, criterion, optimizer, scheduler, 
     """One pass over this rank's share of the training crops; returns the mean loss over all ranks."""
     model.train()
     use_amp = scaler.is_enabled()
-    smoothing = config["label_smoothing"]
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", unit="batch", disable=not context.main,
                dynamic_ncols=True)
     for images, labels in bar:
         images, labels = images.to(context.device, non_blocking=True), labels.to(context.device, non_blocking=True)
-        targets = labels * (1 - smoothing) + 0.5 * smoothing
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-            loss = criterion(model(images)[:, 0].float(), targets)
+            loss = criterion(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config["grad_clip"]:
@@ -330,13 +404,13 @@ def train_one_epoch(model, loader: DataLoader, criterion, optimizer, scheduler, 
 
 
 def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Logits of every crop in loader order (the model's own dtype: fp16 kernel models work too)."""
+    """`(crops, outputs)` logits in loader order (the model's own dtype: fp16 kernel models work too)."""
     model.eval()
     dtype = next(model.parameters()).dtype
     out = []
     with torch.inference_mode():
         for images, _ in loader:
-            out.append(model(images.to(device, dtype=dtype))[:, 0].float().cpu())
+            out.append(model(images.to(device, dtype=dtype)).float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -349,47 +423,72 @@ def video_probs(rows: pd.DataFrame, probs: np.ndarray, aggregation: str) -> pd.D
     return pd.DataFrame(scores)
 
 
-def validation_metrics(rows: pd.DataFrame, logits: np.ndarray, aggregation: str) -> dict[str, float]:
+def crop_fake_probs(logits: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    """P(fake) of each crop, as the kernel computes it (`kernel.models.fake_probability`)."""
+    return fake_probability(torch.from_numpy(logits), real_index(config)).numpy().astype(np.float64)
+
+
+def video_class_matrix(rows: pd.DataFrame, logits: np.ndarray, count: int) -> np.ndarray:
+    """Confusion matrix of videos: true class vs argmax of the mean softmax over the video's crops."""
+    from sklearn.metrics import confusion_matrix
+
+    probs = pd.DataFrame(torch.softmax(torch.from_numpy(logits), dim=1).numpy(), index=rows.index)
+    videos = probs.groupby(rows["video"]).mean()
+    truth = rows.groupby("video")["target"].first().loc[videos.index]
+    return confusion_matrix(truth, videos.to_numpy().argmax(axis=1), labels=list(range(count)))
+
+
+def class_metrics(matrix: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Video accuracy over all classes and per true class (NaN for a class with no validation video)."""
+    totals = matrix.sum(axis=1)
+    per_class = {f"val_acc_{name}": float(matrix[i, i] / totals[i]) if totals[i] else math.nan
+                 for i, name in enumerate(classes)}
+    return {"val_class_accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)), **per_class}
+
+
+def metric_columns(config: dict[str, Any]) -> list[str]:
+    if config["num_classes"] == 1:
+        return METRIC_COLUMNS
+    return METRIC_COLUMNS + ["val_class_accuracy"] + [f"val_acc_{name}" for name in config["classes"]]
+
+
+def validation_metrics(rows: pd.DataFrame, logits: np.ndarray, config: dict[str, Any]) -> dict[str, float]:
+    """Crop loss, binary real/fake metrics per video (from P(fake)) and, with classes, class accuracies."""
     labels = rows["label"].to_numpy(dtype=np.float64)
-    crop_loss = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels))
-    probs = 1.0 / (1.0 + np.exp(-logits))
-    videos = video_probs(rows, probs, aggregation)
+    targets = torch.from_numpy(rows["target"].to_numpy(dtype=np.float32))
+    crop_loss = BinaryLoss(0.0) if config["num_classes"] == 1 else MultiClassLoss(0.0)
+    probs = crop_fake_probs(logits, config)
+    videos = video_probs(rows, probs, config["aggregation"])
     report = binary_report(videos["label"], videos["prob"])
-    return {"val_loss": float(crop_loss), "val_log_loss": report["log_loss"], "val_auc": report["auc"],
-            "val_accuracy": report["accuracy"], "val_crop_auc": auc(labels, probs)}
+    metrics = {"val_loss": float(crop_loss(torch.from_numpy(logits), targets)), "val_log_loss": report["log_loss"],
+               "val_auc": report["auc"], "val_accuracy": report["accuracy"], "val_crop_auc": auc(labels, probs)}
+    if config["num_classes"] > 1:
+        metrics.update(class_metrics(video_class_matrix(rows, logits, config["num_classes"]), config["classes"]))
+    return metrics
 
 
 # ---------------------------------------------------------------- outputs
 
-def write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
+def write_metrics(run_dir: Path, history: list[dict[str, float]], columns: list[str]) -> None:
     """metrics.csv and loss_curve.png, both atomically."""
-    frame = pd.DataFrame(history, columns=METRIC_COLUMNS)
+    frame = pd.DataFrame(history, columns=columns)
     write_atomic(run_dir / "metrics.csv", frame.to_csv(index=False, float_format="%.6f"))
     plot_curves(frame, run_dir / "loss_curve.png")
 
 
 def plot_curves(frame: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (losses, scores) = pyplot().subplots(1, 2, figsize=(11, 4))
     for column in ("train_loss", "val_loss", "val_log_loss"):
         losses.plot(frame["epoch"], frame[column], marker="o", label=column)
     losses.set(xlabel="epoch", ylabel="loss", title="losses (val_log_loss: per video, clipped)")
     losses.legend()
-    for column in ("val_auc", "val_crop_auc", "val_accuracy"):
-        scores.plot(frame["epoch"], frame[column], marker="o", label=column)
+    for column in ("val_auc", "val_crop_auc", "val_accuracy", "val_class_accuracy"):
+        if column in frame:
+            scores.plot(frame["epoch"], frame[column], marker="o", label=column)
     scores.set(xlabel="epoch", ylim=(0, 1.02), title="validation")
     scores.legend()
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    save_figure(figure, path)
 
 
 @contextmanager
@@ -416,19 +515,38 @@ def export(config: dict[str, Any], paths: RunPaths, state: TrainState, val: pd.D
            val_loader: DataLoader, device: torch.device) -> pd.DataFrame:
     """Manifest entry for the best weights, then OOF predictions from those weights loaded the kernel's way."""
     best = min(state.history, key=lambda row: row["val_log_loss"])
+    classes = {"num_classes": config["num_classes"], "classes": config["classes"],
+               "real_class": config["real_class"]} if config["num_classes"] > 1 else {}
     entry = manifest_entry(config["name"], config["arch"], paths.best_weights, paths.manifest.parent,
                            config["input_size"], config["mean"], config["std"], fold=config["fold"],
                            epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
-                           val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None)
+                           val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
     update_manifest(paths.manifest, entry)
     spec = next(s for s in load_manifest(paths.manifest).models if s.name == config["name"])
-    model = load_classifier(spec, str(device))
-    probs = 1.0 / (1.0 + np.exp(-predict_logits(model, val_loader, device)))
-    oof = val[["video", "frame", "person"]].assign(model=config["name"], prob=probs, label=val["label"])
-    write_atomic(paths.run_dir / "oof.csv", oof[OOF_COLUMNS].to_csv(index=False, float_format="%.6f"))
+    logits = predict_logits(load_classifier(spec, str(device)), val_loader, device)
+    oof = val[["video", "frame", "person"]].assign(model=config["name"], prob=crop_fake_probs(logits, config),
+                                                   label=val["label"])[OOF_COLUMNS]
+    if classes:
+        oof = oof.join(class_outputs(val, logits, config, paths.run_dir))
+    write_atomic(paths.run_dir / "oof.csv", oof.to_csv(index=False, float_format="%.6f"))
     log.info("best epoch %d: val log loss %.4f, AUC %.4f; %s added to %s; OOF: %s", best["epoch"],
              best["val_log_loss"], best["val_auc"], paths.best_weights, paths.manifest, paths.run_dir / "oof.csv")
     return oof
+
+
+def class_outputs(val: pd.DataFrame, logits: np.ndarray, config: dict[str, Any], run_dir: Path) -> pd.DataFrame:
+    """`p_<class>` OOF columns; confusion_matrix.csv and .png of the validation videos (logged per class)."""
+    classes = config["classes"]
+    matrix = video_class_matrix(val, logits, len(classes))
+    accuracy = class_metrics(matrix, classes)
+    log.info("attribution: video accuracy %.3f; per class: %s", accuracy["val_class_accuracy"],
+             ", ".join(f"{name} {accuracy[f'val_acc_{name}']:.2f}" for name in classes))
+    table = pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=classes)
+    write_atomic(run_dir / "confusion_matrix.csv", table.to_csv())
+    plot_confusion_matrix(matrix, classes, run_dir / "confusion_matrix.png",
+                          f"{config['name']}\nvalidation videos, accuracy {accuracy['val_class_accuracy']:.2f}")
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return pd.DataFrame(probs, index=val.index, columns=[f"p_{name}" for name in classes])
 
 
 # ---------------------------------------------------------------- main
@@ -480,7 +598,7 @@ def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_afte
         train_loss = train_one_epoch(trained, train_loader, criterion, optimizer, scheduler, scaler, config,
                                      context, epoch)
         metrics = validation_metrics(val_rows, predict_logits(model, val_loader, context.device),
-                                     config["aggregation"]) if context.main else {}
+                                     config) if context.main else {}
         val_log_loss = broadcast_float(metrics.get("val_log_loss", 0.0), context)
         is_best = improved(state, val_log_loss)
         state.epoch = epoch
@@ -491,9 +609,11 @@ def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_afte
             log.info("epoch %d: train loss %.4f, val loss %.4f, val log loss %.4f, AUC %.4f, accuracy %.3f%s",
                      epoch, train_loss, metrics["val_loss"], metrics["val_log_loss"], metrics["val_auc"],
                      metrics["val_accuracy"], " (best)" if is_best else "")
+            if "val_class_accuracy" in metrics:
+                log.info("epoch %d: class accuracy (videos) %.3f", epoch, metrics["val_class_accuracy"])
             if is_best:
                 save_fp16_state_dict(model, paths.best_weights)
-            write_metrics(paths.run_dir, state.history)
+            write_metrics(paths.run_dir, state.history, metric_columns(config))
             save_checkpoint(paths.checkpoint, model, optimizer, scheduler, scaler, state, config)
         epochs_run += 1
         if state.stopped_early:
