@@ -41,6 +41,7 @@ from kernel.models import (create_classifier, load_classifier, load_manifest, ma
                            model_family, save_fp16_state_dict)
 from kernel.submission import write_atomic  # noqa: E402
 from training.data import BalancedSampler, CropDataset, build_augmentation  # noqa: E402
+from training.defences import defence_from_config  # noqa: E402
 from training.extract_faces import read_index  # noqa: E402
 from training.pretrained import load_pretrained  # noqa: E402
 
@@ -83,6 +84,7 @@ def resolve_config(path: Path, fold: int) -> dict[str, Any]:
         raise ValueError(f"{path}: set 'crops' to the folder written by extract_faces.py")
     config["name"] = config["name"].format(arch=config["arch"], fold=fold, input_size=config["input_size"])
     config["mean"], config["std"] = normalisation(config)
+    defence_from_config(config)  # a bad adversarial/lipschitz setting fails here, before any data is read
     return config
 
 
@@ -308,15 +310,21 @@ def train_one_epoch(model, loader: DataLoader, criterion, optimizer, scheduler, 
     use_amp = scaler.is_enabled()
     smoothing = config["label_smoothing"]
     total, count = 0.0, 0
+    defence = defence_from_config(config)
     bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", unit="batch", disable=not context.main,
                dynamic_ncols=True)
+
+    def batch_loss(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+            return criterion(net(images)[:, 0].float(), targets)
+
     for images, labels in bar:
         images, labels = images.to(context.device, non_blocking=True), labels.to(context.device, non_blocking=True)
         targets = labels * (1 - smoothing) + 0.5 * smoothing
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-            loss = criterion(model(images)[:, 0].float(), targets)
+        images = defence.mix_adversarial(model, images, targets, batch_loss)
+        objective, loss = defence.objective(model, images, targets, batch_loss)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(objective).backward()
         if config["grad_clip"]:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
@@ -383,6 +391,13 @@ def plot_curves(frame: pd.DataFrame, path: Path) -> None:
         scores.plot(frame["epoch"], frame[column], marker="o", label=column)
     scores.set(xlabel="epoch", ylim=(0, 1.02), title="validation")
     scores.legend()
+    save_png(figure, path)
+
+
+def save_png(figure, path: Path) -> None:
+    """Write a matplotlib figure to `path` as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
