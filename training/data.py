@@ -21,9 +21,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over 
 import albumentations as A  # noqa: E402
 
 from kernel.faces import isotropic_resize_pad, normalise  # noqa: E402
+from training.perturb import PARAMETERS, image_seed  # noqa: E402
+from training.perturb import transform as perturbation  # noqa: E402
 
-AUGMENTATIONS = ("hflip", "shift_scale_rotate", "color_jitter", "jpeg", "blur", "gauss_noise", "salt_pepper",
-                 "sharpen", "cutout")
+# each transform's settings besides `p`; the five perturbations take their one parameter from training/perturb.py
+AUGMENTATIONS = {"hflip": (), "shift_scale_rotate": ("shift", "scale", "rotate"),
+                 "color_jitter": ("brightness", "contrast", "saturation", "hue"),
+                 **{name: (parameter,) for name, (parameter, _) in PARAMETERS.items()}, "cutout": ("holes", "size")}
+# the perturbations shared with robustness evaluation (training/perturb.py), in pipeline order, default ranges
+PERTURBATION_DEFAULTS = {"jpeg": (40, 95), "blur": (0.5, 1.5), "gauss_noise": (0.01, 0.05),
+                         "salt_pepper": (0.005, 0.02), "sharpen": (0.1, 0.3)}
 
 
 def build_augmentation(settings: dict[str, Any]) -> A.Compose:
@@ -31,6 +38,10 @@ def build_augmentation(settings: dict[str, Any]) -> A.Compose:
     unknown = sorted(set(settings) - set(AUGMENTATIONS))
     if unknown:
         raise KeyError(f"augment: unknown transforms {unknown}; known: {list(AUGMENTATIONS)}")
+    for name, options in settings.items():
+        extra = sorted(set(options or {}) - {"p", *AUGMENTATIONS[name]})
+        if extra:
+            raise KeyError(f"augment.{name}: unknown settings {extra}; it takes p and {list(AUGMENTATIONS[name])}")
 
     def p(name: str) -> float:
         return float(settings.get(name, {}).get("p", 0.0))
@@ -47,11 +58,8 @@ def build_augmentation(settings: dict[str, Any]) -> A.Compose:
         A.ColorJitter(brightness=get("color_jitter", "brightness", 0.2), contrast=get("color_jitter", "contrast", 0.2),
                       saturation=get("color_jitter", "saturation", 0.2), hue=get("color_jitter", "hue", 0.02),
                       p=p("color_jitter")),
-        A.ImageCompression(quality_range=tuple(get("jpeg", "quality", (40, 95))), p=p("jpeg")),
-        A.GaussianBlur(blur_limit=tuple(get("blur", "kernel", (3, 5))), p=p("blur")),
-        A.GaussNoise(std_range=tuple(get("gauss_noise", "std", (0.01, 0.05))), p=p("gauss_noise")),
-        A.SaltAndPepper(amount=tuple(get("salt_pepper", "amount", (0.005, 0.02))), p=p("salt_pepper")),
-        A.Sharpen(alpha=tuple(get("sharpen", "alpha", (0.1, 0.3))), p=p("sharpen")),
+        *(perturbation(name, tuple(get(name, PARAMETERS[name][0], default)), p(name))
+          for name, default in PERTURBATION_DEFAULTS.items()),
         A.CoarseDropout(num_holes_range=tuple(get("cutout", "holes", (1, 2))),
                         hole_height_range=tuple(get("cutout", "size", (0.1, 0.3))),
                         hole_width_range=tuple(get("cutout", "size", (0.1, 0.3))), fill=0, p=p("cutout")),
@@ -66,14 +74,18 @@ def read_crop(path: Path) -> np.ndarray:
 
 
 class CropDataset(Dataset):
-    """Rows of the face index → (normalised tensor, label from `label_column`); augmentation only when given."""
+    """Rows of the face index → (normalised tensor, label from `label_column`); augmentation only when given.
+
+    With `seed` set, crop i is augmented with draws fixed by (seed, i): the same crops every time.
+    """
 
     def __init__(self, rows: pd.DataFrame, root: Path, input_size: int, mean: tuple[float, float, float],
-                 std: tuple[float, float, float], augmentation: A.Compose | None = None, label_column: str = "label"):
+                 std: tuple[float, float, float], augmentation: A.BasicTransform | None = None,
+                 label_column: str = "label", seed: int | None = None):
         self.paths = [root / path for path in rows["path"]]
         self.labels = rows[label_column].to_numpy(dtype=np.float32)
         self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
-        self.augmentation = augmentation
+        self.augmentation, self.seed = augmentation, seed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -81,6 +93,8 @@ class CropDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = isotropic_resize_pad(read_crop(self.paths[index]), self.input_size)
         if self.augmentation is not None:
+            if self.seed is not None:
+                self.augmentation.set_random_seed(image_seed(self.seed, index))
             image = self.augmentation(image=image)["image"]
         return normalise(image[None], self.mean, self.std)[0], torch.tensor(self.labels[index])
 

@@ -45,6 +45,7 @@ from kernel.models import (create_classifier, fake_probability, load_classifier,
 from kernel.plots import plot_confusion_matrix, pyplot, save_figure  # noqa: E402
 from kernel.submission import write_atomic  # noqa: E402
 from training.data import BalancedSampler, CropDataset, build_augmentation  # noqa: E402
+from training.defences import defence_from_config  # noqa: E402
 from training.extract_faces import read_index  # noqa: E402
 from training.pretrained import load_pretrained  # noqa: E402
 
@@ -88,6 +89,7 @@ def resolve_config(path: Path, fold: int) -> dict[str, Any]:
     check_classes(config, path)
     config["name"] = config["name"].format(arch=config["arch"], fold=fold, input_size=config["input_size"])
     config["mean"], config["std"] = normalisation(config)
+    defence_from_config(config)  # a bad adversarial/lipschitz setting fails here, before any data is read
     return config
 
 
@@ -383,14 +385,20 @@ def train_one_epoch(model, loader: DataLoader, criterion, optimizer, scheduler, 
     model.train()
     use_amp = scaler.is_enabled()
     total, count = 0.0, 0
+    defence = defence_from_config(config)
     bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", unit="batch", disable=not context.main,
                dynamic_ncols=True)
+
+    def batch_loss(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+            return criterion(net(images), labels)
+
     for images, labels in bar:
         images, labels = images.to(context.device, non_blocking=True), labels.to(context.device, non_blocking=True)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-            loss = criterion(model(images), labels)
+        images = defence.mix_adversarial(model, images, labels, batch_loss)
+        objective, loss = defence.objective(model, images, labels, batch_loss)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(objective).backward()
         if config["grad_clip"]:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
