@@ -209,6 +209,8 @@ def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, An
 
     def produce() -> None:
         for filename in filenames:
+            if stop.is_set():  # the run ended (or crashed): start no new decode
+                return
             start = time.perf_counter()
             try:
                 item: np.ndarray | Exception = decode_video(videos_dir / filename, config)[0]
@@ -225,6 +227,7 @@ def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, An
             yield entry
     finally:
         stop.set()
+        worker.join()
 
 
 def fallback_reason(error: Exception) -> str:
