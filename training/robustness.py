@@ -315,13 +315,17 @@ def plot_attacks(frame: pd.DataFrame, path: Path) -> None:
     save_figure(figure, path)
 
 
+def lost_shares(videos: pd.DataFrame) -> pd.DataFrame:
+    """Faces lost over all videos per perturbation and strength, as a share of the faces found clean."""
+    lost = videos.groupby(["perturbation", "strength"])[["lost", "faces_clean"]].sum().reset_index()
+    return lost.assign(lost_share=lost["lost"] / lost["faces_clean"].replace(0, np.nan))
+
+
 def plot_video_faces(frame: pd.DataFrame, perturbations: list[str], path: Path) -> None:
     plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(5.5, 0.5 * len(perturbations) + 2))
-    faces = frame.groupby(["perturbation", "strength"])[["lost", "faces_clean"]].sum().reset_index()
-    faces["lost_share"] = faces["lost"] / faces["faces_clean"].replace(0, np.nan)
-    draw_grid(axis, grid(faces, "lost_share", perturbations), "Oranges")
+    draw_grid(axis, grid(lost_shares(frame), "lost_share", perturbations), "Oranges")
     axis.set_title(f"share of faces lost ({frame['video'].nunique()} videos)")
     figure.tight_layout()
     save_figure(figure, path)
@@ -347,10 +351,8 @@ def report_text(settings: dict[str, Any], matrix: pd.DataFrame, attacks: pd.Data
                       attacks[["model", "attack", "eps", "detected", "success_rate", "clean_acc_fake",
                                "robust_acc_fake", "clean_accuracy", "robust_accuracy"]].to_string(index=False), ""]
         if videos is not None and not videos.empty:
-            lost = videos.groupby(["perturbation", "strength"])[["lost", "faces_clean"]].sum().reset_index()
-            lost["lost_share"] = lost["lost"] / lost["faces_clean"].replace(0, np.nan)
             parts += [f"Faces lost before detection ({videos['video'].nunique()} videos, share of clean faces):",
-                      grid(lost, "lost_share", settings["perturbations"]).to_string(), ""]
+                      grid(lost_shares(videos), "lost_share", settings["perturbations"]).to_string(), ""]
     return "\n".join(parts) + "\n"
 
 
