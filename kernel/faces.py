@@ -1,9 +1,11 @@
 """Faces: batched MTCNN detection on a downscaled copy, IoU person tracks, and the one crop function.
 
-`crop_face`, `isotropic_resize_pad` and `normalise` are shared by inference and `training/`.
+`crop_face`, `isotropic_resize` / `pad_square` (together `isotropic_resize_pad`) and `normalise` are shared by
+inference and `training/`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import cv2
@@ -15,11 +17,18 @@ from kernel.mtcnn import detect_faces
 
 @dataclass(frozen=True)
 class Detection:
-    """One face in one sampled frame; `box` is (x1, y1, x2, y2) in full-resolution pixels."""
+    """One face in one sampled frame; `box` is (x1, y1, x2, y2) and `landmarks` MTCNN's five points (eyes,
+    nose, mouth corners) as (x, y) pairs, both in full-resolution pixels."""
 
     frame: int
     box: tuple[float, float, float, float]
     score: float
+    landmarks: tuple[tuple[float, float], ...] | None = None
+
+    @property
+    def size(self) -> float:
+        """Geometric mean of the box's width and height, in pixels."""
+        return math.sqrt(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
 
 
 @dataclass
@@ -32,6 +41,11 @@ class Track:
     @property
     def last_box(self) -> tuple[float, float, float, float]:
         return self.detections[-1].box
+
+    @property
+    def face_size(self) -> float:
+        """Median face size over the track's detections (`Detection.size`)."""
+        return float(np.median([d.size for d in self.detections]))
 
 
 def detection_scale(height: int, width: int, detect_long_side: int) -> float:
@@ -85,20 +99,21 @@ class FaceDetector:
         for start in range(0, len(small), self.batch_size):
             batch = small[start:start + self.batch_size]
             found = detect_faces(batch, self.nets, self.min_face_size, self.thresholds, self.device)
-            for offset, (frame_boxes, frame_probs) in enumerate(found):
-                per_frame.append(_to_detections(start + offset, frame_boxes, frame_probs, scale, width, height))
+            for offset, faces in enumerate(found):
+                per_frame.append(_to_detections(start + offset, *faces, scale, width, height))
         return per_frame
 
 
-def _to_detections(frame: int, boxes: np.ndarray, probs: np.ndarray, scale: float, width: int,
-                   height: int) -> list[Detection]:
+def _to_detections(frame: int, boxes: np.ndarray, probs: np.ndarray, landmarks: np.ndarray, scale: float,
+                   width: int, height: int) -> list[Detection]:
     detections = []
-    for box, prob in zip(boxes.astype(np.float64), probs.astype(np.float64)):
+    for box, prob, points in zip(boxes.astype(np.float64), probs.astype(np.float64), landmarks.astype(np.float64)):
         x1, y1, x2, y2 = (box / scale).tolist()
         x1, y1 = max(0.0, x1), max(0.0, y1)
         x2, y2 = min(float(width), x2), min(float(height), y2)
         if x2 > x1 and y2 > y1:
-            detections.append(Detection(frame, (x1, y1, x2, y2), float(prob)))
+            pairs = tuple((float(x), float(y)) for x, y in points / scale)
+            detections.append(Detection(frame, (x1, y1, x2, y2), float(prob), pairs))
     return detections
 
 
@@ -129,12 +144,14 @@ def center_shift(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def link_tracks(per_frame: list[list[Detection]], iou_threshold: float = 0.2, max_shift: float = 1.0,
-                min_track_share: float = 0.3) -> list[Track]:
+                min_track_share: float = 0.3, min_size_ratio: float = 0.0) -> list[Track]:
     """Link detections into person tracks, greedily matching each track's latest box, nearest first.
 
     A detection joins a track if their boxes overlap by `iou_threshold` or their centres are within
     `max_shift` face sizes (sampled frames are ~0.3 s apart, a walking face moves). Tracks seen in fewer
-    than `min_track_share` of the frames of the longest are dropped; persons are numbered 0.. by length.
+    than `min_track_share` of the frames of the longest are dropped, then tracks whose faces are smaller than
+    `min_size_ratio` of the largest kept track's (a face in a picture on the wall, a passer-by far behind);
+    persons are numbered 0.. by length.
     """
     tracks: list[Track] = []
     for detections in per_frame:
@@ -155,8 +172,9 @@ def link_tracks(per_frame: list[list[Detection]], iou_threshold: float = 0.2, ma
     if not tracks:
         return []
     longest = max(len(t.detections) for t in tracks)
-    kept = sorted((t for t in tracks if len(t.detections) >= min_track_share * longest),
-                  key=lambda t: -len(t.detections))
+    kept = [t for t in tracks if len(t.detections) >= min_track_share * longest]
+    largest = max(t.face_size for t in kept)
+    kept = sorted((t for t in kept if t.face_size >= min_size_ratio * largest), key=lambda t: -len(t.detections))
     for person, track in enumerate(kept):
         track.person = person
     return kept
@@ -172,31 +190,59 @@ def detector_from_config(config: dict, device: str = "cpu") -> FaceDetector:
 def person_tracks(detector: FaceDetector, frames: np.ndarray, config: dict) -> list[Track]:
     """Kept person tracks of decoded frames, largest first, at most `max_persons`: the kernel's and training's."""
     per_frame = filter_detections(detector.detect(frames), config["min_face_score"], config["min_face_px"])
-    tracks = link_tracks(per_frame, config["track_iou"], config["track_max_shift"], config["min_track_share"])
+    tracks = link_tracks(per_frame, config["track_iou"], config["track_max_shift"], config["min_track_share"],
+                         config["min_track_size_ratio"])
     return tracks[:config["max_persons"]]
 
 
-def crop_face(frame: np.ndarray, box: tuple[float, float, float, float], margin: float = 0.3) -> np.ndarray:
-    """Crop `box` from `frame` widened by `margin` of the box size on each side, clipped to the frame."""
+def crop_window(box: tuple[float, float, float, float], margin: float) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) pixel bounds of `box` widened by `margin` of its size on each side; they may
+    lie outside the frame."""
     x1, y1, x2, y2 = box
     pad_x, pad_y = (x2 - x1) * margin, (y2 - y1) * margin
+    return math.floor(x1 - pad_x), math.floor(y1 - pad_y), round(x2 + pad_x), round(y2 + pad_y)
+
+
+def crop_face(frame: np.ndarray, box: tuple[float, float, float, float], margin: float = 0.3) -> np.ndarray:
+    """Crop `box` from `frame` widened by `margin` of the box size on each side.
+
+    Where the widened box runs past the frame edge, the crop is zero-padded, so every crop frames its face the
+    same way (a face at the border is not zoomed in on).
+    """
+    left, top, right, bottom = crop_window(box, margin)
     height, width = frame.shape[:2]
-    left, top = max(0, int(x1 - pad_x)), max(0, int(y1 - pad_y))
-    right, bottom = min(width, int(round(x2 + pad_x))), min(height, int(round(y2 + pad_y)))
-    return frame[top:bottom, left:right]
+    inside = frame[max(0, top):min(height, bottom), max(0, left):min(width, right)]
+    if (left, top, right, bottom) == (max(0, left), max(0, top), min(width, right), min(height, bottom)):
+        return inside
+    crop = np.zeros((max(1, bottom - top), max(1, right - left)) + frame.shape[2:], dtype=frame.dtype)
+    y0, x0 = max(0, -top), max(0, -left)
+    crop[y0:y0 + inside.shape[0], x0:x0 + inside.shape[1]] = inside
+    return crop
 
 
-def isotropic_resize_pad(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the long side is `size` (aspect kept), then zero-pad to `size` x `size`, centred."""
+def isotropic_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the long side is `size`, aspect kept (area filter down, cubic up)."""
     height, width = image.shape[:2]
     scale = size / max(height, width)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    if (new_w, new_h) == (width, height):
+        return image
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+
+
+def pad_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad an image whose long side is `size` to `size` x `size`, centred."""
+    height, width = image.shape[:2]
     out = np.zeros((size, size) + image.shape[2:], dtype=image.dtype)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[top:top + new_h, left:left + new_w] = resized
+    top, left = (size - height) // 2, (size - width) // 2
+    out[top:top + height, left:left + width] = image
     return out
+
+
+def isotropic_resize_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """The model input geometry: `isotropic_resize` to `size`, then `pad_square`."""
+    return pad_square(isotropic_resize(image, size), size)
 
 
 def normalise(crops: np.ndarray, mean: tuple[float, float, float],

@@ -84,37 +84,62 @@ def first_stage(frames: np.ndarray, pnet: torch.nn.Module, min_face_size: int, t
     return rerec(refined), image_inds
 
 
-def refine_stage(frames: np.ndarray, boxes: torch.Tensor, image_inds: torch.Tensor, net: torch.nn.Module,
-                 size: int, threshold: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """R-Net (size 24) or O-Net (size 48) on crops of `boxes`: kept boxes, regressed, and their frame index."""
+def net_outputs(frames: np.ndarray, boxes: torch.Tensor, image_inds: torch.Tensor, net: torch.nn.Module,
+                size: int, threshold: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """R-Net (size 24) or O-Net (size 48) on crops of `boxes`: the boxes it keeps (x1, y1, x2, y2, score), their
+    frame index, their box regression and (O-Net) their landmark outputs."""
     crops, inside = crop_boxes(frames, boxes, image_inds, size)
     boxes, image_inds = boxes[inside], image_inds[inside]
     if not len(boxes):
-        return boxes, image_inds
+        return boxes, image_inds, boxes[:, :4], boxes[:, :0]
     outputs = run_net(net, crops, device)
     regression, score = outputs[0], outputs[-1][:, 1]
     keep = score > threshold
     boxes = torch.cat((boxes[keep, :4], score[keep].unsqueeze(1)), dim=1)
-    image_inds, regression = image_inds[keep], regression[keep]
-    if size == 24:
-        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-        return rerec(bbreg(boxes[pick], regression[pick])), image_inds[pick]
+    points = outputs[1][keep] if len(outputs) == 3 else boxes[:, :0]
+    return boxes, image_inds[keep], regression[keep], points
+
+
+def second_stage(frames: np.ndarray, boxes: torch.Tensor, image_inds: torch.Tensor, rnet: torch.nn.Module,
+                 threshold: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """R-Net on 24x24 crops: kept boxes, regressed and squared, and their frame index."""
+    boxes, image_inds, regression, _ = net_outputs(frames, boxes, image_inds, rnet, 24, threshold, device)
+    if not len(boxes):
+        return boxes, image_inds
+    pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+    return rerec(bbreg(boxes[pick], regression[pick])), image_inds[pick]
+
+
+def third_stage(frames: np.ndarray, boxes: torch.Tensor, image_inds: torch.Tensor, onet: torch.nn.Module,
+                threshold: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """O-Net on 48x48 crops: final boxes, their frame index and five landmarks `(k, 5, 2)` (eyes, nose, mouth
+    corners) in frame pixels, placed as facenet-pytorch places them (relative to the box before regression)."""
+    boxes, image_inds, regression, points = net_outputs(frames, boxes, image_inds, onet, 48, threshold, device)
+    if not len(boxes):
+        return boxes, image_inds, torch.zeros((0, 5, 2), device=boxes.device)
+    widths, heights = boxes[:, 2:3] - boxes[:, 0:1] + 1, boxes[:, 3:4] - boxes[:, 1:2] + 1
+    landmarks = torch.stack((widths * points[:, :5] + boxes[:, 0:1] - 1,
+                             heights * points[:, 5:10] + boxes[:, 1:2] - 1), dim=2)
     boxes = bbreg(boxes, regression)
     pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
-    return boxes[pick], image_inds[pick]
+    return boxes[pick], image_inds[pick], landmarks[pick]
 
 
 @torch.inference_mode()
 def detect_faces(frames: np.ndarray, nets: tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module],
                  min_face_size: int, thresholds: tuple[float, float, float],
-                 device: torch.device) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Faces in RGB uint8 frames `(n, H, W, 3)`: per frame `(boxes (k, 4) x1 y1 x2 y2, scores (k,))`."""
+                 device: torch.device) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Faces in RGB uint8 frames `(n, H, W, 3)`: per frame `(boxes (k, 4) x1 y1 x2 y2, scores (k,),
+    landmarks (k, 5, 2))`."""
     pnet, rnet, onet = nets
     frames = np.ascontiguousarray(frames)
     boxes, image_inds = first_stage(frames, pnet, min_face_size, thresholds[0], device)
+    landmarks = torch.zeros((0, 5, 2), device=device)
     if len(boxes):
-        boxes, image_inds = refine_stage(frames, boxes, image_inds, rnet, 24, thresholds[1], device)
+        boxes, image_inds = second_stage(frames, boxes, image_inds, rnet, thresholds[1], device)
     if len(boxes):
-        boxes, image_inds = refine_stage(frames, boxes, image_inds, onet, 48, thresholds[2], device)
+        boxes, image_inds, landmarks = third_stage(frames, boxes, image_inds, onet, thresholds[2], device)
     boxes, image_inds = boxes.float().cpu().numpy(), image_inds.cpu().numpy()
-    return [(boxes[image_inds == frame, :4], boxes[image_inds == frame, 4]) for frame in range(len(frames))]
+    landmarks = landmarks.float().cpu().numpy()
+    return [(boxes[image_inds == frame, :4], boxes[image_inds == frame, 4], landmarks[image_inds == frame])
+            for frame in range(len(frames))]

@@ -7,17 +7,31 @@ import torch
 
 from kernel.config import load_config
 from kernel.faces import (Detection, FaceDetector, brighten_dark, center_shift, crop_face, detection_scale,
-                          filter_detections, isotropic_resize_pad, link_tracks, normalise)
+                          filter_detections, isotropic_resize_pad, link_tracks, normalise, person_tracks)
 from kernel.video import read_frames
 
 
-def test_crop_adds_margin_and_clips_to_frame():
-    frame = np.arange(200 * 300 * 3, dtype=np.uint32).reshape(200, 300, 3).astype(np.uint8)
+def test_crop_adds_margin_and_pads_at_the_frame_edge():
+    frame = np.arange(200 * 300 * 3, dtype=np.uint32).reshape(200, 300, 3).astype(np.uint8) | 1
     crop = crop_face(frame, (100, 50, 200, 150), margin=0.3)
     assert crop.shape == (160, 160, 3)
     assert np.array_equal(crop, frame[20:180, 70:230])
     corner = crop_face(frame, (0, 0, 50, 40), margin=0.3)
-    assert corner.shape == (52, 65, 3)  # clipped at the top-left edge
+    assert corner.shape == (64, 80, 3)  # the full margin: 15 px left and 12 px above lie outside the frame
+    assert not corner[:12].any() and not corner[:, :15].any()
+    assert np.array_equal(corner[12:, 15:], frame[:52, :65])
+    far = crop_face(frame, (250, 160, 300, 200), margin=0.3)  # bottom-right corner
+    assert far.shape == (64, 80, 3) and not far[52:].any() and not far[:, 65:].any()
+    assert np.array_equal(far[:52, :65], frame[148:, 235:])
+
+
+def test_face_framing_is_the_same_at_the_edge_and_inside():
+    """Face-to-crop ratio is 1 / (1 + 2 margin) wherever the face is (a border face is not zoomed in on)."""
+    frame = np.ones((256, 256, 3), np.uint8)
+    for box in [(60, 60, 160, 170), (0, 0, 256, 256), (200, 10, 256, 90)]:
+        crop = crop_face(frame, box, margin=0.3)
+        assert crop.shape[1] / (box[2] - box[0]) == pytest.approx(1.6, abs=0.03)
+        assert crop.shape[0] / (box[3] - box[1]) == pytest.approx(1.6, abs=0.03)
 
 
 @pytest.mark.parametrize("shape,size", [((100, 50, 3), 64), ((30, 90, 3), 96), ((300, 300, 3), 224)])
@@ -73,6 +87,27 @@ def test_tracks_follow_two_people_and_drop_spurious_faces():
         xs = [d.box[0] for d in track.detections]
         assert len({x >= 400 for x in xs}) == 1 or xs == sorted(xs)  # never jumps between people
     assert center_shift((0, 0, 10, 10), (10, 0, 20, 10)) == pytest.approx(1.0)
+
+
+def test_faces_much_smaller_than_the_largest_person_are_dropped():
+    """A face in a picture on the wall (under half the main face's size) is no person of the video."""
+    per_frame = [[_det(f, 100, 100, side=120), _det(f, 400, 50, side=50), _det(f, 600, 100, side=70)]
+                 for f in range(6)]
+    kept = link_tracks(per_frame, min_size_ratio=0.5)
+    assert sorted(t.face_size for t in kept) == [70, 120]
+    assert [t.person for t in kept] == [0, 1]
+    assert len(link_tracks(per_frame)) == 3
+
+
+def test_dev_picture_on_the_wall_is_no_person(dev_data, detector):
+    """yhffcuhhjy: a ~48 px face in a picture frame beside the speaker was a person (FAKE in training, the max in
+    the kernel); now every kept person is at least half the main face's size."""
+    config = load_config()
+    frames, _ = read_frames(dev_data / "videos" / "yhffcuhhjy.mp4", 16)
+    tracks = person_tracks(detector, frames, config)
+    assert tracks and all(t.face_size >= 0.5 * max(u.face_size for u in tracks) for t in tracks)
+    every = person_tracks(detector, frames, dict(config, min_track_size_ratio=0.0))
+    assert min(t.face_size for t in every) < 0.5 * max(t.face_size for t in every)  # it was there before
 
 
 def test_filter_drops_small_and_unsure_faces():

@@ -27,25 +27,35 @@ def test_pyramid_scales_follow_mtcnn():
 def test_no_faces_in_blank_or_tiny_frames(detector, shape):
     found = detect_faces(np.full(shape, 128, np.uint8), detector.nets, 20, THRESHOLDS, torch.device("cpu"))
     assert len(found) == shape[0]
-    assert all(boxes.shape == (0, 4) and scores.shape == (0,) for boxes, scores in found)
+    assert all(boxes.shape == (0, 4) and scores.shape == (0,) and points.shape == (0, 5, 2)
+               for boxes, scores, points in found)
 
 
 def test_same_faces_as_facenet_pytorch(dev_data, detector):
-    """Every face facenet-pytorch's MTCNN finds (score >= 0.9) on real dev frames is found again, same box."""
+    """Every face facenet-pytorch's MTCNN finds (score >= 0.9) on real dev frames is found again, same box and
+    the same five landmarks."""
     from facenet_pytorch import MTCNN
 
     reference = MTCNN(keep_all=True, min_face_size=20, thresholds=list(THRESHOLDS), post_process=False)
-    ious, reference_faces, our_faces = [], 0, 0
+    ious, point_errors, reference_faces, our_faces = [], [], 0, 0
     for name in ("ffc23_yt_519.mp4", "brtujopkby.mp4", "ffc40_df_183_253.mp4"):
         frames, _ = read_frames(dev_data / "videos" / name, 8)
         small = resize_frames(frames, detection_scale(*frames.shape[1:3], 480))
         ours = detect_faces(small, detector.nets, 20, THRESHOLDS, torch.device("cpu"))
-        boxes, probs = reference.detect(small)
-        for (our_boxes, our_scores), ref_boxes, ref_probs in zip(ours, boxes, probs):
-            confident = [] if ref_boxes is None else [b for b, p in zip(ref_boxes, ref_probs) if p >= 0.9]
+        boxes, probs, points = reference.detect(small, landmarks=True)
+        for (our_boxes, our_scores, our_points), ref_boxes, ref_probs, ref_points in zip(ours, boxes, probs, points):
+            confident = [] if ref_boxes is None else [(b, q) for b, p, q in zip(ref_boxes, ref_probs, ref_points)
+                                                      if p >= 0.9]
             reference_faces += len(confident)
             our_faces += int((our_scores >= 0.9).sum())
-            ious += [max((box_iou(tuple(ref), tuple(box)) for box in our_boxes), default=0.0) for ref in confident]
+            for ref_box, ref_point in confident:
+                overlaps = [box_iou(tuple(ref_box), tuple(box)) for box in our_boxes]
+                ious.append(max(overlaps, default=0.0))
+                if overlaps:
+                    best = int(np.argmax(overlaps))
+                    side = ref_box[2] - ref_box[0]
+                    point_errors.append(np.linalg.norm(our_points[best] - np.asarray(ref_point, float), axis=1).mean() / side)
     assert reference_faces >= 24
     assert abs(our_faces - reference_faces) <= 2
     assert np.median(ious) > 0.9 and np.mean(np.array(ious) > 0.7) == 1.0
+    assert np.median(point_errors) < 0.03  # landmarks within 3 % of the face width of facenet-pytorch's
