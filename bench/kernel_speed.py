@@ -175,11 +175,11 @@ class BaselineDetector:
 # ----------------------------------------------------------------------------------------------- ours
 def patch_decord_threads(num_threads: int) -> None:
     """Benchmark-only experiment: make kernel.video's decord backend open readers with `num_threads`."""
-    def read_decord(path: Path, num_frames: int):
+    def read_decord(path: Path, choose: kvideo.Chooser):
         import decord
 
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
-        indices = kvideo.evenly_spaced_indices(len(reader), num_frames)
+        indices = choose(len(reader))
         if len(indices) == 0:
             raise kvideo.VideoReadError(f"{path}: decord found no frames")
         return reader.get_batch(list(indices)).asnumpy(), indices
@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in tqdm(names, desc=f"decode {backend}", unit="video"):
             start = time.perf_counter()
             try:
-                kvideo.BACKENDS[backend](folder / name, args.frames)
+                kvideo.read_frames(folder / name, args.frames, (backend,))
                 figures[name].decode[backend] = time.perf_counter() - start
             except Exception as error:  # recorded, the video stays in the other passes
                 figures[name].decode[backend] = float("nan")

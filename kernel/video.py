@@ -7,7 +7,8 @@ evenly spaced number: 1.5x faster than decord here, which is what puts the kerne
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+Chooser = Callable[[int], np.ndarray]  # a video's frame count → the frame numbers to decode
 
 
 class VideoReadError(RuntimeError):
@@ -30,24 +32,24 @@ def evenly_spaced_indices(frame_count: int, num_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, frame_count - 1, num_frames).round().astype(np.int64))
 
 
-def _read_decord(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_decord(path: Path, choose: Chooser) -> tuple[np.ndarray, np.ndarray]:
     import decord
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    indices = evenly_spaced_indices(len(reader), num_frames)
+    indices = choose(len(reader))
     if len(indices) == 0:
         raise VideoReadError(f"{path}: decord found no frames")
     frames = reader.get_batch(list(indices)).asnumpy()
     return frames, indices
 
 
-def _read_opencv(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_opencv(path: Path, choose: Chooser) -> tuple[np.ndarray, np.ndarray]:
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
             raise VideoReadError(f"{path}: OpenCV cannot open it")
         frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        wanted = set(evenly_spaced_indices(frame_count, num_frames).tolist())
+        wanted = set(choose(frame_count).tolist())
         frames, indices = [], []
         for index in range(frame_count):
             if not capture.grab():
@@ -82,7 +84,7 @@ def decoded_frames(path: Path, packets: list) -> Iterator:
             return
 
 
-def _read_pyav_reference(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_pyav_reference(path: Path, choose: Chooser) -> tuple[np.ndarray, np.ndarray]:
     """Decode reference frames only (`skip_frame = NONREF`: the non-reference B-frames, about half of an
     x264 video, are never decoded) and take the decoded frame nearest to each evenly spaced frame number.
 
@@ -97,7 +99,7 @@ def _read_pyav_reference(path: Path, num_frames: int) -> tuple[np.ndarray, np.nd
         stream.codec_context.thread_count = 1  # one core decodes; detection has the others (as with decord)
         packets = list(container.demux(stream))
         numbers = display_order(packets)
-        targets = evenly_spaced_indices(len(numbers), num_frames)
+        targets = choose(len(numbers))
         if len(targets) == 0:
             raise VideoReadError(f"{path}: PyAV found no frames")
         chosen: dict[int, np.ndarray] = {}
@@ -128,6 +130,7 @@ def _read_pyav_reference(path: Path, num_frames: int) -> tuple[np.ndarray, np.nd
 
 
 BACKENDS = {"pyav": _read_pyav_reference, "decord": _read_decord, "opencv": _read_opencv}
+EXACT_BACKENDS = ("decord", "opencv")  # decode the very frames asked for (PyAV's reference frames may be near)
 
 
 def read_frames(path: str | Path, num_frames: int = 32,
@@ -137,7 +140,22 @@ def read_frames(path: str | Path, num_frames: int = 32,
     Returns `(frames, indices)`: frames as RGB uint8 `(n, H, W, 3)` and their frame numbers. Each backend
     is tried in turn; a `VideoReadError` naming the file and every backend's failure is raised if none works.
     """
-    path = Path(path)
+    return _decode(Path(path), partial(evenly_spaced_indices, num_frames=num_frames), backends)
+
+
+def read_frames_at(path: str | Path, numbers: np.ndarray, backends: tuple[str, ...] = EXACT_BACKENDS) -> np.ndarray:
+    """The frames numbered `numbers` of `path`, exactly (only the exact backends among `backends` are tried);
+    a `VideoReadError` if the video has fewer frames or none of them decodes it."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    exact = tuple(name for name in backends if name in EXACT_BACKENDS) or EXACT_BACKENDS
+    frames, decoded = _decode(Path(path), lambda count: numbers[numbers < count], exact)
+    if not np.array_equal(decoded, numbers):
+        raise VideoReadError(f"{path}: has frames up to {decoded.max() if len(decoded) else -1}, "
+                             f"frames {numbers.tolist()} were asked for")
+    return frames
+
+
+def _decode(path: Path, choose: Chooser, backends: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise VideoReadError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -145,7 +163,7 @@ def read_frames(path: str | Path, num_frames: int = 32,
     failures = []
     for name in backends:
         try:
-            frames, indices = BACKENDS[name](path, num_frames)
+            frames, indices = BACKENDS[name](path, choose)
         except Exception as error:  # every backend failure is recorded and the next one is tried
             failures.append(f"{name}: {error}")
             log.debug("%s: %s failed: %s", path.name, name, error)

@@ -56,3 +56,31 @@ def tiny_manifest(folder: Path, models=TINY_MODELS, seed: int = 0) -> Path:
     path = folder / "weights_manifest.json"
     path.write_text(json.dumps({"models": entries, "stacker": None}, indent=1))
     return path
+
+
+def lfw_face(index: int, size: int) -> np.ndarray:
+    """Face `index` of scikit-image's LFW subset, grey, as an RGB uint8 `size` x `size` image."""
+    import cv2
+    import skimage.data
+
+    grey = cv2.resize((skimage.data.lfw_subset()[index] * 255).astype(np.uint8), (size, size),
+                      interpolation=cv2.INTER_CUBIC)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def faces_clip(n: int = 8, small_face: bool = False, swap_right: bool = False, seed: int = 0) -> np.ndarray:
+    """A 480x270 clip of two 180 px LFW faces side by side (a picture-sized third face with `small_face`),
+    drifting a few pixels per frame; `swap_right` re-renders the right face blurred and colour-shifted (a fake
+    of the same clip: the left face and the background stay identical)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    canvas = np.full((270, 480, 3), 90, np.uint8) + rng.integers(0, 20, (270, 480, 1), dtype=np.uint8)
+    canvas[45:225, 20:200] = lfw_face(0, 180)
+    right = lfw_face(10, 180)
+    if swap_right:
+        right = np.clip(cv2.GaussianBlur(right, (0, 0), 2.5).astype(np.float32) * (1.15, 0.9, 0.85), 0, 255)
+    canvas[45:225, 280:460] = right.astype(np.uint8)
+    if small_face:
+        canvas[10:70, 215:275] = lfw_face(20, 60)
+    return np.stack([np.roll(canvas, shift=2 * t, axis=1) for t in range(n)])

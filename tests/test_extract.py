@@ -10,7 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import faceless_frames, write_h264
+from kernel.config import load_config
+from kernel.faces import crop_face, crop_window, isotropic_resize_pad, normalise
+from kernel.pipeline import decode_video, load_scorer
+from tests.helpers import faceless_frames, faces_clip, write_h264
+from training.data import CropDataset
 from training.extract_faces import (INDEX_COLUMNS, cap_long_side, collect_items, find_parts, main as extract_main,
                                     read_index, run_extraction, shard_of)
 
@@ -41,13 +45,15 @@ def test_every_labelled_dev_video_with_a_face_has_crops_and_matching_labels(dev_
 
 
 def test_dev_crops_are_kernel_margin_crops_on_disk(dev_extraction):
+    """Lossless PNGs exactly the size of the kernel's crop window (a 0.3 margin on each side), landmarks inside."""
     out, index, _ = dev_extraction
     for row in index.sample(min(20, len(index)), random_state=0).itertuples():
+        assert row.path.endswith(".png")
         image = cv2.imread(str(out / row.path))
-        assert image is not None and max(image.shape[:2]) <= 320
-        x1, y1, x2, y2 = map(float, row.box.split())
-        face_w, face_h = x2 - x1, y2 - y1
-        assert image.shape[1] >= min(face_w, 320) * 0.99 or image.shape[0] >= min(face_h, 320) * 0.99
+        left, top, right, bottom = crop_window(tuple(map(float, row.box.split())), 0.3)  # box rounded to 0.1 px
+        assert abs(image.shape[0] - (bottom - top)) <= 1 and abs(image.shape[1] - (right - left)) <= 1
+        points = np.array(row.landmarks.split(), dtype=float).reshape(5, 2)
+        assert (points > 0).all() and (points[:, 0] < image.shape[1]).all() and (points[:, 1] < image.shape[0]).all()
         assert row.score >= 0.9
     assert (index.groupby("video")["frame"].nunique() <= 2).all()
 
@@ -137,3 +143,66 @@ def test_layout_errors_name_the_fix(tmp_path):
 def test_cap_long_side_keeps_aspect_and_never_enlarges():
     assert cap_long_side(np.zeros((640, 320, 3), np.uint8), 320).shape == (320, 160, 3)
     assert cap_long_side(np.zeros((100, 50, 3), np.uint8), 320).shape == (100, 50, 3)
+    image = np.zeros((640, 320, 3), np.uint8)
+    assert cap_long_side(image, None) is image
+
+
+def write_dfdc(folder: Path, clips: dict[str, tuple[np.ndarray, str, str | None]]) -> Path:
+    """A DFDC part: each name → (frames, label, original), H.264 files and metadata.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (frames, _, _) in clips.items():
+        write_h264(folder / name, frames, fps=10)
+    metadata = {name: {"label": label, "original": original} for name, (_, label, original) in clips.items()}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_person_extraction(tmp_path_factory):
+    """A real clip of two faces (and a small face in a picture), its fake with only the right face changed, and a
+    fake whose original is not in the data."""
+    root = tmp_path_factory.mktemp("two_persons")
+    data = write_dfdc(root / "part", {
+        "real.mp4": (faces_clip(small_face=True), "REAL", None),
+        "fake.mp4": (faces_clip(small_face=True, swap_right=True), "FAKE", "real.mp4"),
+        "orphan.mp4": (faces_clip(swap_right=True, seed=1), "FAKE", "gone.mp4")})
+    index, _ = run_extraction(data, root / "crops", frames=4, progress=False)
+    return root, data, index
+
+
+def test_training_tensor_is_the_kernels_tensor(two_person_extraction, tiny_manifest_path):
+    """For the same video and box, train_fold's input equals the kernel's (before augmentation) within 1/255."""
+    root, data, index = two_person_extraction
+    config = load_config(frames=4)
+    scorer = load_scorer(tiny_manifest_path, config)
+    frames, numbers = decode_video(data / "real.mp4", config)
+    tracks = scorer.find_tracks(frames)
+    rows = index[index["video"] == "real.mp4"].reset_index(drop=True)
+    assert len(rows) == sum(len(t.detections) for t in tracks) == 8
+    dataset = CropDataset(rows, root / "crops", 96, (0.5,) * 3, (0.25,) * 3)
+    for track in tracks:
+        for detection in track.detections:
+            kernel = normalise(isotropic_resize_pad(crop_face(frames[detection.frame], detection.box, 0.3), 96)[None],
+                               (0.5,) * 3, (0.25,) * 3)[0]
+            row = rows[(rows["frame"] == numbers[detection.frame]) & (rows["person"] == track.person)].index[0]
+            assert (dataset[row][0] - kernel).abs().max() * 0.25 <= 1 / 255
+
+
+def test_background_face_is_left_out_and_only_the_manipulated_person_is_fake(two_person_extraction):
+    _, _, index = two_person_extraction
+    boxes = {video: {p: float(rows["box"].iloc[0].split()[0]) for p, rows in group.groupby("person")}
+             for video, group in index.groupby("video")}
+    assert len(boxes["real.mp4"]) == 2  # the 60 px face in the picture is under half the size of the others
+    assert len(boxes["fake.mp4"]) == 1 and min(boxes["fake.mp4"].values()) > 240  # the right face: changed
+    assert len(boxes["orphan.mp4"]) == 1  # no original to compare with: only the longest track is kept
+    assert (index.loc[index["video"] != "real.mp4", "label"] == 1).all()
+
+
+def test_changed_settings_extract_again(two_person_extraction, caplog):
+    root, data, _ = two_person_extraction
+    caplog.set_level(logging.INFO, logger="extract_faces")
+    run_extraction(data, root / "crops", frames=4, progress=False)
+    assert "3 already done, 0 to extract" in caplog.text
+    index, _ = run_extraction(data, root / "crops", frames=3, progress=False)
+    assert "0 already done, 3 to extract (3 frames each)" in caplog.text
+    assert index.groupby("video")["frame"].nunique().max() == 3

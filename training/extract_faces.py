@@ -1,15 +1,22 @@
-"""Face crops for training, cut by the kernel's own detector, tracker and crop function.
+"""Face crops for training, cut by the kernel's own decoder, detector, tracker and crop function.
 
     python training/extract_faces.py --data ROOT --out CROPS [--frames 32] [--shard i --num-shards n]
 
 ROOT is DFDC layout (`dfdc_train_part_*/` folders each with `metadata.json` and mp4s, or one such folder)
-or an image-folder dataset (`real/` and `fake/` sub-folders of face images). Each finished video leaves a
-record in `CROPS/records/`, so a rerun skips it; every run then merges all records into `CROPS/index.csv`
-(`video, frame, person, label, original, part, path, box, score`) and `CROPS/problems.csv`.
+or an image-folder dataset (`real/` and `fake/` sub-folders of face images). Crops are stored lossless (PNG)
+at the size the kernel cuts them, so a training tensor is the kernel's tensor for the same face. Each finished
+video leaves a record in `CROPS/records/`, so a rerun with the same settings skips it; every run then merges
+all records into `CROPS/index.csv` (`video, frame, person, label, original, part, path, box, score,
+landmarks`) and `CROPS/problems.csv`.
+
+In a FAKE video with several persons only the manipulated face is labelled FAKE: with the original video
+at hand, the tracks whose pixels differ from the original's (at least half as much as the most changed
+track's) are kept; without it, only the longest track. The other persons are left out of the index.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -25,15 +32,19 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel.config import load_config  # noqa: E402
-from kernel.faces import crop_face, detector_from_config, person_tracks  # noqa: E402
+from kernel.faces import Track, crop_face, crop_window, detector_from_config, isotropic_resize, person_tracks  # noqa: E402,E501
 from kernel.submission import write_atomic  # noqa: E402
-from kernel.video import IMAGE_SUFFIXES, VideoReadError, read_frames, read_image  # noqa: E402
+from kernel.video import IMAGE_SUFFIXES, VideoReadError, read_frames, read_frames_at, read_image  # noqa: E402
 
 log = logging.getLogger("extract_faces")
 
 LABELS = {"REAL": 0, "FAKE": 1}
-INDEX_COLUMNS = ["video", "frame", "person", "label", "original", "part", "path", "box", "score"]
+INDEX_COLUMNS = ["video", "frame", "person", "label", "original", "part", "path", "box", "score", "landmarks"]
 PROBLEM_COLUMNS = ["video", "part", "status", "message"]
+RECORD_VERSION = 2          # records of another version (or other settings) are extracted again
+SCORING_KEYS = {"prefetch_videos", "detect_batch_size", "detect_threads", "classify_batch_size", "aggregation",
+                "tta_hflip", "prior", "clip", "time_budget_hours"}  # kernel settings that do not change a crop
+MANIPULATED_SHARE = 0.5     # a fake's track is manipulated if it differs from the original this much of the most
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,14 @@ class Item:
     label: int
     original: str | None
     is_image: bool = False
+
+    @property
+    def original_path(self) -> Path | None:
+        """The original video's file, when it lies beside this fake."""
+        if not self.original:
+            return None
+        path = self.path.parent / self.original
+        return path if path.is_file() else None
 
     @property
     def key(self) -> str:
@@ -144,32 +163,68 @@ def shard_of(items: list[Item], shard: int, num_shards: int) -> list[Item]:
     return sorted(items, key=lambda item: item.key)[shard::num_shards]
 
 
-def cap_long_side(image: np.ndarray, max_side: int) -> np.ndarray:
-    """Shrink `image` so its long side is at most `max_side` (aspect kept, never enlarged)."""
-    height, width = image.shape[:2]
-    scale = max_side / max(height, width)
-    if scale >= 1.0:
+def cap_long_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`image` shrunk by the kernel's `isotropic_resize` so its long side is at most `max_side` (None: as is).
+
+    A crop stored at a model's input size gives that model exactly the kernel's tensor; other sizes resize twice.
+    """
+    if max_side is None or max(image.shape[:2]) <= max_side:
         return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return isotropic_resize(image, max_side)
 
 
-def write_image(path: Path, rgb: np.ndarray, jpeg_quality: int) -> None:
-    """Write an RGB crop as JPEG or PNG (by suffix) through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix == ".jpg" else []
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB crop as a lossless PNG through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
         raise OSError(f"cannot write {tmp}; check free space and permissions of {path.parent}")
     tmp.replace(path)
+
+
+def crop_landmarks(landmarks: tuple[tuple[float, float], ...] | None, box: tuple[float, float, float, float],
+                   margin: float, crop_shape: tuple[int, int], stored_shape: tuple[int, int]) -> str:
+    """The five landmarks in the stored crop's pixels, as "x1 y1 ... x5 y5" ("" when the detector gave none)."""
+    if not landmarks:
+        return ""
+    left, top, _, _ = crop_window(box, margin)
+    scale_y, scale_x = stored_shape[0] / crop_shape[0], stored_shape[1] / crop_shape[1]
+    return " ".join(f"{(x - left) * scale_x:.1f} {(y - top) * scale_y:.1f}" for x, y in landmarks)
+
+
+def track_change(frames: np.ndarray, originals: np.ndarray, track: Track) -> float:
+    """Mean absolute pixel difference between a fake's face boxes and the same boxes of its original."""
+    changes = []
+    for detection in track.detections:
+        x1, y1, x2, y2 = (int(round(v)) for v in detection.box)
+        fake = frames[detection.frame, y1:y2, x1:x2].astype(np.float32)
+        real = originals[detection.frame, y1:y2, x1:x2].astype(np.float32)
+        if fake.size and fake.shape == real.shape:
+            changes.append(float(np.abs(fake - real).mean()))
+    return float(np.mean(changes)) if changes else 0.0
+
+
+def manipulated_tracks(item: Item, tracks: list[Track], frames: np.ndarray, frame_numbers: np.ndarray,
+                       backends: tuple[str, ...]) -> list[Track]:
+    """The tracks of a FAKE video that carry the manipulation (see the module docstring); all of a REAL one's."""
+    if item.label == 0 or len(tracks) < 2:
+        return tracks
+    originals = None
+    if item.original_path is not None:
+        try:
+            originals = read_frames_at(item.original_path, frame_numbers, backends)
+        except VideoReadError as error:
+            log.warning("%s: original unreadable (%s); keeping only the longest track", item.key, error)
+    if originals is None or originals.shape != frames.shape:
+        return tracks[:1]
+    changes = [track_change(frames, originals, track) for track in tracks]
+    return [track for track, change in zip(tracks, changes) if change >= MANIPULATED_SHARE * max(changes)]
 
 
 class Extractor:
     """Detector loaded once; `extract(item)` writes one item's crops and returns its index rows."""
 
-    def __init__(self, out: Path, config: dict[str, Any], frames: int, max_side: int, image_format: str,
-                 jpeg_quality: int, device: str = "cpu"):
-        self.out, self.config, self.frames = out, config, frames
-        self.max_side, self.suffix, self.jpeg_quality = max_side, f".{image_format}", jpeg_quality
+    def __init__(self, out: Path, config: dict[str, Any], frames: int, max_side: int | None, device: str = "cpu"):
+        self.out, self.config, self.frames, self.max_side = out, config, frames, max_side
         self.detector = detector_from_config(config, device)
 
     def decode(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
@@ -177,28 +232,41 @@ class Extractor:
             return read_image(item.path), np.zeros(1, dtype=np.int64)
         return read_frames(item.path, self.frames, tuple(self.config["decode_backends"]))
 
-    def extract(self, item: Item) -> list[dict[str, Any]]:
-        """Crops of every kept person in every sampled frame, exactly as the kernel cuts them."""
+    def extract(self, item: Item) -> tuple[list[dict[str, Any]], int]:
+        """Crops of every kept person in every sampled frame, exactly as the kernel cuts them; returns the index
+        rows and how many persons of a fake were left out as not manipulated."""
         cfg = self.config
         frames, frame_numbers = self.decode(item)
         tracks = person_tracks(self.detector, frames, cfg)
+        kept = manipulated_tracks(item, tracks, frames, frame_numbers, tuple(cfg["decode_backends"]))
         folder = self.out / "crops" / item.part / Path(item.name).stem
-        if tracks:
+        if kept:
             folder.mkdir(parents=True, exist_ok=True)
         rows = []
-        for track in tracks:
+        for track in kept:
             for detection in track.detections:
                 frame = int(frame_numbers[detection.frame])
-                crop = cap_long_side(crop_face(frames[detection.frame], detection.box, cfg["crop_margin"]),
-                                     self.max_side)
-                path = folder / f"{frame:04d}_{track.person}{self.suffix}"
-                write_image(path, crop, self.jpeg_quality)
+                raw = crop_face(frames[detection.frame], detection.box, cfg["crop_margin"])
+                crop = cap_long_side(raw, self.max_side)
+                path = folder / f"{frame:04d}_{track.person}.png"
+                write_png(path, crop)
                 rows.append({"video": item.name, "frame": frame, "person": track.person, "label": item.label,
                              "original": item.original or "", "part": item.part,
                              "path": str(path.relative_to(self.out)),
                              "box": " ".join(f"{v:.1f}" for v in detection.box),
-                             "score": round(detection.score, 5)})
-        return rows
+                             "score": round(detection.score, 5),
+                             "landmarks": crop_landmarks(detection.landmarks, detection.box, cfg["crop_margin"],
+                                                         raw.shape[:2], crop.shape[:2])})
+        return rows, len(tracks) - len(kept)
+
+
+def settings_key(config: dict[str, Any], frames: int, max_side: int | None) -> str:
+    """Identifies what a record was extracted with (the kernel settings that shape crops, not those that only
+    score them); a record with another key is extracted again."""
+    shaping = {key: value for key, value in config.items() if key not in SCORING_KEYS}
+    text = json.dumps({"version": RECORD_VERSION, "frames": frames, "max_side": max_side, "config": shaping},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def record_path(out: Path, item: Item) -> Path:
@@ -208,35 +276,49 @@ def record_path(out: Path, item: Item) -> Path:
 def process(extractor: Extractor, item: Item) -> dict[str, Any]:
     """Extract one item and its record (status ok / no_face / decode_error)."""
     try:
-        rows = extractor.extract(item)
+        rows, left_out = extractor.extract(item)
     except VideoReadError as error:
-        return {"status": "decode_error", "message": str(error), "rows": []}
+        return {"status": "decode_error", "message": str(error), "rows": [], "left_out_persons": 0}
     if not rows:
         return {"status": "no_face", "message": f"{item.path}: no face kept in {extractor.frames} sampled frames",
-                "rows": []}
-    return {"status": "ok", "message": "", "rows": rows}
+                "rows": [], "left_out_persons": 0}
+    return {"status": "ok", "message": "", "rows": rows, "left_out_persons": left_out}
 
 
-def write_record(out: Path, item: Item, record: dict[str, Any]) -> None:
-    write_atomic(record_path(out, item), json.dumps({"video": item.name, "part": item.part, **record}))
+def write_record(out: Path, item: Item, record: dict[str, Any], key: str) -> None:
+    write_atomic(record_path(out, item), json.dumps({"video": item.name, "part": item.part, "key": key, **record}))
+
+
+def record_is_current(path: Path, key: str) -> bool:
+    """A finished record made with the same settings (`settings_key`)."""
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("key") == key
+    except json.JSONDecodeError:
+        return False
 
 
 def read_index(path: Path) -> pd.DataFrame:
     """An `index.csv` as written here: an empty `original` stays "" (not NaN)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found; run training/extract_faces.py --out {Path(path).parent}")
-    index = pd.read_csv(path, dtype={"original": str, "part": str, "video": str}, keep_default_na=False)
+    index = pd.read_csv(path, dtype={"original": str, "part": str, "video": str, "landmarks": str},
+                        keep_default_na=False)
     missing = set(INDEX_COLUMNS) - set(index.columns)
     if missing:
         raise ValueError(f"{path}: lacks columns {sorted(missing)}; pass the index.csv written by extract_faces.py")
     return index
 
 
-def merge_records(out: Path, metadata_problems: Iterable[Problem]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All finished records (from every shard) → `index.csv` and `problems.csv`, written atomically."""
+def merge_records(out: Path, metadata_problems: Iterable[Problem], key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All finished records made with settings `key` (from every shard) → `index.csv` and `problems.csv`,
+    written atomically."""
     rows, problems = [], [vars(p) for p in metadata_problems]
     for path in sorted((out / "records").glob("*/*.json")):
         record = json.loads(path.read_text())
+        if record.get("key") != key:
+            continue
         rows += record["rows"]
         if record["status"] != "ok":
             problems.append({"video": record["video"], "part": record["part"], "status": record["status"],
@@ -248,27 +330,36 @@ def merge_records(out: Path, metadata_problems: Iterable[Problem]) -> tuple[pd.D
     return index, problem_frame
 
 
-def run_extraction(data: Path, out: Path, frames: int = 32, shard: int = 0, num_shards: int = 1,
-                   max_side: int = 320, image_format: str = "jpg", jpeg_quality: int = 95,
-                   config_path: Path | None = None, device: str = "cpu",
+def run_extraction(data: Path, out: Path, frames: int | None = None, shard: int = 0, num_shards: int = 1,
+                   max_side: int | None = None, config_path: Path | None = None, device: str = "cpu",
                    progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Extract this shard's unfinished items, then merge every finished record; returns (index, problems)."""
+    """Extract this shard's unfinished items, then merge every finished record; returns (index, problems).
+
+    `frames` defaults to the kernel's (`frames` of its config), so training sees what the kernel samples.
+    """
     config = load_config(config_path)
+    frames = frames or config["frames"]
+    key = settings_key(config, frames, max_side)
     items, metadata_problems = collect_items(Path(data))
     for problem in metadata_problems:
         log.warning("%s", problem.message)
     mine = shard_of(items, shard, num_shards)
-    todo = [item for item in mine if not record_path(out, item).is_file()]
-    log.info("shard %d/%d: %d items, %d already done, %d to extract", shard, num_shards, len(mine),
-             len(mine) - len(todo), len(todo))
+    todo = [item for item in mine if not record_is_current(record_path(out, item), key)]
+    log.info("shard %d/%d: %d items, %d already done, %d to extract (%d frames each)", shard, num_shards,
+             len(mine), len(mine) - len(todo), len(todo), frames)
     if todo:
-        extractor = Extractor(out, config, frames, max_side, image_format, jpeg_quality, device)
+        extractor = Extractor(out, config, frames, max_side, device)
         for item in tqdm(todo, desc=f"extract shard {shard}", unit="video", disable=not progress):
             record = process(extractor, item)
             if record["status"] != "ok":
                 log.warning("%s", record["message"])
-            write_record(out, item, record)
-    index, problems = merge_records(out, metadata_problems)
+            elif record["left_out_persons"]:
+                log.info("%s: %d person(s) of this fake left out as not manipulated", item.key,
+                         record["left_out_persons"])
+            write_record(out, item, record, key)
+    write_atomic(out / "settings.json", json.dumps({"frames": frames, "max_side": max_side, "key": key,
+                                                    "config": config}, indent=1))
+    index, problems = merge_records(out, metadata_problems, key)
     no_face = problems[problems["status"] == "no_face"]
     log.info("index: %d crops of %d videos -> %s; %d videos without faces, %d problems in %s", len(index),
              index["video"].nunique(), out / "index.csv", len(no_face), len(problems), out / "problems.csv")
@@ -279,12 +370,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="DFDC root/part folder, or folder with real/ fake/")
     parser.add_argument("--out", type=Path, required=True, help="output folder for crops, index.csv, problems.csv")
-    parser.add_argument("--frames", type=int, default=32, help="evenly spaced frames sampled per video")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="evenly spaced frames sampled per video (default: the kernel's, 32)")
     parser.add_argument("--shard", type=int, default=0, help="this process's shard, 0..num-shards-1")
     parser.add_argument("--num-shards", type=int, default=1, help="how many processes/machines split the data")
-    parser.add_argument("--max-side", type=int, default=320, help="crops larger than this are shrunk to it")
-    parser.add_argument("--format", choices=("jpg", "png"), default="jpg", dest="image_format")
-    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--max-side", type=int, default=None,
+                        help="shrink crops larger than this (saves disk; exact for models of this input size only)")
     parser.add_argument("--config", type=Path, default=None, help="kernel config JSON (default: kernel defaults)")
     parser.add_argument("--device", default="cpu", help="face detector device, e.g. cuda:0")
     return parser.parse_args(argv)
@@ -293,8 +384,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    run_extraction(args.data, args.out, args.frames, args.shard, args.num_shards, args.max_side,
-                   args.image_format, args.jpeg_quality, args.config, args.device)
+    run_extraction(args.data, args.out, args.frames, args.shard, args.num_shards, args.max_side, args.config,
+                   args.device)
 
 
 if __name__ == "__main__":
