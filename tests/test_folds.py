@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.folds import (assign_folds, check_folds, connected_groups, main as folds_main, name_links,
-                            videos_from_metadata)
+from training.folds import (DEFAULT_LINK_RULES, assign_folds, check_folds, connected_groups, main as folds_main,
+                            name_links, read_link_rules, rule_links, videos_from_metadata)
 
 
 def assert_leak_free(table: pd.DataFrame) -> None:
@@ -85,6 +85,38 @@ def test_check_folds_rejects_a_split_group():
         check_folds(table)
 
 
+def test_check_folds_rejects_a_video_without_a_fold_and_an_original_apart_from_its_fake():
+    table = pd.DataFrame({"video": ["a", "b"], "label": [0, 1], "original": ["", "a"], "group": [0, 1], "fold": [0, -1]})
+    with pytest.raises(AssertionError, match="without a fold"):
+        check_folds(table)
+    with pytest.raises(AssertionError, match="its original a in fold 0"):
+        check_folds(table.assign(fold=[0, 1]))
+
+
+def test_check_folds_rejects_videos_a_link_rule_joins_in_two_folds():
+    table = pd.DataFrame({"video": ["c_x_0.mp4", "c_x_1.mp4", "x.mp4"], "label": [1, 1, 0], "original": ["", "", ""],
+                          "group": [0, 1, 2], "fold": [0, 1, 1]})
+    links = name_links(table["video"], r"c_(?P<v>[a-z])_\d\.mp4", ["{v}.mp4"])
+    with pytest.raises(AssertionError, match="link rules"):
+        check_folds(table, links)
+    with pytest.raises(AssertionError, match="linked to x.mp4 sit in different folds"):
+        check_folds(table.iloc[:2], links)
+    check_folds(table.assign(fold=[1, 1, 1]), links)
+
+
+def test_default_link_rules_keep_the_dev_crop_clips_of_one_video_together(dev_data):
+    """dfdccrop_0_aejvkfbtxs_0_0 and _0_1 are cut from one DFDC video (no `original`): one group, one fold."""
+    videos = videos_from_metadata([dev_data / "videos" / "metadata.json"])
+    links = rule_links(videos["video"], read_link_rules(DEFAULT_LINK_RULES))
+    for seed in range(5):
+        table = assign_folds(videos, k=4, seed=seed, extra_links=links)
+        fold = dict(zip(table["video"], table["fold"]))
+        group = dict(zip(table["video"], table["group"]))
+        assert fold["dfdccrop_0_aejvkfbtxs_0_0.mp4"] == fold["dfdccrop_0_aejvkfbtxs_0_1.mp4"]
+        assert group["ffc40_yt_183.mp4"] == group["ffc40_yt_253.mp4"] == group["ffc40_df_183_253.mp4"]
+    assert group["dfdccrop_0_aejvkfbtxs_0_0.mp4"] != group["dfdccrop_0_aaqaifqrwn_0_0.mp4"]
+
+
 def test_too_many_folds_is_a_clear_error():
     with pytest.raises(ValueError, match="number of groups"):
         assign_folds(pd.DataFrame({"video": ["a", "b"], "label": [0, 1], "original": ["", "a"]}), k=2)
@@ -98,5 +130,12 @@ def test_cli_writes_the_csv_training_reads(tmp_path):
     metadata.write_text(json.dumps(entries))
     folds_main(["--metadata", str(metadata), "--k", "4", "--out", str(tmp_path / "folds.csv")])
     table = pd.read_csv(tmp_path / "folds.csv", keep_default_na=False)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("[{pattern: 'swap_r\\d+\\.mp4_(?P<b>r\\d+)\\.mp4', link_to: ['{b}.mp4']}]")  # also the second identity
+    folds_main(["--metadata", str(metadata), "--k", "4", "--out", str(tmp_path / "folds2.csv"), "--links", str(rules)])
+    linked = pd.read_csv(tmp_path / "folds2.csv", keep_default_na=False)
+    fold = dict(zip(linked["video"], linked["fold"]))
+    assert all(fold[v] == fold[v.split(".mp4_")[1]]
+               for v in linked["video"] if v.startswith("swap_"))
     assert list(table.columns) == ["video", "label", "original", "group", "fold"] and len(table) == len(videos)
     assert_leak_free(table)

@@ -4,14 +4,17 @@ r"""Leak-free k folds: a fake, its original and every other fake of that origina
     python training/folds.py --metadata part_0/metadata.json [part_1/metadata.json ...] --k 5 --out folds.csv
 
 Groups are the connected components of the fake → original links (an original that is not itself listed
-still joins its fakes). Where file names also name a second identity (FaceForensics++ `df_X_Y`: target X,
-source Y), `--link-pattern` / `--link-to` add those links too, e.g. for the dev videos:
+still joins its fakes) and of name rules: where file names also name a second identity (FaceForensics++
+`df_X_Y`: target X, source Y) or one source video (DFDC face-track clips `dfdccrop_0_<video>_0_1`). The rules
+in `training/configs/link_rules.yaml` apply by default (`--links FILE` for others, `--no-default-links` for
+none); `--link-pattern` / `--link-to` add one more, e.g.
 
     --link-pattern 'ffc(?P<q>\d+)_(?:df|f2f|fs|nt)_(?P<a>\d+)_(?P<b>\d+)\.mp4'
     --link-to 'ffc{q}_yt_{a}.mp4' 'ffc{q}_yt_{b}.mp4'
 
-Folds are stratified by label over groups (sklearn's StratifiedGroupKFold), and `check_folds` asserts that
-no group crosses folds. The CSV (`video, label, original, group, fold`) is what `train_fold.py` reads.
+Folds are stratified by label over groups (sklearn's StratifiedGroupKFold), and `check_folds` asserts that no
+group crosses folds, no original sits apart from its fakes and no two videos linked by a rule are apart. The
+CSV (`video, label, original, group, fold`) is what `train_fold.py` reads.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.model_selection import StratifiedGroupKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,6 +39,8 @@ log = logging.getLogger("folds")
 
 LABELS = {"REAL": 0, "FAKE": 1}
 FOLD_COLUMNS = ["video", "label", "original", "group", "fold"]
+DEFAULT_LINK_RULES = Path(__file__).with_name("configs") / "link_rules.yaml"
+LinkRule = tuple[str, list[str]]
 
 
 def videos_from_metadata(paths: list[Path]) -> pd.DataFrame:
@@ -53,6 +59,19 @@ def videos_from_metadata(paths: list[Path]) -> pd.DataFrame:
 def videos_from_index(path: Path) -> pd.DataFrame:
     """One row per video of an `extract_faces.py` index (`video, label, original`)."""
     return read_index(path).drop_duplicates("video")[["video", "label", "original"]].reset_index(drop=True)
+
+
+def read_link_rules(path: Path) -> list[LinkRule]:
+    """`(pattern, link_to templates)` of a link-rules YAML (a list of {pattern, link_to})."""
+    rules = yaml.safe_load(Path(path).read_text()) or []
+    if not isinstance(rules, list) or not all(isinstance(r, dict) and {"pattern", "link_to"} <= set(r) for r in rules):
+        raise ValueError(f"{path}: expected a list of {{pattern: REGEX, link_to: [TEMPLATE, ...]}}")
+    return [(rule["pattern"], list(rule["link_to"])) for rule in rules]
+
+
+def rule_links(videos: pd.Series, rules: list[LinkRule]) -> list[tuple[str, str]]:
+    """Every link the rules make between `videos` and the names they point at."""
+    return [link for pattern, templates in rules for link in name_links(videos, pattern, templates)]
 
 
 def name_links(videos: pd.Series, pattern: str, templates: list[str]) -> list[tuple[str, str]]:
@@ -103,12 +122,13 @@ def assign_folds(videos: pd.DataFrame, k: int, seed: int = 0,
     table["fold"] = -1
     for fold, (_, val_rows) in enumerate(splitter.split(table, table["label"], table["group"])):
         table.loc[table.index[val_rows], "fold"] = fold
-    check_folds(table)
+    check_folds(table, extra_links)
     return table[FOLD_COLUMNS]
 
 
-def check_folds(table: pd.DataFrame) -> None:
-    """Assert every video has a fold, no group crosses folds and no original sits apart from its fakes."""
+def check_folds(table: pd.DataFrame, links: list[tuple[str, str]] = ()) -> None:
+    """Assert every video has a fold, no group crosses folds, no original sits apart from its fakes, and no two
+    videos joined by a name link (directly or through a shared name) sit in different folds."""
     if (table["fold"] < 0).any():
         raise AssertionError(f"videos without a fold: {table.loc[table['fold'] < 0, 'video'].tolist()[:5]}")
     folds_per_group = table.groupby("group")["fold"].nunique()
@@ -119,6 +139,16 @@ def check_folds(table: pd.DataFrame) -> None:
     for video, original, fold in zip(table["video"], table["original"], table["fold"]):
         if original in fold_of and fold_of[original] != fold:
             raise AssertionError(f"{video} is in fold {fold} but its original {original} in fold {fold_of[original]}")
+    linked: dict[str, set[tuple[str, int]]] = {}
+    for video, name in links:
+        if video in fold_of:
+            linked.setdefault(name, set()).add((video, fold_of[video]))
+            if name in fold_of and fold_of[name] != fold_of[video]:
+                raise AssertionError(f"{video} (fold {fold_of[video]}) and {name} (fold {fold_of[name]}) share a "
+                                     "source by the link rules but sit in different folds")
+    for name, members in linked.items():
+        if len({fold for _, fold in members}) > 1:
+            raise AssertionError(f"videos linked to {name} sit in different folds: {sorted(members)}")
 
 
 def log_fold_summary(table: pd.DataFrame) -> None:
@@ -136,6 +166,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--metadata", type=Path, nargs="+", help="one or more DFDC metadata.json files")
     parser.add_argument("--k", type=int, default=5, help="number of folds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--links", type=Path, default=DEFAULT_LINK_RULES, help="link rules YAML (default: "
+                        "training/configs/link_rules.yaml)")
+    parser.add_argument("--no-default-links", action="store_true", help="apply no link rules file")
     parser.add_argument("--link-pattern", help="regex with named groups over video names that also name identities")
     parser.add_argument("--link-to", nargs="+", default=[], help="names to link a matching video to, e.g. 'x_{a}.mp4'")
     parser.add_argument("--out", type=Path, required=True, help="folds CSV to write")
@@ -148,8 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     videos = videos_from_index(args.index) if args.index else videos_from_metadata(args.metadata)
     if bool(args.link_pattern) != bool(args.link_to):
         raise SystemExit("--link-pattern and --link-to go together")
-    links = name_links(videos["video"], args.link_pattern, args.link_to) if args.link_pattern else []
-    table = assign_folds(videos, args.k, args.seed, links)
+    rules = [] if args.no_default_links else read_link_rules(args.links)
+    if args.link_pattern:
+        rules.append((args.link_pattern, args.link_to))
+    table = assign_folds(videos, args.k, args.seed, rule_links(videos["video"], rules))
     write_atomic(args.out, table.to_csv(index=False))
     log_fold_summary(table)
     log.info("wrote %d videos in %d folds to %s", len(table), args.k, args.out)
