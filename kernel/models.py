@@ -53,6 +53,11 @@ class ModelSpec:
     num_classes: int = 1
     classes: tuple[str, ...] | None = None
     real_index: int = 0  # multi-class models: the output that means "real"
+    group: str = ""      # fold models of one group are averaged; the stacker has one input per group
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            object.__setattr__(self, "group", self.name)
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,8 @@ def load_manifest(path: str | Path) -> Manifest:
             name=entry.get("name", Path(entry["file"]).stem), arch=entry["arch"],
             file=path.parent / entry["file"], sha256=entry["sha256"].lower(), bytes=int(entry.get("bytes", -1)),
             input_size=int(entry["input_size"]), mean=tuple(entry.get("mean", IMAGENET_MEAN)),
-            std=tuple(entry.get("std", IMAGENET_STD)), **class_keys(entry, f"{path}: models[{index}]")))
+            std=tuple(entry.get("std", IMAGENET_STD)), group=str(entry.get("group") or ""),
+            **class_keys(entry, f"{path}: models[{index}]")))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: model names must be unique, got {names}")
@@ -132,6 +138,15 @@ def fake_logit(logits: torch.Tensor, real_index: int = 0) -> torch.Tensor:
         return logits[:, 0]
     fakes = torch.cat([logits[:, :real_index], logits[:, real_index + 1:]], dim=1)
     return torch.logsumexp(fakes, dim=1) - logits[:, real_index]
+
+
+def forward_logits(module: torch.nn.Module, batch: torch.Tensor, hflip: bool = False) -> torch.Tensor:
+    """The model's outputs for a normalised `(n, 3, H, W)` batch; with `hflip`, averaged with those of the
+    mirrored batch (test-time augmentation, the same in the kernel and in training's OOF predictions)."""
+    logits = module(batch)
+    if hflip:
+        logits = (logits + module(torch.flip(batch, dims=[3]))) / 2
+    return logits
 
 
 def fake_probability(logits: torch.Tensor, real_index: int = 0) -> torch.Tensor:

@@ -59,7 +59,7 @@ def three_class_run(tmp_path_factory):
     index["method"] = np.where(index["label"] == 0, "real", np.where(number // 2 % 2, "B", "A"))
     index.loc[index["video"] == "v0.mp4", "method"] = ""
     index.to_csv(crops / "index.csv", index=False)
-    config = write_config(folder, crops, num_classes=3, label_column="method", real_class="real", balance="weights",
+    config = write_config(folder, crops, num_classes=3, label_column="method", real_class="real", sampler="shuffle", class_weights=True,
                           label_smoothing=0.1)
     train_main(["--config", str(config), "--fold", "0"])
     return folder / "runs", crops

@@ -63,7 +63,7 @@ def crops(tmp_path_factory) -> Path:
 def test_one_epoch_writes_weights_manifest_oof_and_plots(tmp_path, crops):
     train_main(["--config", str(write_config(tmp_path, crops)), "--fold", "0"])
     run = tmp_path / "runs" / f"{ARCH}_fold0"
-    for name in ("config.yaml", "last.pt", "best_fp16.pth", "metrics.csv", "loss_curve.png", "oof.csv"):
+    for name in ("config.yaml", "last.pt", "weights_fp16.pth", "metrics.csv", "loss_curve.png", "oof.csv"):
         assert (run / name).is_file(), name
     assert (run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     metrics = pd.read_csv(run / "metrics.csv")
@@ -79,7 +79,8 @@ def test_one_epoch_writes_weights_manifest_oof_and_plots(tmp_path, crops):
     load_classifier(spec, "cpu")
     oof = pd.read_csv(run / "oof.csv")
     folds = pd.read_csv(crops / "folds.csv")
-    assert list(oof.columns) == ["video", "frame", "person", "model", "prob", "label"]
+    assert list(oof.columns) == ["video", "frame", "person", "model", "group", "prob", "label"]
+    assert (oof["group"] == ARCH).all() and entry["group"] == ARCH
     assert set(oof["video"]) == set(folds.loc[folds["fold"] == 0, "video"])
     assert oof["prob"].between(0, 1).all() and (oof["model"] == spec.name).all()
 
@@ -93,8 +94,8 @@ def test_rerun_replaces_its_manifest_entry_and_keeps_others(tmp_path, crops):
 
 
 def test_resume_continues_from_the_saved_epoch(tmp_path, crops, caplog):
-    config = write_config(tmp_path, crops, epochs=2, balance="weights", schedule="onecycle", optimizer="sgd",
-                          label_smoothing=0.1)
+    config = write_config(tmp_path, crops, epochs=2, sampler="shuffle", class_weights=True, schedule="onecycle",
+                          optimizer="sgd", label_smoothing=0.1, ema=0.9)
     train_main(["--config", str(config), "--fold", "1", "--stop-after", "1"])
     run = tmp_path / "runs" / f"{ARCH}_fold1"
     first = pd.read_csv(run / "metrics.csv")
@@ -127,16 +128,18 @@ def test_torchrun_two_processes_gloo(tmp_path, crops):
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     run = tmp_path / "runs" / f"{TINY_MODELS[1][0]}_fold0"
-    assert (run / "oof.csv").is_file() and (run / "best_fp16.pth").is_file()
+    assert (run / "oof.csv").is_file() and (run / "weights_fp16.pth").is_file()
     assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == 2
 
 
 def test_balanced_sampler_splits_one_draw_between_ranks():
-    labels = np.array([0] * 9 + [1])
+    labels = np.array([0] * 90 + [1] * 10)
+    single = list(BalancedSampler(labels, 0, 1, seed=3))
     ranks = [list(BalancedSampler(labels, rank, 2, seed=3)) for rank in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 5
-    drawn = np.concatenate(ranks)
-    assert 0.2 < labels[drawn].mean() < 0.9
+    assert len(ranks[0]) == len(ranks[1]) == 50
+    assert sorted(ranks[0] + ranks[1]) == sorted(single)  # one shared draw, each rank its own half of it
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+    assert 0.35 < labels[single].mean() < 0.65  # classes drawn equally, not at the data's 10 % fakes
 
 
 def test_every_augmentation_runs_and_keeps_shape():
@@ -181,3 +184,11 @@ def to_lukemelas(key: str, model) -> str:
               "conv_pwl": "_project_conv", "bn3": "_bn2"} if expand else
              {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"})
     return ".".join(["_blocks", str(flat), names[parts[3]], *parts[4:]])
+
+
+def test_pretrained_timm_offline_names_the_local_file_way(monkeypatch):
+    from kernel.models import create_classifier
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="needs internet access.*local state_dict file"):
+        load_pretrained(create_classifier("resnet18"), "timm", "resnet18")

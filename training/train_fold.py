@@ -4,8 +4,10 @@
     torchrun --nproc_per_node N training/train_fold.py --config CONFIG --fold K
 
 Writes to OUT/NAME/: config.yaml, last.pt (checkpoint every epoch), metrics.csv, loss_curve.png,
-best_fp16.pth (best val log loss) and oof.csv (`video, frame, person, model, prob, label` per crop of the
-fold's validation videos); adds or replaces the model's entry in the weights manifest.
+weights_fp16.pth (the exported weights: the last epoch's, EMA-averaged when `ema` is set, or with
+`export: best` those of the best val log loss) and oof.csv (`video, frame, person, model, prob, label` per crop
+of the fold's validation videos, predicted by the exported weights loaded the kernel's way); adds or replaces the
+model's entry in the weights manifest.
 
 With `num_classes > 1` it learns the classes of `label_column` (e.g. the FF++ method, see training/methods.py)
 with softmax cross-entropy; `prob` is then 1 - P(real_class), oof.csv adds one `p_<class>` column per class,
@@ -20,6 +22,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -33,28 +36,31 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel.aggregate import video_score  # noqa: E402
+from kernel.config import load_config as load_kernel_config  # noqa: E402
 from kernel.metrics import auc, binary_report  # noqa: E402
-from kernel.models import (create_classifier, fake_probability, load_classifier, load_manifest,  # noqa: E402
-                           manifest_entry, model_family, save_fp16_state_dict)
+from kernel.models import (create_classifier, fake_probability, forward_logits, load_classifier,  # noqa: E402
+                           load_manifest, manifest_entry, model_family, save_fp16_state_dict)
 from kernel.plots import plot_confusion_matrix, pyplot, save_figure  # noqa: E402
 from kernel.submission import write_atomic  # noqa: E402
-from training.data import BalancedSampler, CropDataset, build_augmentation  # noqa: E402
+from training.data import (BalancedSampler, CropDataset, EpochSampler, PairSampler, ShuffleSampler,  # noqa: E402
+                           build_augmentation)
 from training.defences import defence_from_config  # noqa: E402
 from training.extract_faces import read_index  # noqa: E402
-from training.pretrained import load_pretrained  # noqa: E402
+from training.pretrained import class_shares, init_head, load_pretrained  # noqa: E402
 
 log = logging.getLogger("train_fold")
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_log_loss", "val_auc", "val_accuracy",
                   "val_crop_auc", "seconds"]
-OOF_COLUMNS = ["video", "frame", "person", "model", "prob", "label"]
+OOF_COLUMNS = ["video", "frame", "person", "model", "group", "prob", "label"]
 
 
 # ---------------------------------------------------------------- config
@@ -81,16 +87,31 @@ def resolve_config(path: Path, fold: int) -> dict[str, Any]:
     config.update(update, augment=augment, fold=fold)
     model_family(config["arch"])
     for key, allowed in (("optimizer", ("adamw", "sgd")), ("schedule", ("cosine", "onecycle")),
-                         ("balance", ("sampler", "weights", "none")), ("device", ("auto", "cpu", "cuda"))):
+                         ("sampler", ("balanced", "pairs", "shuffle")), ("device", ("auto", "cpu", "cuda")),
+                         ("export", ("last", "best"))):
         if config[key] not in allowed:
             raise ValueError(f"{path}: {key} is {config[key]!r}; choose one of {allowed}")
+    check_sbi(config, path)
     if not config["crops"]:
         raise ValueError(f"{path}: set 'crops' to the folder written by extract_faces.py")
     check_classes(config, path)
+    group = config["group"] or re.sub(r"[_-]?fold\{fold\}", "", config["name"])
     config["name"] = config["name"].format(arch=config["arch"], fold=fold, input_size=config["input_size"])
+    config["group"] = group.format(arch=config["arch"], input_size=config["input_size"])
     config["mean"], config["std"] = normalisation(config)
     defence_from_config(config)  # a bad adversarial/lipschitz setting fails here, before any data is read
     return config
+
+
+def check_sbi(config: dict[str, Any], path: Path) -> None:
+    """`sbi: {p: share}` needs one-logit models and a sampler that draws fakes (balanced or pairs)."""
+    sbi = config["sbi"]
+    if sbi is None:
+        return
+    if not isinstance(sbi, dict) or set(sbi) != {"p"} or not 0.0 <= float(sbi["p"]) <= 1.0:
+        raise ValueError(f"{path}: sbi is {sbi!r}; write sbi: {{p: 0.5}} (the share of fakes that are self-blended)")
+    if config["num_classes"] != 1 or config["sampler"] == "shuffle":
+        raise ValueError(f"{path}: sbi needs num_classes: 1 and sampler: balanced or pairs")
 
 
 def check_classes(config: dict[str, Any], path: Path) -> None:
@@ -123,8 +144,8 @@ class RunPaths:
         return self.run_dir / "last.pt"
 
     @property
-    def best_weights(self) -> Path:
-        return self.run_dir / "best_fp16.pth"
+    def weights(self) -> Path:
+        return self.run_dir / "weights_fp16.pth"
 
 
 def run_paths(config: dict[str, Any]) -> RunPaths:
@@ -245,57 +266,113 @@ def real_index(config: dict[str, Any]) -> int:
     return config["classes"].index(config["real_class"]) if config["num_classes"] > 1 else 0
 
 
+def crop_margin(crops: Path) -> float:
+    """The margin the crops were cut with (extract_faces.py's settings.json, else the kernel's default)."""
+    settings = crops / "settings.json"
+    config = json.loads(settings.read_text())["config"] if settings.is_file() else load_kernel_config()
+    return float(config["crop_margin"])
+
+
+def make_sampler(config: dict[str, Any], train: pd.DataFrame, dataset: CropDataset, context: Dist) -> EpochSampler:
+    """The `sampler` of the config over the training crops (and their self-blended fakes with `sbi`)."""
+    common = dict(rank=context.rank, world_size=context.world_size, seed=config["seed"],
+                  size=config["samples_per_epoch"])
+    sbi = float(config["sbi"]["p"]) if config["sbi"] else 0.0
+    if config["sampler"] == "balanced":
+        return BalancedSampler(dataset.labels, sbi=sbi, blendable=dataset.blendable(), **common)
+    if config["sampler"] == "pairs":
+        return PairSampler(train, sbi=sbi, blendable=dataset.blendable(), **common)
+    return ShuffleSampler(len(dataset.labels), **common)
+
+
 def make_loaders(config: dict[str, Any], train: pd.DataFrame, val: pd.DataFrame,
                  context: Dist) -> tuple[DataLoader, DataLoader]:
     crops, size = Path(config["crops"]), config["input_size"]
     mean, std = config["mean"], config["std"]
-    train_set = CropDataset(train, crops, size, mean, std, build_augmentation(config["augment"]), "target")
+    margin = crop_margin(crops) if config["sbi"] else None
+    train_set = CropDataset(train, crops, size, mean, std, build_augmentation(config["augment"]), "target",
+                            seed=config["seed"], sbi_margin=margin)
     val_set = CropDataset(val, crops, size, mean, std, label_column="target")
-    if config["balance"] == "sampler":
-        sampler = BalancedSampler(train_set.labels, context.rank, context.world_size, config["seed"])
-    else:
-        sampler = DistributedSampler(train_set, context.world_size, context.rank, shuffle=True, seed=config["seed"])
+    sampler = make_sampler(config, train, train_set, context)
     common = dict(batch_size=config["batch_size"], num_workers=config["num_workers"],
                   pin_memory=context.device.type == "cuda")
-    train_loader = DataLoader(train_set, sampler=sampler, drop_last=len(train_set) > config["batch_size"], **common)
+    train_loader = DataLoader(train_set, sampler=sampler, drop_last=len(sampler) > config["batch_size"], **common)
     return train_loader, DataLoader(val_set, shuffle=False, **common)
 
 
 # ---------------------------------------------------------------- model, optimiser, checkpoint
 
-def build_model(config: dict[str, Any]) -> torch.nn.Module:
+def sampler_shares(config: dict[str, Any], labels: np.ndarray) -> np.ndarray:
+    """Class shares the sampler presents: equal for balanced, pairs and class weights, else the data's."""
+    count = max(2, config["num_classes"])
+    if config["sampler"] != "shuffle" or config["class_weights"]:
+        return np.full(count, 1.0 / count)
+    return class_shares(labels, count)
+
+
+def build_model(config: dict[str, Any], train_labels: np.ndarray) -> torch.nn.Module:
+    """The arch with its pretrained weights and a small head biased to the sampler's class shares."""
     model = create_classifier(config["arch"], config["num_classes"])
     if config["pretrained"]:
         load_pretrained(model, config["pretrained"], config["arch"])
+    init_head(model, sampler_shares(config, train_labels))
     return model
 
 
 def build_optimizer(config: dict[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD or AdamW; the backbone at `backbone_lr_scale` times the head's learning rate."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) in head], "lr": config["lr"]},
+              {"params": [p for p in model.parameters() if id(p) not in head],
+               "lr": config["lr"] * config["backbone_lr_scale"]}]
     if config["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
+        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"],
                                weight_decay=config["weight_decay"], nesterov=True)
-    return torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    return torch.optim.AdamW(groups, lr=config["lr"], weight_decay=config["weight_decay"])
 
 
 def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped every batch: one-cycle, or a linear warm-up over `warmup` of the steps then cosine to the floor."""
     total = max(1, config["epochs"] * steps_per_epoch)
     if config["schedule"] == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=total)
-    floor = config["lr"] * config["min_lr_ratio"]
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=floor)
+        max_lrs = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total)
+    warmup, floor = int(config["warmup"] * total), config["min_lr_ratio"]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_ema(config: dict[str, Any], model: torch.nn.Module) -> AveragedModel | None:
+    """An exponential moving average of the weights (and BN buffers) with decay `ema` per step, or None."""
+    if not config["ema"]:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema"]), use_buffers=True)
 
 
 class BinaryLoss(torch.nn.Module):
-    """BCE on the single logit against labels smoothed towards 0.5: `y * (1 - s) + s / 2`."""
+    """BCE on the single logit against labels smoothed towards 0.5 (`y * (1 - s) + s / 2`), each sample weighted
+    by its class's weight (of the hard label) when `class_weights` (real, fake) are given."""
 
-    def __init__(self, smoothing: float, pos_weight: torch.Tensor | None = None):
+    def __init__(self, smoothing: float, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.smoothing = smoothing
-        self.bce = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        self.class_weights = class_weights
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.bce(logits[:, 0].float(), labels * (1 - self.smoothing) + 0.5 * self.smoothing)
+        targets = labels * (1 - self.smoothing) + 0.5 * self.smoothing
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0].float(), targets,
+                                                                      reduction="none")
+        if self.class_weights is None:
+            return losses.mean()
+        weights = self.class_weights[labels.long()]
+        return (losses * weights).sum() / weights.sum()
 
 
 class MultiClassLoss(torch.nn.Module):
@@ -310,17 +387,13 @@ class MultiClassLoss(torch.nn.Module):
 
 
 def build_loss(config: dict[str, Any], train_labels: np.ndarray, device: torch.device) -> torch.nn.Module:
-    """`criterion(model outputs, labels)`; `balance: weights` weighs classes by inverse frequency."""
+    """`criterion(model outputs, labels)`; `class_weights: true` weighs each sample by the inverse frequency of
+    its class, so every class weighs the same in the loss."""
     smoothing, count = config["label_smoothing"], config["num_classes"]
-    if config["balance"] != "weights":
-        weights = None
-    elif count == 1:
-        fakes = float(train_labels.sum())
-        weights = torch.tensor([(len(train_labels) - fakes) / max(fakes, 1.0)], device=device)
-    else:
-        counts = np.bincount(train_labels.astype(np.int64), minlength=count).astype(np.float64)
-        weights = torch.tensor(len(train_labels) / (count * np.maximum(counts, 1.0)), dtype=torch.float32,
-                               device=device)
+    weights = None
+    if config["class_weights"]:
+        shares = class_shares(train_labels, max(2, count))
+        weights = torch.tensor(1.0 / (len(shares) * np.maximum(shares, 1e-12)), dtype=torch.float32, device=device)
     return BinaryLoss(smoothing, weights) if count == 1 else MultiClassLoss(smoothing, weights)
 
 
@@ -350,18 +423,19 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, scaler, state: TrainState,
-                    config: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, ema: AveragedModel | None, optimizer, scheduler, scaler,
+                    state: TrainState, config: dict[str, Any]) -> None:
     """Everything needed to continue after the last finished epoch, written atomically."""
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "scaler": scaler.state_dict(), "train_state": vars(state), "rng": rng_state(),
-               "arch": config["arch"], "input_size": config["input_size"]}
+               "arch": config["arch"], "input_size": config["input_size"],
+               "ema": ema.state_dict() if ema is not None else None}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, scaler,
+def load_checkpoint(path: Path, model: torch.nn.Module, ema: AveragedModel | None, optimizer, scheduler, scaler,
                     config: dict[str, Any]) -> TrainState:
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}; run without --resume to start")
@@ -370,6 +444,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, sc
         raise ValueError(f"--resume: {path} is {payload['arch']}@{payload['input_size']}, the config asks for "
                          f"{config['arch']}@{config['input_size']}; use the run's own config")
     model.load_state_dict(payload["model"])
+    if ema is not None:
+        if payload.get("ema") is None:
+            raise ValueError(f"--resume: {path} was trained without ema; use the run's own config")
+        ema.load_state_dict(payload["ema"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     scaler.load_state_dict(payload["scaler"])
@@ -379,8 +457,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, sc
 
 # ---------------------------------------------------------------- train / evaluate
 
-def train_one_epoch(model, loader: DataLoader, criterion, optimizer, scheduler, scaler, config: dict[str, Any],
-                    context: Dist, epoch: int) -> float:
+def train_one_epoch(model, ema: AveragedModel | None, loader: DataLoader, criterion, optimizer, scheduler, scaler,
+                    config: dict[str, Any], context: Dist, epoch: int) -> float:
     """One pass over this rank's share of the training crops; returns the mean loss over all ranks."""
     model.train()
     use_amp = scaler.is_enabled()
@@ -405,20 +483,24 @@ def train_one_epoch(model, loader: DataLoader, criterion, optimizer, scheduler, 
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model.module if isinstance(model, DistributedDataParallel) else model)
         total += float(loss.item()) * len(labels)
         count += len(labels)
         bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
     return mean_over_ranks(total / max(count, 1), context)
 
 
-def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """`(crops, outputs)` logits in loader order (the model's own dtype: fp16 kernel models work too)."""
+def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                   hflip: bool = False) -> np.ndarray:
+    """`(crops, outputs)` logits in loader order (the model's own dtype: fp16 kernel models work too), with the
+    kernel's horizontal-flip test-time augmentation when `hflip`."""
     model.eval()
     dtype = next(model.parameters()).dtype
     out = []
     with torch.inference_mode():
         for images, _ in loader:
-            out.append(model(images.to(device, dtype=dtype)).float().cpu())
+            out.append(forward_logits(model, images.to(device, dtype=dtype), hflip).float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -519,26 +601,34 @@ def update_manifest(manifest: Path, entry: dict[str, Any]) -> None:
         write_atomic(manifest, json.dumps(data, indent=1) + "\n")
 
 
+def exported_epoch(config: dict[str, Any], state: TrainState) -> dict[str, float]:
+    """The metrics row of the epoch whose weights are exported (`export: best` or `last`)."""
+    if config["export"] == "best":
+        return min(state.history, key=lambda row: row["val_log_loss"])
+    return state.history[-1]
+
+
 def export(config: dict[str, Any], paths: RunPaths, state: TrainState, val: pd.DataFrame,
            val_loader: DataLoader, device: torch.device) -> pd.DataFrame:
-    """Manifest entry for the best weights, then OOF predictions from those weights loaded the kernel's way."""
-    best = min(state.history, key=lambda row: row["val_log_loss"])
+    """Manifest entry for the exported weights, then OOF predictions from them loaded the kernel's way."""
+    best = exported_epoch(config, state)
     classes = {"num_classes": config["num_classes"], "classes": config["classes"],
                "real_class": config["real_class"]} if config["num_classes"] > 1 else {}
-    entry = manifest_entry(config["name"], config["arch"], paths.best_weights, paths.manifest.parent,
-                           config["input_size"], config["mean"], config["std"], fold=config["fold"],
-                           epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
+    entry = manifest_entry(config["name"], config["arch"], paths.weights, paths.manifest.parent,
+                           config["input_size"], config["mean"], config["std"], group=config["group"],
+                           fold=config["fold"], epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
                            val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
     update_manifest(paths.manifest, entry)
     spec = next(s for s in load_manifest(paths.manifest).models if s.name == config["name"])
-    logits = predict_logits(load_classifier(spec, str(device)), val_loader, device)
-    oof = val[["video", "frame", "person"]].assign(model=config["name"], prob=crop_fake_probs(logits, config),
-                                                   label=val["label"])[OOF_COLUMNS]
+    logits = predict_logits(load_classifier(spec, str(device)), val_loader, device, config["tta_hflip"])
+    oof = val[["video", "frame", "person"]].assign(model=config["name"], group=config["group"],
+                                                   prob=crop_fake_probs(logits, config), label=val["label"])[OOF_COLUMNS]
     if classes:
         oof = oof.join(class_outputs(val, logits, config, paths.run_dir))
     write_atomic(paths.run_dir / "oof.csv", oof.to_csv(index=False, float_format="%.6f"))
-    log.info("best epoch %d: val log loss %.4f, AUC %.4f; %s added to %s; OOF: %s", best["epoch"],
-             best["val_log_loss"], best["val_auc"], paths.best_weights, paths.manifest, paths.run_dir / "oof.csv")
+    log.info("exported epoch %d (%s): val log loss %.4f, AUC %.4f; %s added to %s; OOF: %s", best["epoch"],
+             config["export"], best["val_log_loss"], best["val_auc"], paths.weights, paths.manifest,
+             paths.run_dir / "oof.csv")
     return oof
 
 
@@ -580,21 +670,24 @@ def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_afte
     seed_everything(config["seed"] + context.rank)
     train_rows, val_rows = load_fold_rows(config, config["fold"])
     train_loader, val_loader = make_loaders(config, train_rows, val_rows, context)
-    model = build_model(config).to(context.device)
+    model = build_model(config, train_loader.dataset.labels).to(context.device)
+    ema = build_ema(config, model)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=config["amp"] and context.device.type == "cuda")
     criterion = build_loss(config, train_loader.dataset.labels, context.device)
     state = TrainState()
     if resume:
-        state = load_checkpoint(paths.checkpoint, model, optimizer, scheduler, scaler, config)
+        state = load_checkpoint(paths.checkpoint, model, ema, optimizer, scheduler, scaler, config)
         log.info("resumed from %s after epoch %d", paths.checkpoint, state.epoch)
     elif paths.checkpoint.is_file():
         log.warning("%s exists: starting afresh (pass --resume to continue it)", paths.checkpoint)
-    log.info("fold %d: %d training crops (%d videos), %d validation crops (%d videos); %s on %s x%d",
-             config["fold"], len(train_rows), train_rows["video"].nunique(), len(val_rows),
-             val_rows["video"].nunique(), config["arch"], context.device, context.world_size)
+    log.info("fold %d: %d training crops (%d videos), %d items an epoch (%s sampler%s), %d validation crops "
+             "(%d videos); %s on %s x%d", config["fold"], len(train_rows), train_rows["video"].nunique(),
+             len(train_loader.sampler), config["sampler"], f", sbi p={config['sbi']['p']}" if config["sbi"] else "",
+             len(val_rows), val_rows["video"].nunique(), config["arch"], context.device, context.world_size)
     trained = DistributedDataParallel(model) if context.world_size > 1 else model
+    evaluated = ema.module if ema is not None else model
     epochs_run = 0
     while state.epoch < config["epochs"] and not state.stopped_early:
         if stop_after is not None and epochs_run >= stop_after:
@@ -602,11 +695,12 @@ def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_afte
             return state
         epoch, started = state.epoch + 1, time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
+        train_loader.dataset.set_epoch(epoch)
         lr = scheduler.get_last_lr()[0]
-        train_loss = train_one_epoch(trained, train_loader, criterion, optimizer, scheduler, scaler, config,
+        train_loss = train_one_epoch(trained, ema, train_loader, criterion, optimizer, scheduler, scaler, config,
                                      context, epoch)
-        metrics = validation_metrics(val_rows, predict_logits(model, val_loader, context.device),
-                                     config) if context.main else {}
+        metrics = validation_metrics(val_rows, predict_logits(evaluated, val_loader, context.device,
+                                                              config["tta_hflip"]), config) if context.main else {}
         val_log_loss = broadcast_float(metrics.get("val_log_loss", 0.0), context)
         is_best = improved(state, val_log_loss)
         state.epoch = epoch
@@ -619,10 +713,10 @@ def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_afte
                      metrics["val_accuracy"], " (best)" if is_best else "")
             if "val_class_accuracy" in metrics:
                 log.info("epoch %d: class accuracy (videos) %.3f", epoch, metrics["val_class_accuracy"])
-            if is_best:
-                save_fp16_state_dict(model, paths.best_weights)
+            if is_best or config["export"] == "last":
+                save_fp16_state_dict(evaluated, paths.weights)
             write_metrics(paths.run_dir, state.history, metric_columns(config))
-            save_checkpoint(paths.checkpoint, model, optimizer, scheduler, scaler, state, config)
+            save_checkpoint(paths.checkpoint, model, ema, optimizer, scheduler, scaler, state, config)
         epochs_run += 1
         if state.stopped_early:
             log.info("early stopping: val log loss has not improved for %d epochs", state.bad_epochs)
