@@ -1,11 +1,15 @@
-"""`python -m ensemble.stack`: fit a LogisticRegression stacker on out-of-fold predictions, export JSON.
+"""`python -m ensemble.stack`: fit the calibrator / stacker on out-of-fold predictions, export it as JSON.
 
-    python -m ensemble.stack --oof runs/*/oof.csv --folds crops/folds.csv --out stacker.json
+    python -m ensemble.stack --oof runs/*/oof.csv --folds crops/folds.csv --out stacker.json [--target-prior 0.5]
 
-Features per video and model come from `kernel.aggregate.video_features`, the function the kernel uses at
-inference. C is chosen by grouped cross-validation (groups = original clusters from the folds CSV), then
-the model is refit on every OOF video. Standardisation is folded into the exported coefficients, so the
-kernel applies the JSON with one dot product.
+One logistic regression on per-video features of each model group (`kernel.aggregate.video_features`, the
+function the kernel uses at inference; by default the logit of the group's video score). With one group it is
+Platt scaling, a calibrator; with several, a stacker. It is fitted with class weights that give the fakes a
+share of `--target-prior` (0.5: the DFDC test sets' share, against 83.9 % in the training set), so its
+intercept is right for the test set, not for the OOF videos. C is chosen by grouped cross-validation (groups:
+the original clusters of the folds CSV); the reported figures come from a nested grouped cross-validation (C
+chosen inside each outer fold), so the verdict "pays off" is not measured on the data C was chosen on.
+Standardisation is folded into the exported coefficients: the kernel applies the JSON with one dot product.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import csv
 import json
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,29 +28,47 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from kernel.aggregate import FEATURE_STATS, Stacker, feature_name, video_features, video_score
-from kernel.metrics import CLIP, log_loss
+from kernel.aggregate import (DEFAULT_FEATURES, FEATURE_STATS, STRATEGIES, Stacker, feature_name, logit, sigmoid,
+                              video_features, video_score)
+from kernel.metrics import CLIP, auc, log_loss, prior_weights
 from kernel.submission import write_atomic
 
-C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 11))
+C_GRID = tuple(float(c) for c in np.logspace(-2, 2, 9))
+OOF_COLUMNS = {"video", "frame", "person", "model", "prob", "label"}
 
 
 class OOFError(ValueError):
     """An OOF or folds file is unusable; the message names it and the fix."""
 
 
-def read_oof(paths: list[Path]) -> tuple[dict[str, dict[str, dict[int, list[tuple[int, float]]]]], dict[str, int]]:
-    """`{video: {model: {person: [(frame, prob), ...]}}}` and `{video: label}` from OOF CSVs."""
-    scores: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+@dataclass
+class Table:
+    """The videos scored by every model group: features, labels, fold groups and each group's video score."""
+
+    videos: list[str]
+    features: np.ndarray
+    labels: np.ndarray
+    clusters: np.ndarray
+    scores: np.ndarray  # (videos, groups) video scores by the aggregation
+    groups: list[str]
+    feature_names: list[str]
+    calibrated: np.ndarray | None = None  # the calibrator/stacker's nested-CV P(fake), once fitted
+
+
+def read_oof(paths: list[Path]) -> tuple[dict[str, dict[str, dict[int, dict[int, list[float]]]]], dict[str, int]]:
+    """`{video: {group: {person: {frame: [probs]}}}}` and `{video: label}` from OOF CSVs (a file without a
+    `group` column: each model is its own group)."""
+    scores: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     labels: dict[str, int] = {}
     for path in paths:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
-            missing = {"video", "frame", "person", "model", "prob", "label"} - set(reader.fieldnames or [])
+            missing = OOF_COLUMNS - set(reader.fieldnames or [])
             if missing:
                 raise OOFError(f"{path}: lacks columns {sorted(missing)}; pass the oof.csv written by train_fold.py")
             for row in reader:
-                scores[row["video"]][row["model"]][int(row["person"])].append((int(row["frame"]), float(row["prob"])))
+                group = row.get("group") or row["model"]
+                scores[row["video"]][group][int(row["person"])][int(row["frame"])].append(float(row["prob"]))
                 label = int(float(row["label"]))
                 if labels.setdefault(row["video"], label) != label:
                     raise OOFError(f"{path}: video {row['video']} has labels {labels[row['video']]} and {label}")
@@ -53,7 +76,7 @@ def read_oof(paths: list[Path]) -> tuple[dict[str, dict[str, dict[int, list[tupl
 
 
 def read_groups(path: Path) -> dict[str, int]:
-    """`{video: group}` from the folds CSV written by training/folds.py."""
+    """`{video: original cluster}` from the folds CSV written by training/folds.py."""
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         if not {"video", "group"} <= set(reader.fieldnames or []):
@@ -61,42 +84,79 @@ def read_groups(path: Path) -> dict[str, int]:
         return {row["video"]: int(row["group"]) for row in reader}
 
 
-def person_arrays(persons: dict[int, list[tuple[int, float]]]) -> dict[int, np.ndarray]:
-    """Each person's probabilities in frame order."""
-    return {person: np.array([prob for _, prob in sorted(rows)]) for person, rows in persons.items()}
+def person_arrays(persons: dict[int, dict[int, list[float]]]) -> dict[int, np.ndarray]:
+    """Each person's P(fake) in frame order (the mean where several models of the group scored a frame)."""
+    return {person: np.array([np.mean(frames[f]) for f in sorted(frames)]) for person, frames in persons.items()}
 
 
-def build_table(scores, labels: dict[str, int], groups: dict[str, int], models: list[str],
-                strategy: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Videos scored by every model: names, feature matrix, labels, groups, per-model video scores, features."""
-    names = [feature_name(model, stat) for model in models for stat in FEATURE_STATS]
-    videos = sorted(v for v in scores if all(m in scores[v] for m in models))
-    missing = [v for v in videos if v not in groups]
+def build_table(scores, labels: dict[str, int], clusters: dict[str, int], groups: list[str], strategy: str,
+                stats: tuple[str, ...] = DEFAULT_FEATURES) -> Table:
+    """Per-video features (`stats` of each group) of the videos every group scored."""
+    names = [feature_name(group, stat) for group in groups for stat in stats]
+    videos = sorted(v for v in scores if all(g in scores[v] for g in groups))
+    missing = [v for v in videos if v not in clusters]
     if missing:
         raise OOFError(f"{len(missing)} OOF videos are not in the folds CSV (e.g. {missing[:3]}); "
                        "pass the folds.csv the models were trained with")
-    features, model_scores = [], []
+    features, video_scores = [], []
     for video in videos:
-        row, video_scores = {}, []
-        for model in models:
-            persons = person_arrays(scores[video][model])
-            row.update({feature_name(model, k): v for k, v in video_features(persons, strategy).items()})
-            video_scores.append(video_score(persons, strategy))
+        row, per_group = {}, []
+        for group in groups:
+            persons = person_arrays(scores[video][group])
+            row.update({feature_name(group, k): v for k, v in video_features(persons, strategy).items()})
+            per_group.append(video_score(persons, strategy))
         features.append([row[name] for name in names])
-        model_scores.append(video_scores)
-    return (videos, np.array(features), np.array([labels[v] for v in videos]),
-            np.array([groups[v] for v in videos]), np.array(model_scores), names)
+        video_scores.append(per_group)
+    return Table(videos, np.array(features).reshape(len(videos), len(names)), np.array([labels[v] for v in videos]),
+                 np.array([clusters[v] for v in videos]), np.array(video_scores), groups, names)
 
 
-def grouped_cv_predictions(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, splits: int) -> np.ndarray:
-    """Out-of-group-fold P(fake) of a standardised logistic regression with inverse strength `c`."""
+def fit_regression(x: np.ndarray, y: np.ndarray, c: float, target_prior: float):
+    """A standardised logistic regression weighted so the fakes have `target_prior`; a single feature's
+    coefficient is kept non-negative (a calibrator never reverses a model), else the constant prior."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
+    model.fit(x, y, logisticregression__sample_weight=prior_weights(y, target_prior))
+    regression = model.named_steps["logisticregression"]
+    if x.shape[1] == 1 and regression.coef_[0, 0] < 0:
+        regression.coef_[:] = 0.0
+        regression.intercept_[:] = float(logit(target_prior))
+    return model
+
+
+def grouped_predictions(x: np.ndarray, y: np.ndarray, clusters: np.ndarray, c: float, splits: int,
+                        target_prior: float) -> np.ndarray:
+    """Out-of-cluster-fold P(fake) of the regression with inverse strength `c`."""
     probs = np.zeros(len(y))
-    for train, test in GroupKFold(n_splits=splits).split(x, y, groups):
+    for train, test in GroupKFold(n_splits=splits).split(x, y, clusters):
         if len(np.unique(y[train])) < 2:
-            probs[test] = y[train].mean()
+            probs[test] = target_prior
             continue
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000)).fit(x[train], y[train])
-        probs[test] = model.predict_proba(x[test])[:, 1]
+        probs[test] = fit_regression(x[train], y[train], c, target_prior).predict_proba(x[test])[:, 1]
+    return probs
+
+
+def choose_c(x: np.ndarray, y: np.ndarray, clusters: np.ndarray, splits: int, target_prior: float,
+             clip: tuple[float, float]) -> float:
+    """The C of `C_GRID` with the lowest prior-weighted grouped-CV log loss."""
+    splits = min(splits, len(np.unique(clusters)))
+    if splits < 2 or len(np.unique(y)) < 2:
+        return 1.0
+    weights = prior_weights(y, target_prior)
+    losses = {c: log_loss(y, grouped_predictions(x, y, clusters, c, splits, target_prior), clip, weights)
+              for c in C_GRID}
+    return min(losses, key=losses.get)
+
+
+def nested_predictions(x: np.ndarray, y: np.ndarray, clusters: np.ndarray, splits: int, target_prior: float,
+                       clip: tuple[float, float]) -> np.ndarray:
+    """Outer grouped-CV P(fake) with C chosen inside each outer training part: an honest estimate."""
+    probs = np.zeros(len(y))
+    for train, test in GroupKFold(n_splits=splits).split(x, y, clusters):
+        if len(np.unique(y[train])) < 2:
+            probs[test] = target_prior
+            continue
+        c = choose_c(x[train], y[train], clusters[train], splits, target_prior, clip)
+        probs[test] = fit_regression(x[train], y[train], c, target_prior).predict_proba(x[test])[:, 1]
     return probs
 
 
@@ -109,50 +169,100 @@ def export(model, names: list[str], clip: tuple[float, float]) -> dict:
             "sklearn_version": sklearn.__version__}
 
 
-def fit_stacker(oof_paths: list[Path], folds_path: Path, strategy: str = "confident", splits: int = 5,
-                clip: tuple[float, float] = CLIP) -> tuple[dict, dict[str, float]]:
-    """Fit the stacker; return its JSON dict and the log losses a user compares (same videos, same groups)."""
+def shift_prior(probs: np.ndarray, from_prior: float, to_prior: float) -> np.ndarray:
+    """Probabilities calibrated for `from_prior` re-expressed for a population with `to_prior` fakes."""
+    return sigmoid(logit(probs, 30.0) + logit(to_prior, 30.0) - logit(from_prior, 30.0))
+
+
+def score_rows(table: Table, stacked: np.ndarray, target_prior: float,
+               clip: tuple[float, float]) -> list[dict[str, float | str]]:
+    """Log loss (weighted to the target prior, and at the OOF's own share of fakes) and AUC of each group's raw
+    video score, their plain mean, the stacker's nested-CV output and the constant prior, on the same videos."""
+    y, data_prior = table.labels, float(table.labels.mean())
+    weights = prior_weights(y, target_prior)
+    rows = [{"name": f"model {g}", "probs": table.scores[:, i], "at_data": table.scores[:, i]}
+            for i, g in enumerate(table.groups)]
+    mean = table.scores.mean(axis=1)
+    rows.append({"name": "mean of models", "probs": mean, "at_data": mean})
+    rows.append({"name": "stacker (nested CV)", "probs": stacked,
+                 "at_data": shift_prior(stacked, target_prior, data_prior)})
+    rows.append({"name": "constant prior", "probs": np.full(len(y), target_prior),
+                 "at_data": np.full(len(y), data_prior)})
+    return [{"name": row["name"], "log_loss": log_loss(y, row["probs"], clip, weights),
+             "log_loss_at_data_prior": log_loss(y, row["at_data"], clip), "auc": auc(y, row["probs"])}
+            for row in rows]
+
+
+def fit_stacker(oof_paths: list[Path], folds_path: Path, strategy: str = "mean", splits: int = 5,
+                clip: tuple[float, float] = CLIP, target_prior: float = 0.5,
+                stats: tuple[str, ...] = DEFAULT_FEATURES) -> tuple[dict, list[dict], Table]:
+    """Fit the calibrator/stacker; return its JSON dict, the report rows (same videos, same clusters), the table."""
+    if not 0.0 < target_prior < 1.0:
+        raise OOFError(f"--target-prior {target_prior}: must lie strictly between 0 and 1")
+    unknown = sorted(set(stats) - set(FEATURE_STATS))
+    if unknown:
+        raise OOFError(f"--features {unknown}: unknown; choose from {list(FEATURE_STATS)}")
     scores, labels = read_oof(oof_paths)
-    models = sorted({m for per_model in scores.values() for m in per_model})
-    videos, x, y, groups, model_scores, names = build_table(scores, labels, read_groups(folds_path), models, strategy)
-    if len(np.unique(y)) < 2:
-        raise OOFError("the OOF videos hold one class only: a stacker cannot be fitted")
-    splits = min(splits, len(np.unique(groups)))
+    groups = sorted({g for per_group in scores.values() for g in per_group})
+    table = build_table(scores, labels, read_groups(folds_path), groups, strategy, tuple(stats))
+    if len(np.unique(table.labels)) < 2:
+        raise OOFError("the OOF videos hold one class only: a calibrator cannot be fitted")
+    splits = min(splits, len(np.unique(table.clusters)))
     if splits < 2:
-        raise OOFError("the OOF videos form a single group: grouped cross-validation needs at least two")
-    cv_losses = {c: log_loss(y, grouped_cv_predictions(x, y, groups, c, splits), clip) for c in C_GRID}
-    best_c = min(cv_losses, key=cv_losses.get)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=best_c, max_iter=1000)).fit(x, y)
-    report = {f"model {m}": log_loss(y, model_scores[:, i], clip) for i, m in enumerate(models)}
-    report["mean of models"] = log_loss(y, model_scores.mean(axis=1), clip)
-    report["stacker (grouped CV)"] = cv_losses[best_c]
-    stacker = export(model, names, clip)
-    stacker.update({"C": best_c, "aggregation": strategy, "models": models, "videos": len(videos),
-                    "cv_log_loss": cv_losses[best_c], "cv_splits": splits})
-    return stacker, report
+        raise OOFError("the OOF videos form a single cluster: grouped cross-validation needs at least two")
+    x, y = table.features, table.labels
+    stacked = table.calibrated = nested_predictions(x, y, table.clusters, splits, target_prior, clip)
+    best_c = choose_c(x, y, table.clusters, splits, target_prior, clip)
+    stacker = export(fit_regression(x, y, best_c, target_prior), table.feature_names, clip)
+    report = score_rows(table, stacked, target_prior, clip)
+    stacker.update({"kind": "platt" if len(table.feature_names) == 1 else "stacker", "C": best_c,
+                    "aggregation": strategy, "groups": groups, "videos": len(table.videos),
+                    "target_prior": target_prior, "oof_prior": float(y.mean()), "cv_splits": splits,
+                    "report": report})
+    return stacker, report, table
+
+
+def format_report(report: list[dict], target_prior: float, data_prior: float) -> str:
+    """The report rows as an aligned text table."""
+    lines = [f"{'':<28}{'log loss @' + format(target_prior, '.2f'):>16}{'@OOF ' + format(data_prior, '.2f'):>12}"
+             f"{'AUC':>8}"]
+    for row in report:
+        lines.append(f"{row['name']:<28}{row['log_loss']:>16.4f}{row['log_loss_at_data_prior']:>12.4f}"
+                     f"{row['auc']:>8.4f}")
+    return "\n".join(lines)
+
+
+def verdict(report: list[dict]) -> str:
+    by_name = {row["name"]: row["log_loss"] for row in report}
+    beats_mean = by_name["stacker (nested CV)"] < by_name["mean of models"]
+    beats_prior = by_name["stacker (nested CV)"] < by_name["constant prior"]
+    return (f"stacking {'pays off' if beats_mean else 'does not pay off'} over the plain mean; the calibrated "
+            f"score is {'below' if beats_prior else 'NOT below'} the constant prior's log loss")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ensemble.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--oof", type=Path, nargs="+", required=True, help="oof.csv files of train_fold.py")
-    parser.add_argument("--folds", type=Path, required=True, help="folds.csv of training/folds.py (groups)")
+    parser.add_argument("--folds", type=Path, required=True, help="folds.csv of training/folds.py (clusters)")
     parser.add_argument("--out", type=Path, required=True, help="stacker JSON to write")
-    parser.add_argument("--aggregation", choices=("mean", "confident"), default="confident")
-    parser.add_argument("--splits", type=int, default=5, help="grouped CV folds for choosing C")
+    parser.add_argument("--aggregation", choices=sorted(STRATEGIES), default="mean")
+    parser.add_argument("--target-prior", type=float, default=0.5, help="share of fakes to calibrate to")
+    parser.add_argument("--features", nargs="+", default=list(DEFAULT_FEATURES), help=f"of {list(FEATURE_STATS)}")
+    parser.add_argument("--splits", type=int, default=5, help="grouped CV folds")
     args = parser.parse_args(argv)
     try:
-        stacker, report = fit_stacker(args.oof, args.folds, args.aggregation, args.splits)
+        stacker, report, table = fit_stacker(args.oof, args.folds, args.aggregation, args.splits,
+                                             target_prior=args.target_prior, stats=tuple(args.features))
     except (OOFError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     write_atomic(args.out, json.dumps(stacker, indent=1))
     Stacker.from_json(args.out)
-    print(f"{stacker['videos']} videos, models {stacker['models']}, C = {stacker['C']:.4g}")
-    for name, value in report.items():
-        print(f"  log loss {name:<28} {value:.4f}")
-    verdict = "pays off" if report["stacker (grouped CV)"] < report["mean of models"] else "does not pay off"
-    print(f"stacking {verdict} over the plain mean; wrote {args.out}")
+    print(f"{stacker['videos']} videos ({stacker['oof_prior']:.1%} fake), groups {stacker['groups']}, "
+          f"{stacker['kind']}, C = {stacker['C']:.4g}, calibrated to {args.target_prior:.0%} fakes")
+    print(format_report(report, args.target_prior, stacker["oof_prior"]))
+    print(f"{verdict(report)}; wrote {args.out}")
     return 0
 
 

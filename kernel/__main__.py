@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 
+from kernel.aggregate import STRATEGIES
 from kernel.config import load_config
 from kernel.models import ManifestError
 from kernel.offline import block_network
@@ -25,8 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classify-batch-size", type=int, default=None, help="face crops per forward pass")
     parser.add_argument("--detect-long-side", type=int, default=None,
                         help="long side (px) of the downscaled copy MTCNN sees")
-    parser.add_argument("--aggregation", choices=("mean", "confident"), default=None,
-                        help="frame→person rule (default confident)")
+    parser.add_argument("--aggregation", choices=sorted(STRATEGIES), default=None,
+                        help="frame→person rule (default mean; a manifest's stacker names its own)")
     parser.add_argument("--prior", type=float, default=None, help="label for videos that cannot be scored")
     parser.add_argument("--time-budget-hours", type=float, default=None, help="wall-clock budget (default 8.5)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

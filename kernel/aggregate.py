@@ -7,9 +7,34 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+LOGIT_BOUND = 7.0  # |logit| cap of stacker features: P(fake) within [0.0009, 0.9991]
+TRIM_SHARE = 0.2   # trimmed_mean drops this share of the frames at each end
+
+
+def logit(probs, bound: float = LOGIT_BOUND) -> np.ndarray:
+    """log(p / (1 - p)), capped at ±`bound`."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.clip(np.log(p) - np.log1p(-p), -bound, bound)
+
+
+def sigmoid(logits) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
 
 def mean_strategy(probs: np.ndarray) -> float:
     return float(np.mean(probs))
+
+
+def trimmed_mean_strategy(probs: np.ndarray, share: float = TRIM_SHARE) -> float:
+    """The mean of the frames left after dropping `share` of them at each end (by score)."""
+    ordered = np.sort(np.asarray(probs, dtype=np.float64))
+    cut = int(len(ordered) * share)
+    return float(ordered[cut:len(ordered) - cut].mean())
+
+
+def logit_mean_strategy(probs: np.ndarray) -> float:
+    """The sigmoid of the mean (capped) logit: a geometric pooling of the frames' odds."""
+    return float(sigmoid(logit(probs).mean()))
 
 
 def confident_strategy(probs: np.ndarray, threshold: float = 0.8, min_fakes: int = 11) -> float:
@@ -29,17 +54,19 @@ def confident_strategy(probs: np.ndarray, threshold: float = 0.8, min_fakes: int
     return float(np.mean(probs))
 
 
-STRATEGIES: dict[str, Callable[[np.ndarray], float]] = {"mean": mean_strategy, "confident": confident_strategy}
+STRATEGIES: dict[str, Callable[[np.ndarray], float]] = {
+    "mean": mean_strategy, "trimmed_mean": trimmed_mean_strategy, "logit_mean": logit_mean_strategy,
+    "confident": confident_strategy}
 
 
-def person_scores(person_probs: Mapping[int, np.ndarray], strategy: str = "confident") -> dict[int, float]:
+def person_scores(person_probs: Mapping[int, np.ndarray], strategy: str = "mean") -> dict[int, float]:
     """One score per person from their frame probabilities."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown aggregation '{strategy}'; choose one of {sorted(STRATEGIES)}")
     return {person: STRATEGIES[strategy](probs) for person, probs in person_probs.items() if len(probs)}
 
 
-def video_score(person_probs: Mapping[int, np.ndarray], strategy: str = "confident") -> float:
+def video_score(person_probs: Mapping[int, np.ndarray], strategy: str = "mean") -> float:
     """A video is as fake as its most fake person."""
     scores = person_scores(person_probs, strategy)
     if not scores:
@@ -47,59 +74,67 @@ def video_score(person_probs: Mapping[int, np.ndarray], strategy: str = "confide
     return max(scores.values())
 
 
-FEATURE_STATS = ("mean", "median", "max", "std", "confident", "share_above_0.8", "share_below_0.2",
-                 "persons", "frames_with_faces")
+# Per-video statistics of one model group's face scores; none depends on how many frames were sampled.
+FEATURE_STATS = ("logit", "mean", "std", "share_above_0.8", "share_below_0.2")
+DEFAULT_FEATURES = ("logit",)
 
 
-def video_features(person_probs: Mapping[int, np.ndarray], strategy: str = "confident") -> dict[str, float]:
-    """Per-video features of one model's face scores, for the stacker.
+def video_features(person_probs: Mapping[int, np.ndarray], strategy: str = "mean") -> dict[str, float]:
+    """Per-video features of one model group's face scores, for the stacker.
 
-    Score statistics are taken over the most fake person (the one that decides the video); counts over all.
+    `logit` is the capped logit of the video score (`video_score` with `strategy`); the others describe the
+    frames of the most fake person. All are shares or averages, so 16 and 32 sampled frames agree within noise.
     """
     scores = person_scores(person_probs, strategy)
     if not scores:
         raise ValueError("no face scores to build features from")
-    top = np.asarray(person_probs[max(scores, key=scores.get)], dtype=np.float64)
-    frames = {f for probs in person_probs.values() for f in range(len(probs))}
-    return {
-        "mean": float(top.mean()), "median": float(np.median(top)), "max": float(top.max()),
-        "std": float(top.std()), "confident": confident_strategy(top),
-        "share_above_0.8": float(np.mean(top > 0.8)), "share_below_0.2": float(np.mean(top < 0.2)),
-        "persons": float(len(scores)), "frames_with_faces": float(len(frames)),
-    }
+    top_person = max(scores, key=scores.get)
+    top = np.asarray(person_probs[top_person], dtype=np.float64)
+    return {"logit": float(logit(scores[top_person])), "mean": float(top.mean()), "std": float(top.std()),
+            "share_above_0.8": float(np.mean(top > 0.8)), "share_below_0.2": float(np.mean(top < 0.2))}
 
 
-def feature_name(model: str, stat: str) -> str:
-    return f"{model}.{stat}"
+def feature_name(group: str, stat: str) -> str:
+    return f"{group}.{stat}"
 
 
 class Stacker:
-    """A logistic-regression stacker stored as plain JSON and applied with numpy."""
+    """A logistic regression on per-video features, stored as plain JSON and applied with numpy.
+
+    With one model group and the `logit` feature it is Platt scaling (the calibrator of one model); with several,
+    a stacker. Its intercept is set for `target_prior`, the share of fakes it is calibrated to.
+    """
 
     def __init__(self, feature_names: list[str], coef: list[float], intercept: float,
-                 aggregation: str | None = None):
+                 aggregation: str | None = None, target_prior: float | None = None):
         if len(feature_names) != len(coef):
             raise ValueError(f"stacker has {len(feature_names)} feature names but {len(coef)} coefficients")
         self.feature_names = list(feature_names)
         self.coef = np.asarray(coef, dtype=np.float64)
         self.intercept = float(intercept)
         self.aggregation = aggregation  # the frame→person rule its features were computed with
+        self.target_prior = target_prior
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Stacker":
         data = json.loads(Path(path).read_text())
         try:
-            return cls(data["feature_names"], data["coef"], data["intercept"], data.get("aggregation"))
+            return cls(data["feature_names"], data["coef"], data["intercept"], data.get("aggregation"),
+                       data.get("target_prior"))
         except KeyError as error:
             raise ValueError(f"{path}: stacker JSON lacks {error}; it needs feature_names, coef, intercept") from error
 
+    @property
+    def groups(self) -> list[str]:
+        """The model groups its features come from, in first-use order."""
+        return list(dict.fromkeys(name.split(".", 1)[0] for name in self.feature_names))
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         """P(fake) for a `(n, len(feature_names))` feature matrix."""
-        logits = np.asarray(features, dtype=np.float64) @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(-logits))
+        return sigmoid(np.asarray(features, dtype=np.float64) @ self.coef + self.intercept)
 
     def predict_one(self, features: Mapping[str, float]) -> float:
         missing = [name for name in self.feature_names if name not in features]
         if missing:
-            raise KeyError(f"stacker needs features {missing}; check the manifest's model names")
+            raise KeyError(f"stacker needs features {missing}; check the manifest's model groups")
         return float(self.predict(np.array([[features[name] for name in self.feature_names]]))[0])

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from kernel.aggregate import Stacker, feature_name, video_features, video_score
 from kernel.config import load_config
 from kernel.faces import Track, crop_face, detector_from_config, isotropic_resize_pad, normalise, person_tracks
-from kernel.models import ModelSpec, fake_probability, load_classifier, load_manifest, verify_manifest
+from kernel.models import (ModelSpec, fake_probability, forward_logits, load_classifier, load_manifest,
+                           verify_manifest)
 from kernel.submission import Checkpoint, target_filenames, write_submission
 from kernel.video import VideoReadError, read_frames
 
@@ -46,7 +47,8 @@ class LoadedModel:
 
 @dataclass
 class VideoPrediction:
-    """Everything the kernel knows about one scored video."""
+    """Everything the kernel knows about one scored video. Model groups (the fold models of one recipe model,
+    averaged per face) key `model_scores` and `person_probs`; single models key `face_probs`."""
 
     score: float
     model_scores: dict[str, float]
@@ -144,7 +146,7 @@ class Scorer:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = normalise(images[start:start + batch_size], model.spec.mean, model.spec.std)
-                logits = model.module(batch.to(self.device, dtype=dtype))
+                logits = forward_logits(model.module, batch.to(self.device, dtype=dtype), self.config["tta_hflip"])
                 out.append(fake_probability(logits, model.spec.real_index).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
@@ -161,19 +163,26 @@ class Scorer:
         crops = [crop_face(frames[d.frame], d.box, margin) for t in tracks for d in t.detections]
         persons = np.array([t.person for t in tracks for _ in t.detections])
         probs = self.classify_crops(crops)
-        person_probs = {name: {p: model_probs[persons == p] for p in np.unique(persons).tolist()}
-                        for name, model_probs in probs.items()}
-        strategy = self.config["aggregation"]
-        model_scores = {name: video_score(pp, strategy) for name, pp in person_probs.items()}
+        person_probs = {group: {p: group_probs[persons == p] for p in np.unique(persons).tolist()}
+                        for group, group_probs in self.group_probs(probs).items()}
+        strategy = self.stacker.aggregation if self.stacker is not None and self.stacker.aggregation else \
+            self.config["aggregation"]
+        model_scores = {group: video_score(pp, strategy) for group, pp in person_probs.items()}
         features: dict[str, float] = {}
         if self.stacker is None:
             score = float(np.mean(list(model_scores.values())))
         else:
-            feature_strategy = self.stacker.aggregation or strategy
-            features = {feature_name(name, stat): value for name, pp in person_probs.items()
-                        for stat, value in video_features(pp, feature_strategy).items()}
+            features = {feature_name(group, stat): value for group, pp in person_probs.items()
+                        for stat, value in video_features(pp, strategy).items()}
             score = self.stacker.predict_one(features)
         return VideoPrediction(score, model_scores, person_probs, tracks, features, crops, probs)
+
+    def group_probs(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each model group's P(fake) per crop: the mean over its (fold) models."""
+        members: dict[str, list[np.ndarray]] = defaultdict(list)
+        for model in self.models:
+            members[model.spec.group].append(probs[model.spec.name])
+        return {group: np.mean(arrays, axis=0) for group, arrays in members.items()}
 
 
 def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str = "cpu") -> Scorer:
@@ -182,6 +191,10 @@ def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str =
     verify_manifest(manifest)
     models = [LoadedModel(spec, load_classifier(spec, device)) for spec in manifest.models]
     stacker = Stacker.from_json(manifest.stacker) if manifest.stacker is not None else None
+    if stacker is None:
+        log.warning("%s names no stacker or calibrator: raw model scores, fitted at the training data's share of "
+                    "fakes, go into the submission; fit one with python -m training.recipe or ensemble.stack",
+                    manifest.path)
     return Scorer(models, config, device, stacker)
 
 

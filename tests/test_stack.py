@@ -1,3 +1,4 @@
+"""ensemble.stack: the calibrator/stacker fitted to the target prior, honest nested grouped CV, plain JSON."""
 import csv
 import json
 
@@ -6,72 +7,123 @@ import pytest
 from sklearn.model_selection import GroupKFold
 
 import ensemble.stack as stack
-from kernel.aggregate import Stacker
+from kernel.aggregate import Stacker, logit
+from kernel.metrics import prior_weights
 
 
-def write_oof(tmp_path, n_videos=120, seed=0):
-    """Two models' OOF rows: 'good' tracks the label, 'noise' is random; videos come in groups of three."""
+def write_oof(tmp_path, n_videos=120, seed=0, fake_share=0.7, models=("good", "noise"), cluster_size=3):
+    """OOF rows: 'good' tracks the label, 'noise' is random, 'bad' is reversed; videos come in clusters."""
     rng = np.random.default_rng(seed)
     oof, folds = tmp_path / "oof.csv", tmp_path / "folds.csv"
     with open(oof, "w", newline="") as o, open(folds, "w", newline="") as f:
         rows = csv.writer(o)
-        rows.writerow(["video", "frame", "person", "model", "prob", "label"])
+        rows.writerow(["video", "frame", "person", "model", "group", "prob", "label"])
         groups = csv.writer(f)
         groups.writerow(["video", "label", "original", "group", "fold"])
         for v in range(n_videos):
-            label = int(rng.random() < 0.7)
-            groups.writerow([f"v{v}.mp4", label, "", v // 3, 0])
+            label = int(rng.random() < fake_share)
+            groups.writerow([f"v{v}.mp4", label, "", v // cluster_size, 0])
             level = 0.65 if label else 0.35
             for frame in range(8):
-                rows.writerow([f"v{v}.mp4", frame, 0, "good", np.clip(rng.normal(level, 0.15), 0, 1), label])
-                rows.writerow([f"v{v}.mp4", frame, 0, "noise", rng.random(), label])
+                probs = {"good": np.clip(rng.normal(level, 0.15), 0, 1), "noise": rng.random(),
+                         "bad": np.clip(rng.normal(1 - level, 0.15), 0, 1)}
+                for model in models:
+                    rows.writerow([f"v{v}.mp4", frame, 0, f"{model}_fold0", model, probs[model], label])
     return oof, folds
+
+
+def rows_by_name(report):
+    return {row["name"]: row for row in report}
 
 
 def test_stacker_beats_the_plain_mean_when_one_model_is_noise(tmp_path):
     oof, folds = write_oof(tmp_path)
-    stacker, report = stack.fit_stacker([oof], folds)
-    assert report["stacker (grouped CV)"] < report["mean of models"]
-    assert stacker["models"] == ["good", "noise"] and stacker["videos"] == 120
-    good = [abs(c) for n, c in zip(stacker["feature_names"], stacker["coef"]) if n == "good.mean"][0]
-    noise = [abs(c) for n, c in zip(stacker["feature_names"], stacker["coef"]) if n == "noise.mean"][0]
-    assert good > noise
+    stacker, report, _ = stack.fit_stacker([oof], folds)
+    rows = rows_by_name(report)
+    assert rows["stacker (nested CV)"]["log_loss"] < rows["mean of models"]["log_loss"]
+    assert rows["stacker (nested CV)"]["log_loss"] < rows["constant prior"]["log_loss"] == pytest.approx(np.log(2))
+    assert stacker["groups"] == ["good", "noise"] and stacker["videos"] == 120 and stacker["kind"] == "stacker"
+    coef = dict(zip(stacker["feature_names"], stacker["coef"]))
+    assert coef["good.logit"] > 3 * abs(coef["noise.logit"])
+
+
+def test_calibrator_is_fitted_to_the_target_prior_not_the_oof_share(tmp_path):
+    """70 % of the OOF videos are fake; the calibrator's weighted mean output sits at the target prior."""
+    oof, folds = write_oof(tmp_path, n_videos=300, models=("noise",))
+    for target in (0.5, 0.3):
+        stacker, _, table = stack.fit_stacker([oof], folds, target_prior=target)
+        probs = Stacker.from_json(write_json(tmp_path, stacker)).predict(table.features)
+        assert np.all(np.abs(probs - target) < 0.08)  # an uninformative model: the prior, not 0.7
+    oof, folds = write_oof(tmp_path, n_videos=300, models=("good",))
+    stacker, _, table = stack.fit_stacker([oof], folds, target_prior=0.5)
+    probs = Stacker.from_json(write_json(tmp_path, stacker)).predict(table.features)
+    assert np.average(probs, weights=prior_weights(table.labels, 0.5)) == pytest.approx(0.5, abs=0.03)
+    assert stacker["oof_prior"] == pytest.approx(table.labels.mean())
+
+
+def write_json(tmp_path, stacker) -> str:
+    path = tmp_path / "stacker.json"
+    path.write_text(json.dumps(stacker))
+    return path
+
+
+def test_one_model_gets_a_monotone_calibrator(tmp_path):
+    oof, folds = write_oof(tmp_path, models=("good",))
+    stacker, _, _ = stack.fit_stacker([oof], folds)
+    assert stacker["kind"] == "platt" and stacker["feature_names"] == ["good.logit"] and stacker["coef"][0] > 0
+    calibrator = Stacker.from_json(write_json(tmp_path, stacker))
+    outputs = calibrator.predict(logit(np.linspace(0.001, 0.999, 200))[:, None])
+    assert np.all(np.diff(outputs) >= 0) and outputs[-1] - outputs[0] > 0.9
+    oof, folds = write_oof(tmp_path, models=("bad",))
+    stacker, _, _ = stack.fit_stacker([oof], folds)
+    assert stacker["coef"] == [0.0]  # never a reversed model: the constant prior instead
+    flat = Stacker.from_json(write_json(tmp_path, stacker)).predict(np.array([[-3.0], [3.0]]))
+    assert flat == pytest.approx([0.5, 0.5])
 
 
 def test_json_applied_with_numpy_equals_sklearn(tmp_path):
     oof, folds = write_oof(tmp_path)
     scores, labels = stack.read_oof([oof])
-    _, x, y, _, _, names = stack.build_table(scores, labels, stack.read_groups(folds), ["good", "noise"], "confident")
-    model = stack.make_pipeline(stack.StandardScaler(), stack.LogisticRegression(C=0.3, max_iter=1000)).fit(x, y)
-    path = tmp_path / "stacker.json"
-    path.write_text(json.dumps(stack.export(model, names, (0.01, 0.99))))
-    applied = Stacker.from_json(path).predict(x)
-    assert np.max(np.abs(applied - model.predict_proba(x)[:, 1])) < 1e-9
+    table = stack.build_table(scores, labels, stack.read_groups(folds), ["good", "noise"], "mean",
+                              ("logit", "std", "share_above_0.8"))
+    model = stack.fit_regression(table.features, table.labels, 0.3, 0.5)
+    applied = Stacker.from_json(write_json(tmp_path, stack.export(model, table.feature_names, (0.01, 0.99))))
+    assert np.max(np.abs(applied.predict(table.features) - model.predict_proba(table.features)[:, 1])) < 1e-9
 
 
-def test_grouped_cv_never_splits_an_original_cluster(tmp_path, monkeypatch):
-    oof, folds = write_oof(tmp_path, n_videos=60)
-    seen = []
+def test_cross_validation_never_trains_on_the_cluster_it_predicts(tmp_path, monkeypatch):
+    """Every split of the nested CV and of the choice of C keeps each original cluster (from the folds CSV, not from
+    what the splitter was handed) on one side."""
+    oof, folds = write_oof(tmp_path, n_videos=60, cluster_size=4)
+    cluster_of = stack.read_groups(folds)
+    splits = []
     real_split = GroupKFold.split
 
     def recording_split(self, x, y=None, groups=None):
         for train, test in real_split(self, x, y, groups):
-            seen.append((set(groups[train]), set(groups[test])))
+            splits.append((x, train, test))
             yield train, test
 
     monkeypatch.setattr(GroupKFold, "split", recording_split)
-    stack.fit_stacker([oof], folds)
-    assert seen and all(not (train & test) for train, test in seen)
+    _, _, table = stack.fit_stacker([oof], folds)
+    row_cluster = {tuple(row): cluster_of[video] for row, video in zip(table.features, table.videos)}
+    assert len(splits) > 20
+    for x, train, test in splits:
+        assert not {row_cluster[tuple(x[i])] for i in train} & {row_cluster[tuple(x[i])] for i in test}
 
 
 def test_cli_writes_json_and_prints_the_comparison(tmp_path, capsys):
     oof, folds = write_oof(tmp_path)
     out = tmp_path / "stacker.json"
-    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(out)]) == 0
+    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--features", "logit", "std"]) == 0
     printed = capsys.readouterr().out
-    assert "log loss model good" in printed and "mean of models" in printed and "pays off" in printed
+    for expected in ("model good", "mean of models", "stacker (nested CV)", "constant prior", "pays off",
+                     "calibrated to 50% fakes"):
+        assert expected in printed
     data = json.loads(out.read_text())
-    assert {"feature_names", "coef", "intercept", "clip", "sklearn_version", "aggregation"} <= set(data)
+    assert {"feature_names", "coef", "intercept", "clip", "sklearn_version", "aggregation", "target_prior",
+            "report"} <= set(data)
+    assert data["feature_names"] == ["good.logit", "good.std", "noise.logit", "noise.std"]
 
 
 def test_bad_inputs_are_named(tmp_path, capsys):
@@ -80,6 +132,9 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     oof, folds = write_oof(tmp_path)
     assert stack.main(["--oof", str(bad), "--folds", str(folds), "--out", str(tmp_path / "s.json")]) == 2
     assert "bad.csv: lacks columns" in capsys.readouterr().err
+    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(tmp_path / "s.json"),
+                       "--target-prior", "1"]) == 2
+    assert "strictly between 0 and 1" in capsys.readouterr().err
     with pytest.raises(stack.OOFError, match="not in the folds CSV"):
         folds.write_text("video,label,original,group,fold\nother.mp4,1,,0,0\n")
         stack.fit_stacker([oof], folds)
