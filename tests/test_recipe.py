@@ -1,0 +1,116 @@
+"""training.recipe end to end on generated clips, and the calibrator applied by the kernel exactly as numpy would."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from kernel import predict
+from kernel.aggregate import logit, sigmoid
+from kernel.config import load_config
+from kernel.pipeline import decode_video, load_scorer
+from tests.helpers import lfw_face, write_h264
+from training.recipe import main as recipe_main, read_recipe
+
+TINY_RECIPE = {"frames": 4, "folds": 2, "target_prior": 0.5, "aggregation": "mean", "features": ["logit"],
+               "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "samples_per_epoch": 8, "sampler": "pairs",
+                         "sbi": {"p": 0.5}, "ema": 0.9, "lr": 0.001},
+               "models": [{"name": "tiny", "arch": "test_efficientnet", "input_size": 64}]}
+
+
+def one_face_clip(face: int, fake: bool, n: int = 6) -> np.ndarray:
+    """A 256x192 clip of one LFW face drifting right; a fake's face is blurred and colour-shifted."""
+    image = lfw_face(face, 150)
+    if fake:
+        image = np.clip(cv2.GaussianBlur(image, (0, 0), 2.5).astype(np.float32) * (1.15, 0.9, 0.85), 0, 255)
+    canvas = np.full((192, 256, 3), 80, np.uint8)
+    canvas[21:171, 40:190] = image.astype(np.uint8)
+    return np.stack([np.roll(canvas, 3 * t, axis=1) for t in range(n)])
+
+
+@pytest.fixture(scope="module")
+def face_videos(tmp_path_factory) -> Path:
+    """Four real clips (four people) and a fake of each, DFDC layout with `original` links."""
+    folder = tmp_path_factory.mktemp("recipe_data")
+    metadata = {}
+    for person, face in enumerate((0, 10, 30, 40)):
+        write_h264(folder / f"real{person}.mp4", one_face_clip(face, False), fps=10)
+        write_h264(folder / f"fake{person}.mp4", one_face_clip(face, True), fps=10)
+        metadata[f"real{person}.mp4"] = {"label": "REAL", "original": None}
+        metadata[f"fake{person}.mp4"] = {"label": "FAKE", "original": f"real{person}.mp4"}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def recipe_run(face_videos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("recipe_out")
+    recipe = out.parent / "tiny_recipe.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    assert recipe_main(["--data", str(face_videos), "--out", str(out), "--recipe", str(recipe), "--device", "cpu"]) == 0
+    return out
+
+
+def test_recipe_writes_a_calibrated_manifest_the_kernel_scores(recipe_run, face_videos, tmp_path):
+    manifest = json.loads((recipe_run / "weights_manifest.json").read_text())
+    assert sorted(m["name"] for m in manifest["models"]) == ["tiny_fold0", "tiny_fold1"]
+    assert {m["group"] for m in manifest["models"]} == {"tiny"} and manifest["stacker"] == "stacker.json"
+    stacker = json.loads((recipe_run / "stacker.json").read_text())
+    assert stacker["feature_names"] == ["tiny.logit"] and stacker["target_prior"] == 0.5
+    report = json.loads((recipe_run / "report.json").read_text())
+    names = [row["name"] for row in report["rows"]]
+    assert names == ["model tiny", "mean of models", "stacker (nested CV)", "constant prior"]
+    assert report["videos"] == 8 and (recipe_run / "report.png").read_bytes()[:4] == b"\x89PNG"
+    videos = pd.read_csv(recipe_run / "oof_videos.csv")
+    assert len(videos) == 8 and videos["calibrated"].between(0, 1).all()
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame({"filename": ["real0.mp4", "fake3.mp4"], "label": 0.5}).to_csv(sample, index=False)
+    run = predict(face_videos, sample, recipe_run / "weights_manifest.json", tmp_path / "submission.csv",
+                  config=load_config(frames=4), progress=False)
+    assert run.reasons == {"real0.mp4": "ok", "fake3.mp4": "ok"}
+
+
+def test_recipe_resumes_without_training_again(recipe_run, face_videos, caplog):
+    weights = sorted((recipe_run / "runs").glob("*/weights_fp16.pth"))
+    before = [p.stat().st_mtime_ns for p in weights]
+    caplog.set_level("INFO")
+    recipe = recipe_run.parent / "tiny_recipe.yaml"
+    assert recipe_main(["--data", str(face_videos), "--out", str(recipe_run), "--recipe", str(recipe),
+                        "--device", "cpu"]) == 0
+    assert [p.stat().st_mtime_ns for p in weights] == before
+    assert "training tiny" not in caplog.text and "8 already done, 0 to extract" in caplog.text
+
+
+def test_kernel_applies_the_calibrator_as_numpy_does(recipe_run, face_videos, tmp_path):
+    """Every video's label in the submission equals sigmoid(coef * capped logit(mean face score of the most fake
+    person, fold models averaged per face) + intercept), computed here with numpy from the models' face scores."""
+    stacker = json.loads((recipe_run / "stacker.json").read_text())
+    stacker["coef"], stacker["intercept"] = [0.8], -0.4  # a calibrator that changes every score
+    (recipe_run / "stacker.json").write_text(json.dumps(stacker))
+    config = load_config(frames=4)
+    names = sorted(p.name for p in face_videos.glob("*.mp4"))
+    run = predict(face_videos, None, recipe_run / "weights_manifest.json", tmp_path / "submission.csv", config=config,
+                  progress=False)
+    scorer = load_scorer(recipe_run / "weights_manifest.json", config)
+    for name, label in zip(run.submission["filename"], run.submission["label"]):
+        frames = decode_video(face_videos / name, config)[0]
+        prediction = scorer.score(frames)
+        face_scores = np.mean([prediction.face_probs[m.spec.name] for m in scorer.models], axis=0)
+        persons = np.array([t.person for t in prediction.tracks for _ in t.detections])
+        video = max(face_scores[persons == p].mean() for p in np.unique(persons))
+        expected = float(sigmoid(0.8 * logit(video) - 0.4))
+        assert label == pytest.approx(np.clip(expected, 0.01, 0.99), abs=1e-6)
+    assert sorted(run.submission["filename"]) == names
+
+
+def test_shipped_recipes_are_valid():
+    for name in ("cpu", "gpu"):
+        recipe = read_recipe(name)
+        assert recipe["target_prior"] == 0.5 and recipe["frames"] == load_config()["frames"]
+    with pytest.raises(FileNotFoundError, match="no such recipe"):
+        read_recipe("tpu")
