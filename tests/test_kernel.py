@@ -177,7 +177,8 @@ def test_real_videos_give_a_valid_submission_offline(dev_data, tiny_manifest_pat
     metadata = dev_data / "videos" / "metadata.json"
     plots = tmp_path / "plots"
     validated = subprocess.run([sys.executable, "-m", "kernel.validate", "--submission", str(out), "--metadata",
-                                str(metadata), "--plots", str(plots)], cwd=REPO, capture_output=True, text=True)
+                                str(metadata), "--plots", str(plots), "--allow-partial"], cwd=REPO,
+                               capture_output=True, text=True)
     assert validated.returncode == 0, validated.stderr
     assert "log loss:" in validated.stdout and "videos scored: 6" in validated.stdout
     assert (plots / "confusion_matrix.png").stat().st_size > 1000 and (plots / "roc.png").stat().st_size > 1000
