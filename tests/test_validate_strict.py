@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from kernel.validate import main as validate_main
+from kernel.validate import validate
 
 
 @pytest.fixture()
@@ -48,3 +49,12 @@ def test_validate_names_missing_labelled_videos_and_scores_a_subset_only_when_as
     assert code == 0, err
     assert "missing labelled videos: 54 (not scored: v10.mp4, v11.mp4" in out
     assert "videos scored: 10 (unlabelled skipped: 1)" in out and "AUC: 1.0000" in out
+
+
+def test_validate_function_reports_missing_videos_and_refuses_them_when_asked(sixty_four):
+    """The Python function scores a subset (a held-out fold, as the demo does) unless `allow_partial=False`."""
+    pd.DataFrame({"filename": ["v00.mp4", "v01.mp4"], "label": [0.1, 0.9]}).to_csv(sixty_four / "s.csv", index=False)
+    report = validate(sixty_four / "s.csv", sixty_four / "metadata.json")
+    assert report["n"] == 2 and len(report["missing"]) == 62 and report["missing"][0] == "v02.mp4"
+    with pytest.raises(ValueError, match="lacks 62 labelled videos"):
+        validate(sixty_four / "s.csv", sixty_four / "metadata.json", allow_partial=False)
