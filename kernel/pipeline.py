@@ -275,8 +275,8 @@ def outside_names(filenames: list[str], videos_dir: Path) -> set[str]:
     return outside
 
 
-def checked_run(videos_dir: Path, sample: Path | None, manifest: Path, out: Path, device: str,
-                config: dict[str, Any]) -> tuple[list[str], Manifest]:
+def checked_inputs(videos_dir: Path, sample: Path | None, manifest: Path, out: Path, device: str,
+                   config: dict[str, Any]) -> tuple[list[str], Manifest]:
     """Check every setting, path, the sample submission, the manifest and its stacker before any video;
     return the target names and the manifest. The weight files are checked as `load_scorer` loads them."""
     check_config(config)
@@ -313,7 +313,7 @@ def predict(videos_dir: str | Path = KAGGLE_VIDEOS, sample_submission: str | Pat
     config = config or load_config()
     videos_dir, out = Path(videos_dir), Path(out)
     sample = Path(sample_submission) if sample_submission else None
-    filenames, checked_manifest = checked_run(videos_dir, sample, Path(manifest), out, device, config)
+    filenames, checked_manifest = checked_inputs(videos_dir, sample, Path(manifest), out, device, config)
     scorer = load_scorer(manifest, config, device)
     outside = outside_names(filenames, videos_dir)
     checkpoint = open_checkpoint(out, run_signature(checked_manifest, config), videos_dir, filenames)

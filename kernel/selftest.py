@@ -185,14 +185,19 @@ def can_encode(codec: str) -> bool:
 
 
 def make_file(case: VideoCase, videos: Path) -> str | None:
-    """Write the case's file under `videos`; None, or why it was skipped (an encoder this machine lacks)."""
-    if case.codec is not None and not can_encode(case.codec):
+    """Write the case's file under `videos`; None, or why a codec case was skipped (an encoder this machine
+    lacks, or one that refuses these frames). Any other case that cannot be made is an error."""
+    if case.make is None:
+        return None
+    if case.codec is None:
+        case.make(videos / case.filename)
+        return None
+    if not can_encode(case.codec):
         return f"skipped: this PyAV has no {case.codec} encoder"
-    if case.make is not None:
-        try:
-            case.make(videos / case.filename)
-        except Exception as error:  # an encoder that exists but refuses these frames: reported, not fatal
-            return f"skipped: cannot encode here ({type(error).__name__}: {error})"
+    try:
+        case.make(videos / case.filename)
+    except Exception as error:  # an encoder that exists but refuses these frames: reported as skipped
+        return f"skipped: {case.codec} cannot encode here ({type(error).__name__}: {error})"
     return None
 
 
