@@ -175,14 +175,15 @@ class BaselineDetector:
 # ----------------------------------------------------------------------------------------------- ours
 def patch_decord_threads(num_threads: int) -> None:
     """Benchmark-only experiment: make kernel.video's decord backend open readers with `num_threads`."""
-    def read_decord(path: Path, choose: kvideo.Chooser):
+    def read_decord(path: Path, choose: kvideo.Chooser, max_side: int | None = None):
         import decord
 
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+        reader = decord.VideoReader(kvideo.local_file(path), ctx=decord.cpu(0), num_threads=num_threads)
         indices = choose(len(reader))
         if len(indices) == 0:
             raise kvideo.VideoReadError(f"{path}: decord found no frames")
-        return reader.get_batch(list(indices)).asnumpy(), indices
+        return np.stack([kvideo.fit_frame(frame, max_side) for frame in reader.get_batch(list(indices)).asnumpy()]), \
+            indices
 
     kvideo.BACKENDS["decord"] = read_decord
 

@@ -50,7 +50,8 @@ class Explanation:
 
 
 def whole_image_track(frames: np.ndarray) -> list[Track]:
-    """One person whose face is the whole (single) frame: for inputs that already are a face crop."""
+    """One person whose face crop is the whole (single) frame: for inputs that already are a face crop (scored
+    as they are, with no margin added)."""
     height, width = frames.shape[1:3]
     return [Track(person=0, detections=[Detection(0, (0.0, 0.0, float(width), float(height)), 1.0)])]
 
@@ -72,7 +73,7 @@ def explain(path: str | Path, scorer: Scorer, as_crop: bool = False) -> Explanat
     except VideoReadError as error:
         raise ExplainError(str(error)) from error
     if as_crop:
-        kind, prediction = "crop", scorer.score_tracks(frames, whole_image_track(frames))
+        kind, prediction = "crop", scorer.score_crops([frames[0]], whole_image_track(frames))
     else:
         try:
             prediction = scorer.score(frames)

@@ -180,7 +180,13 @@ def load_classifier(spec: ModelSpec, device: str = "cpu") -> torch.nn.Module:
     except RuntimeError as error:
         raise ManifestError(f"weight file {spec.file} does not fit arch '{spec.arch}': {error}") from error
     model = model.to(device).eval()
-    return model.half() if device.startswith("cuda") else model.float()
+    model = model.half() if device.startswith("cuda") else model.float()
+    non_finite = [key for key, tensor in model.state_dict().items()
+                  if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if non_finite:  # NaN/inf in the file, or fp32 values beyond fp16's range on CUDA
+        raise ManifestError(f"weight file {spec.file} (model '{spec.name}') has NaN or infinite values in "
+                            f"{non_finite[:5]}; its training diverged or the file is damaged: re-export or retrain it")
+    return model
 
 
 def manifest_entry(name: str, arch: str, weights: Path, manifest_dir: Path, input_size: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -20,23 +21,23 @@ import torch
 from tqdm import tqdm
 
 from kernel.aggregate import Stacker, feature_name, video_features, video_score
-from kernel.config import load_config
+from kernel.checks import check_config, check_device, check_manifest, check_paths
+from kernel.config import KAGGLE_OUT, KAGGLE_SAMPLE_SUBMISSION, KAGGLE_VIDEOS, load_config
 from kernel.faces import Track, crop_face, detector_from_config, isotropic_resize_pad, normalise, person_tracks
-from kernel.models import (ModelSpec, fake_probability, forward_logits, load_classifier, load_manifest,
+from kernel.models import (Manifest, ModelSpec, fake_probability, forward_logits, load_classifier, load_manifest,
                            verify_manifest)
-from kernel.submission import Checkpoint, target_filenames, write_submission
-from kernel.video import VideoReadError, read_frames
+from kernel.submission import (CHECKPOINT_FORMAT, Checkpoint, Record, checkpoint_path, inside_folder,
+                               target_filenames, video_identity, write_submission)
+from kernel.video import MissingVideoError, VideoReadError, read_frames
 
 log = logging.getLogger("kernel")
 
-KAGGLE_INPUT = Path("/kaggle/input/deepfake-detection-challenge")
-KAGGLE_VIDEOS = KAGGLE_INPUT / "test_videos"
-KAGGLE_SAMPLE_SUBMISSION = KAGGLE_INPUT / "sample_submission.csv"
-KAGGLE_OUT = Path("/kaggle/working/submission.csv")
-
-
 class NoFaceError(RuntimeError):
     """No usable face was found in any sampled frame."""
+
+
+class NonFiniteScoreError(ArithmeticError):
+    """The models or the stacker gave a NaN or infinite score for a video."""
 
 
 @dataclass
@@ -75,6 +76,7 @@ class KernelRun:
     reasons: dict[str, str]
     stage_seconds: dict[str, float]
     videos_scored: int
+    seconds: dict[str, float] = field(default_factory=dict)  # per video: decode + score (0 for the prior)
 
     @property
     def fallback_counts(self) -> Counter:
@@ -160,7 +162,11 @@ class Scorer:
     def score_tracks(self, frames: np.ndarray, tracks: list[Track]) -> VideoPrediction:
         """Crop, classify and aggregate the faces of `tracks`: per-face, per-person and video scores."""
         margin = self.config["crop_margin"]
-        crops = [crop_face(frames[d.frame], d.box, margin) for t in tracks for d in t.detections]
+        return self.score_crops([crop_face(frames[d.frame], d.box, margin) for t in tracks for d in t.detections],
+                                tracks)
+
+    def score_crops(self, crops: list[np.ndarray], tracks: list[Track]) -> VideoPrediction:
+        """Classify and aggregate face crops, one per detection of `tracks` in track order."""
         persons = np.array([t.person for t in tracks for _ in t.detections])
         probs = self.classify_crops(crops)
         person_probs = {group: {p: group_probs[persons == p] for p in np.unique(persons).tolist()}
@@ -199,15 +205,16 @@ def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str =
 
 
 def decode_video(path: Path, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel's frame sample of one video: `(frames, frame numbers)` with the config's count and backends."""
-    return read_frames(path, config["frames"], tuple(config["decode_backends"]))
+    """The kernel's frame sample of one video: `(frames, frame numbers)` with the config's count, backends and
+    largest frame side."""
+    return read_frames(path, config["frames"], tuple(config["decode_backends"]), config["max_frame_side"])
 
 
 def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, Any],
-                    stop: threading.Event) -> Iterator[tuple[str, np.ndarray | Exception, float]]:
+                    stop: threading.Event) -> Iterator[tuple[str, np.ndarray | Exception, float, dict | None]]:
     """Decode videos in a background thread, `prefetch_videos` ahead of the consumer.
 
-    Yields `(filename, frames or the decode error, decode seconds)` in order.
+    Yields `(filename, frames or the decode error, decode seconds, the file's identity before decoding)` in order.
     """
     slots: queue.Queue = queue.Queue(maxsize=max(1, config["prefetch_videos"]))
 
@@ -225,11 +232,12 @@ def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, An
             if stop.is_set():  # the run ended (or crashed): start no new decode
                 return
             start = time.perf_counter()
+            identity = video_identity(videos_dir / filename)
             try:
                 item: np.ndarray | Exception = decode_video(videos_dir / filename, config)[0]
             except Exception as error:  # handed to the consumer, which logs it and uses the prior
                 item = error
-            if not put((filename, item, time.perf_counter() - start)):
+            if not put((filename, item, time.perf_counter() - start, identity)):
                 return
         put(None)
 
@@ -244,18 +252,68 @@ def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, An
 
 
 def fallback_reason(error: Exception) -> str:
+    """The reason logged and recorded for a video that gets the prior because of `error`."""
+    if isinstance(error, MissingVideoError):
+        return "missing_file"
     if isinstance(error, VideoReadError):
         return "decode_error"
     if isinstance(error, NoFaceError):
         return "no_face"
+    if isinstance(error, NonFiniteScoreError):
+        return "non_finite"
     return f"error:{type(error).__name__}"
 
 
-def run_signature(manifest_path: Path, config: dict[str, Any]) -> str:
-    """Identifies a model + config set-up, so a checkpoint is only resumed by the same set-up."""
-    digest = hashlib.sha256(Path(manifest_path).read_bytes())
+def run_signature(manifest: Manifest, config: dict[str, Any]) -> str:
+    """Identifies a set-up (manifest, its stacker, config, checkpoint format), so only the same one resumes."""
+    digest = hashlib.sha256(manifest.path.read_bytes())
+    if manifest.stacker is not None:
+        digest.update(manifest.stacker.read_bytes())
     digest.update(json.dumps(config, sort_keys=True).encode())
+    digest.update(f"checkpoint format {CHECKPOINT_FORMAT}".encode())
     return digest.hexdigest()
+
+
+def score_video(scorer: Scorer, frames: np.ndarray | Exception) -> float:
+    """The score of one decoded video; raises the decode error, `NoFaceError` or `NonFiniteScoreError`."""
+    if isinstance(frames, Exception):
+        raise frames
+    score = scorer.score(frames).score
+    if not math.isfinite(score):
+        raise NonFiniteScoreError(f"the models gave the score {score}")
+    return score
+
+
+def outside_names(filenames: list[str], videos_dir: Path) -> set[str]:
+    """Target names that point outside the videos folder ('../x.mp4', '/etc/x'): never read, logged."""
+    outside = {name for name in filenames if not inside_folder(name)}
+    for name in sorted(outside):
+        log.warning("%r names a file outside %s: not read, it gets the prior", name, videos_dir)
+    return outside
+
+
+def checked_inputs(videos_dir: Path, sample: Path | None, manifest: Path, out: Path, device: str,
+                   config: dict[str, Any]) -> tuple[list[str], Manifest]:
+    """Check every setting, path, the sample submission, the manifest and its stacker before any video;
+    return the target names and the manifest. The weight files are checked as `load_scorer` loads them."""
+    check_config(config)
+    check_device(device)
+    check_paths(videos_dir, sample, out)
+    filenames = target_filenames(videos_dir, sample)
+    return filenames, check_manifest(manifest)
+
+
+def open_checkpoint(out: Path, signature: str, videos_dir: Path, filenames: list[str]) -> Checkpoint:
+    """The crash checkpoint beside `out`, with its resume logged."""
+    checkpoint = Checkpoint(checkpoint_path(out), signature, lambda name: video_identity(videos_dir / name))
+    done = sum(name in checkpoint.done for name in filenames)
+    if done:
+        log.info("resuming: %d of %d videos already done in %s", done, len(filenames), checkpoint.path)
+    retried = sorted(set(checkpoint.retried) & set(filenames))
+    if retried:
+        log.info("trying again %d videos whose earlier fallback the environment can cause (%s)", len(retried),
+                 ", ".join(retried[:5]))
+    return checkpoint
 
 
 def predict(videos_dir: str | Path = KAGGLE_VIDEOS, sample_submission: str | Path | None = KAGGLE_SAMPLE_SUBMISSION,
@@ -263,27 +321,27 @@ def predict(videos_dir: str | Path = KAGGLE_VIDEOS, sample_submission: str | Pat
             config: dict[str, Any] | None = None, progress: bool = True) -> KernelRun:
     """Predict P(fake) for every target video and write the submission CSV.
 
-    Nothing is processed until every weight file in the manifest is verified. A video that fails in any
-    way gets the configured prior, with the reason logged; finished videos are checkpointed beside `out`
-    so a rerun after a crash resumes. Videos that cannot finish inside the time budget get the prior.
+    Nothing is processed until every setting, path, the sample submission, the manifest, its stacker and every
+    weight file are checked (`SettingsError` or `ManifestError` otherwise). A video that fails in any way gets
+    the configured prior, with the reason logged; finished videos are checkpointed beside `out` so a rerun after
+    a crash resumes. Videos that cannot finish inside the time budget get the prior.
     """
     started = time.monotonic()
     config = config or load_config()
     videos_dir, out = Path(videos_dir), Path(out)
+    sample = Path(sample_submission) if sample_submission else None
+    filenames, checked_manifest = checked_inputs(videos_dir, sample, Path(manifest), out, device, config)
     scorer = load_scorer(manifest, config, device)
-    filenames = target_filenames(videos_dir, Path(sample_submission) if sample_submission else None)
-    checkpoint = Checkpoint(out.with_name(out.name + ".partial.jsonl"), run_signature(Path(manifest), config))
-    todo = [name for name in filenames if name not in checkpoint.done]
-    if len(todo) < len(filenames):
-        log.info("resuming: %d of %d videos already done in %s", len(filenames) - len(todo), len(filenames),
-                 checkpoint.path)
+    outside = outside_names(filenames, videos_dir)
+    checkpoint = open_checkpoint(out, run_signature(checked_manifest, config), videos_dir, filenames)
+    todo = [name for name in filenames if name not in checkpoint.done and name not in outside]
     budget_s = config["time_budget_hours"] * 3600.0
     prior = float(config["prior"])
     scored, first_scored_at = 0, None
     stop = threading.Event()
     bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress)
     try:
-        for filename, frames, decode_s in prefetch_frames(videos_dir, todo, config, stop):
+        for filename, frames, decode_s, identity in prefetch_frames(videos_dir, todo, config, stop):
             scorer.timer.add("decode", decode_s)
             elapsed = time.monotonic() - started
             per_video = (time.monotonic() - first_scored_at) / scored if scored else 0.0
@@ -291,28 +349,28 @@ def predict(videos_dir: str | Path = KAGGLE_VIDEOS, sample_submission: str | Pat
                 break
             if scored == 0:
                 first_scored_at = time.monotonic()
+            start = time.perf_counter()
             try:
-                if isinstance(frames, Exception):
-                    raise frames
-                label, reason = scorer.score(frames).score, "ok"
+                label, reason = score_video(scorer, frames), "ok"
             except Exception as error:  # one bad video costs its prior, never the run
                 label, reason = prior, fallback_reason(error)
                 log.warning("%s: %s (%s): using %.2f", filename, reason, error, prior)
             scored += 1
-            checkpoint.add(filename, label, reason)
+            checkpoint.add(filename, Record(label, reason, decode_s + time.perf_counter() - start, identity))
             bar.update(1)
     finally:
         stop.set()
         bar.close()
         checkpoint.close()
-    late = [name for name in filenames if name not in checkpoint.done]
+    late = [name for name in filenames if name not in checkpoint.done and name not in outside]
     if late:
         log.warning("time budget of %.2f h reached: %d videos get the prior %.2f", config["time_budget_hours"],
                     len(late), prior)
-    reasons = {name: checkpoint.done[name][1] if name in checkpoint.done else "time_budget" for name in filenames}
-    labels = {name: checkpoint.done[name][0] if name in checkpoint.done else prior for name in filenames}
-    submission = write_submission(out, filenames, labels, tuple(config["clip"]))
-    run = KernelRun(submission, reasons, dict(scorer.timer.seconds), scored)
+    records = {name: checkpoint.done.get(name) or Record(prior, "outside_videos" if name in outside else "time_budget",
+                                                         0.0, None) for name in filenames}
+    submission = write_submission(out, filenames, {name: r.label for name, r in records.items()}, tuple(config["clip"]))
+    run = KernelRun(submission, {name: r.reason for name, r in records.items()}, dict(scorer.timer.seconds), scored,
+                    {name: r.seconds for name, r in records.items()})
     log_summary(run, out)
     return run
 

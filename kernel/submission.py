@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from kernel.config import SettingsError
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -17,15 +22,40 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 def target_filenames(videos_dir: Path, sample_submission: Path | None) -> list[str]:
     """Files of `sample_submission.csv` in its order, or every video in the folder sorted."""
     if sample_submission is not None and Path(sample_submission).is_file():
-        frame = pd.read_csv(sample_submission)
-        if "filename" not in frame.columns:
-            raise ValueError(f"{sample_submission}: no 'filename' column; expected the DFDC 'filename,label' format")
-        return frame["filename"].astype(str).tolist()
+        return sample_filenames(Path(sample_submission))
     if sample_submission is not None:
         log.warning("%s not found: predicting every video in %s", sample_submission, videos_dir)
     if not Path(videos_dir).is_dir():
         raise FileNotFoundError(f"videos folder {videos_dir} not found; pass --videos DIR")
     return sorted(p.name for p in Path(videos_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def sample_filenames(path: Path) -> list[str]:
+    """The `filename` column of a sample submission, every cell kept as written (no NaN for 'nan' or 'NA').
+
+    `SettingsError` if the file is not CSV, has no `filename` column, lists no video or has an empty name.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise SettingsError(f"{path}: cannot read it as CSV ({error}); expected the DFDC 'filename,label' format") \
+            from error
+    if "filename" not in frame.columns:
+        raise SettingsError(f"{path}: no 'filename' column (columns: {list(frame.columns)}); expected the DFDC "
+                            "'filename,label' format")
+    names = frame["filename"].tolist()
+    if not names:
+        raise SettingsError(f"{path}: lists no videos; expected one 'filename' row per test video")
+    empty = [row + 2 for row, name in enumerate(names) if not name.strip()]  # +2: 1-based, after the header
+    if empty:
+        raise SettingsError(f"{path}: empty filename on line(s) {empty[:10]}; every row must name a video")
+    return names
+
+
+def inside_folder(filename: str) -> bool:
+    """Whether `filename` names something inside the videos folder: relative, no '..' part, no NUL byte."""
+    parts = PurePosixPath(filename).parts
+    return bool(parts) and "\0" not in filename and not PurePosixPath(filename).is_absolute() and ".." not in parts
 
 
 def clip_probs(probs, bounds: tuple[float, float]) -> np.ndarray:
@@ -51,49 +81,128 @@ def write_atomic(path: str | Path, text: str | bytes) -> None:
 
 def write_submission(path: str | Path, filenames: list[str], labels: dict[str, float],
                      bounds: tuple[float, float]) -> pd.DataFrame:
-    """Write `filename,label` for `filenames` in order, clipped, atomically; return the frame."""
+    """Write `filename,label` for `filenames` in order, clipped, atomically; return the frame.
+
+    Refuses a non-finite label (which would leave a blank cell) with a `ValueError` naming the videos.
+    """
+    bad = [name for name in filenames if not math.isfinite(labels[name])]
+    if bad:
+        raise ValueError(f"non-finite labels for {len(bad)} videos ({bad[:5]}); nothing written to {path}")
     frame = pd.DataFrame({"filename": filenames, "label": clip_probs([labels[f] for f in filenames], bounds)})
     write_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
     return frame
 
 
+CHECKPOINT_FORMAT = 2
+RETRIED_ON_RESUME = ("missing_file", "decode_error", "error:")  # fallbacks the environment can cause
+
+
+def checkpoint_path(out: Path) -> Path:
+    """The crash checkpoint beside the submission `out`."""
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def video_identity(path: Path) -> dict | None:
+    """What makes a video the same file on resume: its absolute path, size and mtime; None if it is absent."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One finished video of the checkpoint."""
+
+    label: float
+    reason: str
+    seconds: float
+    identity: dict | None
+
+
 class Checkpoint:
     """Append-only JSON-lines record of finished videos, so a crashed run resumes where it stopped.
 
-    The first line holds a signature of the models and config; a checkpoint from another set-up is ignored.
+    The first line holds the signature of the models and config; each record holds its video's identity
+    (`video_identity`: path, size, mtime). On resume a record is reused only if its video is unchanged and its
+    fallback was not caused by the environment (`RETRIED_ON_RESUME`: those videos are tried again). A file from
+    another set-up, or one with records of videos that changed since, is set aside (renamed, logged) and a new
+    one holds the records still valid. A torn last line (a kill mid-write) is cut off before appending.
     """
 
-    def __init__(self, path: Path, signature: str):
+    def __init__(self, path: Path, signature: str, identity: Callable[[str], dict | None]):
         self.path = Path(path)
         self.signature = signature
-        self.done: dict[str, tuple[float, str]] = self._load()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.done:
-            write_atomic(self.path, json.dumps({"signature": signature}) + "\n")
+        self.done: dict[str, Record] = {}
+        self.retried: list[str] = []
+        records = self._load()
+        changed = []
+        for filename, record in (records or {}).items():
+            if record.reason.startswith(RETRIED_ON_RESUME):
+                self.retried.append(filename)
+            elif record.identity is not None and record.identity == identity(filename):
+                self.done[filename] = record
+            else:
+                changed.append(filename)
+        if changed:
+            self._set_aside("stale", f"{len(changed)} of its videos changed since they were scored "
+                                     f"({changed[:5]}); they are scored again")
+        if records is None or changed:
+            lines = [self._header()] + [self._line(name, record) for name, record in self.done.items()]
+            write_atomic(self.path, "".join(lines))
         self._handle = open(self.path, "a")
 
-    def _load(self) -> dict[str, tuple[float, str]]:
+    def _header(self) -> str:
+        return json.dumps({"signature": self.signature, "format": CHECKPOINT_FORMAT}) + "\n"
+
+    @staticmethod
+    def _line(filename: str, record: Record) -> str:
+        return json.dumps({"filename": filename, **asdict(record)}) + "\n"
+
+    def _load(self) -> dict[str, Record] | None:
+        """Records of an existing file of this set-up (a later line wins); None if there is none to resume."""
         if not self.path.is_file():
-            return {}
-        lines = self.path.read_text().splitlines()
+            return None
+        self._cut_torn_line()
+        lines = self.path.read_text(errors="replace").splitlines()
         try:
-            if not lines or json.loads(lines[0]).get("signature") != self.signature:
-                log.warning("%s is from another model/config set-up: starting afresh", self.path)
-                return {}
+            header = json.loads(lines[0]) if lines else None
         except json.JSONDecodeError:
-            return {}
-        done = {}
-        for line in lines[1:]:
+            header = None
+        if not isinstance(header, dict) or header.get("signature") != self.signature:
+            self._set_aside("foreign", "it is from another model/config set-up or not a checkpoint")
+            return None
+        records = {}
+        for number, line in enumerate(lines[1:], start=2):
             try:
                 row = json.loads(line)
-                done[row["filename"]] = (float(row["label"]), row["reason"])
-            except (json.JSONDecodeError, KeyError):  # a line cut short by a crash: that video is redone
-                log.warning("%s: skipping a damaged line", self.path)
-        return done
+                records[row["filename"]] = Record(float(row["label"]), row["reason"], float(row["seconds"]),
+                                                  row["identity"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("%s: line %d is damaged; that video is scored again", self.path, number)
+        return records
 
-    def add(self, filename: str, label: float, reason: str) -> None:
-        self.done[filename] = (label, reason)
-        self._handle.write(json.dumps({"filename": filename, "label": label, "reason": reason}) + "\n")
+    def _cut_torn_line(self) -> None:
+        """Cut a last line without its newline (written when the run was killed) off the file."""
+        data = self.path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            log.warning("%s: cutting off a torn last line (%d bytes; the run was killed mid-write)", self.path,
+                        len(data) - keep)
+            os.truncate(self.path, keep)
+
+    def _set_aside(self, kind: str, why: str) -> None:
+        """Rename the checkpoint to `<name>.<kind>-N` (the first N free) and log why."""
+        number = 1
+        while (aside := self.path.with_name(f"{self.path.name}.{kind}-{number}")).exists():
+            number += 1
+        os.replace(self.path, aside)
+        log.warning("%s set aside as %s: %s", self.path, aside.name, why)
+
+    def add(self, filename: str, record: Record) -> None:
+        self.done[filename] = record
+        self._handle.write(self._line(filename, record))
         self._handle.flush()
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """`python -m kernel.validate`: score a submission against DFDC `metadata.json` labels.
 
 Prints the competition log loss (same clipping as the kernel), AUC and accuracy; with `--plots DIR`
-writes `confusion_matrix.png` and `roc.png`.
+writes `confusion_matrix.png` and `roc.png`. A label outside [0, 1] or a duplicated row is an error (exit 2);
+so are labelled videos of the metadata missing from the submission (named), unless `--allow-partial` scores
+the videos present.
 """
 from __future__ import annotations
 
@@ -25,6 +27,24 @@ def labelled_pairs(submission: pd.DataFrame, metadata: dict) -> tuple[pd.DataFra
     return known, sorted(set(submission["filename"]) - set(known["filename"]))
 
 
+def check_rows(submission: pd.DataFrame, path: str | Path) -> None:
+    """Every label a number in [0, 1] and every video once; `ValueError` naming the bad rows otherwise."""
+    labels = pd.to_numeric(submission["label"], errors="coerce")
+    bad = submission.loc[~labels.between(0, 1), "filename"].tolist()  # NaN and non-numbers fail `between` too
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} labels are not numbers from 0 to 1 (videos {bad[:10]}); a submission "
+                         "holds P(fake)")
+    duplicated = sorted(set(submission.loc[submission["filename"].duplicated(), "filename"]))
+    if duplicated:
+        raise ValueError(f"{path}: {len(duplicated)} videos have more than one row ({duplicated[:10]})")
+
+
+def missing_labelled(submission: pd.DataFrame, metadata: dict) -> list[str]:
+    """Videos with a REAL/FAKE label in the metadata that the submission lacks, sorted."""
+    labelled = {name for name, entry in metadata.items() if entry.get("label") in ("REAL", "FAKE")}
+    return sorted(labelled - set(submission["filename"]))
+
+
 def save_plots(y: np.ndarray, p: np.ndarray, out_dir: Path, threshold: float = 0.5) -> list[Path]:
     """Confusion-matrix and ROC PNGs."""
     from sklearn.metrics import confusion_matrix, roc_curve
@@ -46,16 +66,27 @@ def save_plots(y: np.ndarray, p: np.ndarray, out_dir: Path, threshold: float = 0
 
 
 def validate(submission_path: str | Path, metadata_path: str | Path, plots: str | Path | None = None,
-             clip: tuple[float, float] = CLIP) -> dict[str, float]:
-    submission = pd.read_csv(submission_path)
+             clip: tuple[float, float] = CLIP, allow_partial: bool = True) -> dict:
+    """Log loss, AUC and accuracy of the labelled videos; `missing` lists labelled videos the submission lacks.
+
+    Scoring a subset (a held-out fold) is what callers such as the demo do, so only `allow_partial=False` (the
+    CLI's default) makes missing labelled videos an error.
+    """
+    submission = pd.read_csv(submission_path, dtype={"filename": str})
     if not {"filename", "label"} <= set(submission.columns):
         raise ValueError(f"{submission_path}: needs 'filename,label' columns, has {list(submission.columns)}")
+    check_rows(submission, submission_path)
     metadata = json.loads(Path(metadata_path).read_text())
+    missing = missing_labelled(submission, metadata)
+    if missing and not allow_partial:
+        raise ValueError(f"{submission_path} lacks {len(missing)} labelled videos of {metadata_path} "
+                         f"({missing[:10]}); pass --allow-partial to score the videos it has")
     known, unlabelled = labelled_pairs(submission, metadata)
     if known.empty:
         raise ValueError(f"no video of {submission_path} has a REAL/FAKE label in {metadata_path}")
-    report = binary_report(known["y"].to_numpy(), known["label"].to_numpy(), clip)
+    report = binary_report(known["y"].to_numpy(), known["label"].to_numpy(dtype=np.float64), clip)
     report["unlabelled"] = len(unlabelled)
+    report["missing"] = missing
     if plots is not None:
         save_plots(known["y"].to_numpy(), known["label"].to_numpy(dtype=np.float64), Path(plots))
     return report
@@ -66,12 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submission", required=True, help="submission CSV (filename,label)")
     parser.add_argument("--metadata", required=True, help="DFDC metadata.json with REAL/FAKE labels")
     parser.add_argument("--plots", default=None, help="folder for confusion_matrix.png and roc.png")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="score the labelled videos the submission has when it lacks some (they are listed)")
     args = parser.parse_args(argv)
     try:
-        report = validate(args.submission, args.metadata, args.plots)
+        report = validate(args.submission, args.metadata, args.plots, allow_partial=args.allow_partial)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if report["missing"]:
+        names = ", ".join(report["missing"][:10]) + (", ..." if len(report["missing"]) > 10 else "")
+        print(f"missing labelled videos: {len(report['missing'])} (not scored: {names})")
     print(f"videos scored: {report['n']} (unlabelled skipped: {report['unlabelled']})")
     print(f"log loss: {report['log_loss']:.4f}  AUC: {report['auc']:.4f}  accuracy: {report['accuracy']:.4f}")
     if args.plots:

@@ -3,10 +3,14 @@
 PyAV skips the non-reference frames (about half of an x264 video's) and takes the nearest decoded frame to each
 evenly spaced number: 1.5x faster than decord here, which is what puts the kernel's decode+detect at 3x the
 1st-place pipeline on 2 cores (`bench/kernel_speed.py`). decord and OpenCV `grab`/`retrieve` decode exact frames.
+
+Every backend opens local files only (an absolute path, never a URL) and, given `max_side`, shrinks each frame
+whose long side is larger as it is decoded, so an 8192 x 8192 clip never holds its frames at full size.
 """
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -25,6 +29,35 @@ class VideoReadError(RuntimeError):
     """A video (or image) could not be opened or decoded by any backend."""
 
 
+class MissingVideoError(VideoReadError):
+    """The video file does not exist: a fault of the environment, not of the video."""
+
+
+def local_file(path: Path) -> str:
+    """`path` as the absolute name of an existing regular file, for a decode backend.
+
+    FFmpeg (under PyAV, decord and OpenCV) opens names such as `http://...` or `tcp:...` as network streams; an
+    absolute path always goes through its file protocol, so no backend ever opens anything but a local file.
+    """
+    if not path.is_file():
+        raise VideoReadError(f"{path}: not a local file; the kernel's decoders open local files only")
+    return os.path.abspath(path)
+
+
+def fitted_size(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
+    """`(width, height)` shrunk so the long side is `max_side` (aspect kept), or None when the frame fits."""
+    if not max_side or max(width, height) <= max_side:
+        return None
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fit_frame(frame: np.ndarray, max_side: int | None) -> np.ndarray:
+    """One `(H, W, 3)` frame, shrunk with area interpolation when its long side exceeds `max_side`."""
+    size = fitted_size(frame.shape[1], frame.shape[0], max_side)
+    return frame if size is None else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
 def evenly_spaced_indices(frame_count: int, num_frames: int) -> np.ndarray:
     """Indices of `num_frames` frames spread evenly over `frame_count` (fewer if the video is shorter)."""
     if frame_count <= 0 or num_frames <= 0:
@@ -32,19 +65,20 @@ def evenly_spaced_indices(frame_count: int, num_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, frame_count - 1, num_frames).round().astype(np.int64))
 
 
-def _read_decord(path: Path, choose: Chooser) -> tuple[np.ndarray, np.ndarray]:
+def _read_decord(path: Path, choose: Chooser, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     import decord
 
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    reader = decord.VideoReader(local_file(path), ctx=decord.cpu(0), num_threads=1)
     indices = choose(len(reader))
     if len(indices) == 0:
         raise VideoReadError(f"{path}: decord found no frames")
-    frames = reader.get_batch(list(indices)).asnumpy()
-    return frames, indices
+    # one frame at a time (the reader keeps its place, so this decodes what one batch would), each shrunk at once
+    frames = [fit_frame(reader.get_batch([index]).asnumpy()[0], max_side) for index in indices.tolist()]
+    return np.stack(frames), indices
 
 
-def _read_opencv(path: Path, choose: Chooser) -> tuple[np.ndarray, np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
+def _read_opencv(path: Path, choose: Chooser, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    capture = cv2.VideoCapture(local_file(path), cv2.CAP_FFMPEG)  # FFmpeg: '%d' in a name is no image sequence
     try:
         if not capture.isOpened():
             raise VideoReadError(f"{path}: OpenCV cannot open it")
@@ -54,16 +88,20 @@ def _read_opencv(path: Path, choose: Chooser) -> tuple[np.ndarray, np.ndarray]:
         for index in range(frame_count):
             if not capture.grab():
                 break
-            if index in wanted:
-                ok, frame = capture.retrieve()
-                if ok and frame is not None:
-                    frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-                    indices.append(index)
+            if index in wanted and (frame := _retrieve_rgb(capture, max_side)) is not None:
+                frames.append(frame)
+                indices.append(index)
     finally:
         capture.release()
     if not frames:
         raise VideoReadError(f"{path}: OpenCV decoded no frames")
     return np.stack(frames), np.asarray(indices, dtype=np.int64)
+
+
+def _retrieve_rgb(capture: cv2.VideoCapture, max_side: int | None) -> np.ndarray | None:
+    """The grabbed frame as RGB, shrunk to `max_side`; the full-size frame is freed on return."""
+    ok, frame = capture.retrieve()
+    return cv2.cvtColor(fit_frame(frame, max_side), cv2.COLOR_BGR2RGB) if ok and frame is not None else None
 
 
 def display_order(packets: list) -> dict[int, int]:
@@ -84,7 +122,7 @@ def decoded_frames(path: Path, packets: list) -> Iterator:
             return
 
 
-def _read_pyav_reference(path: Path, choose: Chooser) -> tuple[np.ndarray, np.ndarray]:
+def _read_pyav_reference(path: Path, choose: Chooser, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode reference frames only (`skip_frame = NONREF`: the non-reference B-frames, about half of an
     x264 video, are never decoded) and take the decoded frame nearest to each evenly spaced frame number.
 
@@ -93,7 +131,9 @@ def _read_pyav_reference(path: Path, choose: Chooser) -> tuple[np.ndarray, np.nd
     """
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(local_file(path)) as container:
+        if not container.streams.video:
+            raise VideoReadError(f"{path}: no video stream (streams: {[s.type for s in container.streams]})")
         stream = container.streams.video[0]
         stream.codec_context.skip_frame = "NONREF"
         stream.codec_context.thread_count = 1  # one core decodes; detection has the others (as with decord)
@@ -108,7 +148,9 @@ def _read_pyav_reference(path: Path, choose: Chooser) -> tuple[np.ndarray, np.nd
 
         def keep(number: int, frame) -> None:
             if number not in chosen:
-                chosen[number] = frame.to_ndarray(format="rgb24")
+                fitted = fitted_size(frame.width, frame.height, max_side)
+                resize = {} if fitted is None else {"width": fitted[0], "height": fitted[1], "interpolation": "AREA"}
+                chosen[number] = frame.to_ndarray(format="rgb24", **resize)  # shrunk by swscale: no full-size RGB
 
         for frame in decoded_frames(path, packets):
             number = numbers.get(frame.pts)
@@ -133,37 +175,43 @@ BACKENDS = {"pyav": _read_pyav_reference, "decord": _read_decord, "opencv": _rea
 EXACT_BACKENDS = ("decord", "opencv")  # decode the very frames asked for (PyAV's reference frames may be near)
 
 
-def read_frames(path: str | Path, num_frames: int = 32,
-                backends: tuple[str, ...] = tuple(BACKENDS)) -> tuple[np.ndarray, np.ndarray]:
-    """Decode `num_frames` evenly spaced frames of `path`.
+def read_frames(path: str | Path, num_frames: int = 32, backends: tuple[str, ...] = tuple(BACKENDS),
+                max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode `num_frames` evenly spaced frames of `path`, each shrunk to a long side of at most `max_side`.
 
     Returns `(frames, indices)`: frames as RGB uint8 `(n, H, W, 3)` and their frame numbers. Each backend
-    is tried in turn; a `VideoReadError` naming the file and every backend's failure is raised if none works.
+    is tried in turn; a `VideoReadError` naming the file and every backend's failure is raised if none works
+    (`MissingVideoError` if there is no such file).
     """
-    return _decode(Path(path), partial(evenly_spaced_indices, num_frames=num_frames), backends)
+    return _decode(Path(path), partial(evenly_spaced_indices, num_frames=num_frames), backends, max_side)
 
 
-def read_frames_at(path: str | Path, numbers: np.ndarray, backends: tuple[str, ...] = EXACT_BACKENDS) -> np.ndarray:
+def read_frames_at(path: str | Path, numbers: np.ndarray, backends: tuple[str, ...] = EXACT_BACKENDS,
+                   max_side: int | None = None) -> np.ndarray:
     """The frames numbered `numbers` of `path`, exactly (only the exact backends among `backends` are tried);
     a `VideoReadError` if the video has fewer frames or none of them decodes it."""
     numbers = np.asarray(numbers, dtype=np.int64)
     exact = tuple(name for name in backends if name in EXACT_BACKENDS) or EXACT_BACKENDS
-    frames, decoded = _decode(Path(path), lambda count: numbers[numbers < count], exact)
+    frames, decoded = _decode(Path(path), lambda count: numbers[numbers < count], exact, max_side)
     if not np.array_equal(decoded, numbers):
         raise VideoReadError(f"{path}: has frames up to {decoded.max() if len(decoded) else -1}, "
                              f"frames {numbers.tolist()} were asked for")
     return frames
 
 
-def _decode(path: Path, choose: Chooser, backends: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _decode(path: Path, choose: Chooser, backends: tuple[str, ...],
+            max_side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The frames `choose` picks, by the first of `backends` that decodes them."""
+    if not path.exists():
+        raise MissingVideoError(f"{path}: no such file")
     if not path.is_file():
-        raise VideoReadError(f"{path}: no such file")
+        raise VideoReadError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise VideoReadError(f"{path}: empty file (0 bytes)")
     failures = []
     for name in backends:
         try:
-            frames, indices = BACKENDS[name](path, choose)
+            frames, indices = BACKENDS[name](path, choose, max_side)
         except Exception as error:  # every backend failure is recorded and the next one is tried
             failures.append(f"{name}: {error}")
             log.debug("%s: %s failed: %s", path.name, name, error)

@@ -1,15 +1,14 @@
 """Small data the suite makes itself: synthetic H.264 clips, tiny random models and their manifest."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from kernel.models import create_classifier, manifest_entry, save_fp16_state_dict
+from kernel.selftest import RANDOM_MODELS as TINY_MODELS
+from kernel.selftest import random_manifest as tiny_manifest  # noqa: F401  (tiny random models + manifest)
 
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
-TINY_MODELS = (("test_efficientnet", 64), ("test_resnet", 96))
 
 
 def write_h264(path: Path, frames: np.ndarray, fps: int = 30, faststart: bool = False) -> Path:
@@ -40,24 +39,6 @@ def faceless_frames(n: int = 40, height: int = 120, width: int = 160, seed: int 
     base = rng.uniform(0, 255, 3)
     return np.stack([np.stack([(base[c] + x * (c + 1) + y + 3 * t) % 256 for c in range(3)], -1)
                      for t in range(n)]).astype(np.uint8)
-
-
-def tiny_manifest(folder: Path, models=TINY_MODELS, seed: int = 0) -> Path:
-    """Randomly initialised tiny timm models saved fp16 with a `weights_manifest.json` beside them."""
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for arch, size in models:
-        torch.manual_seed(seed)
-        weights = folder / f"{arch}.pth"
-        save_fp16_state_dict(create_classifier(arch), weights)
-        entries.append(manifest_entry(arch, arch, weights, folder, size))
-    path = folder / "weights_manifest.json"
-    path.write_text(json.dumps({"models": entries, "stacker": None}, indent=1))
-    return path
-
-
 def lfw_face(index: int, size: int) -> np.ndarray:
     """Face `index` of scikit-image's LFW subset, grey, as an RGB uint8 `size` x `size` image."""
     import cv2

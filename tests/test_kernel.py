@@ -51,8 +51,8 @@ def test_bad_videos_get_the_prior_and_the_run_goes_on(bad_videos, tiny_manifest_
     submission = read_submission(out)
     assert submission["filename"].tolist() == order
     assert np.allclose(submission["label"], 0.42)
-    assert run.reasons == dict(expected, **{"not_there.mp4": "decode_error"})
-    assert run.fallback_counts == {"decode_error": 4, "no_face": 2}
+    assert run.reasons == dict(expected, **{"not_there.mp4": "missing_file"})
+    assert run.fallback_counts == {"decode_error": 3, "missing_file": 1, "no_face": 2}
 
 
 def test_an_error_anywhere_costs_one_video(monkeypatch, bad_videos, tiny_manifest_path, tmp_path):
@@ -116,8 +116,9 @@ def test_a_crash_loses_nothing_already_predicted(monkeypatch, bad_videos, tiny_m
         predict(folder, None, tiny_manifest_path, out, config=FAST, progress=False)
     assert not out.exists()
     checkpoint = out.with_name(out.name + ".partial.jsonl")
-    done_before = len(checkpoint.read_text().splitlines()) - 1
-    assert done_before >= 2
+    records = [json.loads(line) for line in checkpoint.read_text().splitlines()[1:]]
+    kept = {r["filename"] for r in records if r["reason"] != "decode_error"}  # decode errors are retried
+    assert len(records) >= 2 and kept
     monkeypatch.setattr(pipeline.Scorer, "score", real_score)
     seen = []
 
@@ -127,7 +128,7 @@ def test_a_crash_loses_nothing_already_predicted(monkeypatch, bad_videos, tiny_m
 
     monkeypatch.setattr(pipeline, "read_frames", record_and_fail)
     run = predict(folder, None, tiny_manifest_path, out, config=FAST, progress=False)
-    assert len(seen) == len(expected) - done_before  # finished videos were not decoded again
+    assert sorted(seen) == sorted(set(expected) - kept)  # finished videos were not decoded again
     assert len(read_submission(out)) == len(expected) and run.videos_scored == len(seen)
 
 
@@ -136,7 +137,7 @@ def test_stacker_from_the_manifest_is_applied(tiny_manifest_path, tmp_path, dev_
     shutil.copytree(tiny_manifest_path.parent, folder)
     manifest = json.loads((folder / "weights_manifest.json").read_text())
     names = [m["name"] for m in manifest["models"]]
-    stacker = {"feature_names": [f"{names[0]}.mean", f"{names[1]}.persons"], "coef": [0.0, 0.0], "intercept": 2.0}
+    stacker = {"feature_names": [f"{names[0]}.mean", f"{names[1]}.std"], "coef": [0.0, 0.0], "intercept": 2.0}
     (folder / "stacker.json").write_text(json.dumps(stacker))
     manifest["stacker"] = "stacker.json"
     (folder / "weights_manifest.json").write_text(json.dumps(manifest))
@@ -177,7 +178,8 @@ def test_real_videos_give_a_valid_submission_offline(dev_data, tiny_manifest_pat
     metadata = dev_data / "videos" / "metadata.json"
     plots = tmp_path / "plots"
     validated = subprocess.run([sys.executable, "-m", "kernel.validate", "--submission", str(out), "--metadata",
-                                str(metadata), "--plots", str(plots)], cwd=REPO, capture_output=True, text=True)
+                                str(metadata), "--plots", str(plots), "--allow-partial"], cwd=REPO,
+                               capture_output=True, text=True)
     assert validated.returncode == 0, validated.stderr
     assert "log loss:" in validated.stdout and "videos scored: 6" in validated.stdout
     assert (plots / "confusion_matrix.png").stat().st_size > 1000 and (plots / "roc.png").stat().st_size > 1000

@@ -72,7 +72,7 @@ def test_multiclass_training_writes_confusion_matrix_and_one_minus_p_real(three_
     matrix = pd.read_csv(run / "confusion_matrix.csv", index_col="true")
     assert matrix.index.tolist() == CLASSES and matrix.columns.tolist() == CLASSES
     oof = pd.read_csv(run / "oof.csv")
-    assert oof.columns.tolist() == ["video", "frame", "person", "model", "prob", "label", "p_A", "p_B", "p_real"]
+    assert oof.columns.tolist() == ["video", "frame", "person", "model", "group", "prob", "label", "p_A", "p_B", "p_real"]
     assert "v0.mp4" not in set(oof["video"])
     assert matrix.to_numpy().sum() == oof["video"].nunique()
     assert np.allclose(oof["prob"], 1 - oof["p_real"], atol=2e-6)

@@ -204,14 +204,14 @@ def track_change(frames: np.ndarray, originals: np.ndarray, track: Track) -> flo
 
 
 def manipulated_tracks(item: Item, tracks: list[Track], frames: np.ndarray, frame_numbers: np.ndarray,
-                       backends: tuple[str, ...]) -> list[Track]:
+                       backends: tuple[str, ...], max_side: int | None) -> list[Track]:
     """The tracks of a FAKE video that carry the manipulation (see the module docstring); all of a REAL one's."""
     if item.label == 0 or len(tracks) < 2:
         return tracks
     originals = None
     if item.original_path is not None:
         try:
-            originals = read_frames_at(item.original_path, frame_numbers, backends)
+            originals = read_frames_at(item.original_path, frame_numbers, backends, max_side)
         except VideoReadError as error:
             log.warning("%s: original unreadable (%s); keeping only the longest track", item.key, error)
     if originals is None or originals.shape != frames.shape:
@@ -230,7 +230,8 @@ class Extractor:
     def decode(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
         if item.is_image:
             return read_image(item.path), np.zeros(1, dtype=np.int64)
-        return read_frames(item.path, self.frames, tuple(self.config["decode_backends"]))
+        return read_frames(item.path, self.frames, tuple(self.config["decode_backends"]),
+                           self.config["max_frame_side"])
 
     def extract(self, item: Item) -> tuple[list[dict[str, Any]], int]:
         """Crops of every kept person in every sampled frame, exactly as the kernel cuts them; returns the index
@@ -238,7 +239,8 @@ class Extractor:
         cfg = self.config
         frames, frame_numbers = self.decode(item)
         tracks = person_tracks(self.detector, frames, cfg)
-        kept = manipulated_tracks(item, tracks, frames, frame_numbers, tuple(cfg["decode_backends"]))
+        kept = manipulated_tracks(item, tracks, frames, frame_numbers, tuple(cfg["decode_backends"]),
+                                  cfg["max_frame_side"])
         folder = self.out / "crops" / item.part / Path(item.name).stem
         if kept:
             folder.mkdir(parents=True, exist_ok=True)
@@ -305,9 +307,11 @@ def read_index(path: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{path} not found; run training/extract_faces.py --out {Path(path).parent}")
     index = pd.read_csv(path, dtype={"original": str, "part": str, "video": str, "landmarks": str},
                         keep_default_na=False)
-    missing = set(INDEX_COLUMNS) - set(index.columns)
+    missing = set(INDEX_COLUMNS) - set(index.columns) - {"landmarks"}
     if missing:
         raise ValueError(f"{path}: lacks columns {sorted(missing)}; pass the index.csv written by extract_faces.py")
+    if "landmarks" not in index.columns:  # an index made by hand or by an older extract_faces.py: no SBI
+        index["landmarks"] = ""
     return index
 
 

@@ -239,7 +239,8 @@ def video_face_loss(videos: list[Path], settings: dict[str, Any], kernel_config:
     results = []
     for number, path in enumerate(tqdm(videos, desc="videos: faces lost", unit="video", dynamic_ncols=True)):
         try:
-            frames, _ = read_frames(path, settings["video_frames"], tuple(kernel_config["decode_backends"]))
+            frames, _ = read_frames(path, settings["video_frames"], tuple(kernel_config["decode_backends"]),
+                                    kernel_config["max_frame_side"])
         except VideoReadError as error:
             log.warning("left out of video_faces.csv: %s", error)
             continue

@@ -278,6 +278,9 @@ def make_sampler(config: dict[str, Any], train: pd.DataFrame, dataset: CropDatas
     common = dict(rank=context.rank, world_size=context.world_size, seed=config["seed"],
                   size=config["samples_per_epoch"])
     sbi = float(config["sbi"]["p"]) if config["sbi"] else 0.0
+    if sbi > 0 and not len(dataset.blendable()):
+        raise ValueError(f"sbi: no real training crop of {config['crops']} has landmarks; re-run "
+                         "training/extract_faces.py (it stores MTCNN's five points per face)")
     if config["sampler"] == "balanced":
         return BalancedSampler(dataset.labels, sbi=sbi, blendable=dataset.blendable(), **common)
     if config["sampler"] == "pairs":
@@ -409,7 +412,11 @@ class TrainState:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values, so a checkpoint loads with `weights_only=True`."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"key": numpy_state["state"]["key"].tolist(), "pos": int(numpy_state["state"]["pos"]),
+                       "has_gauss": int(numpy_state["has_gauss"]), "gauss": float(numpy_state["gauss"])}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -417,7 +424,10 @@ def rng_state() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": numpy_state["has_gauss"],
+                         "gauss": numpy_state["gauss"],
+                         "state": {"key": np.asarray(numpy_state["key"], dtype=np.uint32), "pos": numpy_state["pos"]}})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -425,9 +435,14 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, ema: AveragedModel | None, optimizer, scheduler, scaler,
                     state: TrainState, config: dict[str, Any]) -> None:
-    """Everything needed to continue after the last finished epoch, written atomically."""
+    """Everything needed to continue after the last finished epoch, written atomically.
+
+    Only tensors and plain Python values (numpy scalars in the metrics become Python numbers), so
+    `load_checkpoint` never unpickles arbitrary objects.
+    """
+    train_state = json.loads(json.dumps(vars(state), default=lambda value: value.item()))
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "scaler": scaler.state_dict(), "train_state": vars(state), "rng": rng_state(),
+               "scaler": scaler.state_dict(), "train_state": train_state, "rng": rng_state(),
                "arch": config["arch"], "input_size": config["input_size"],
                "ema": ema.state_dict() if ema is not None else None}
     tmp = path.with_name(path.name + ".tmp")
@@ -437,9 +452,17 @@ def save_checkpoint(path: Path, model: torch.nn.Module, ema: AveragedModel | Non
 
 def load_checkpoint(path: Path, model: torch.nn.Module, ema: AveragedModel | None, optimizer, scheduler, scaler,
                     config: dict[str, Any]) -> TrainState:
+    """Restore a `save_checkpoint` file with `weights_only=True`: tensors and plain values, no other object."""
+    from pickle import UnpicklingError
+
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}; run without --resume to start")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except UnpicklingError as error:
+        raise ValueError(f"--resume: {path} holds objects other than tensors and plain values (an older "
+                         f"train_fold.py wrote it, or it is not a checkpoint), refused unread: {error}. "
+                         "Run without --resume to start afresh") from error
     if (payload["arch"], payload["input_size"]) != (config["arch"], config["input_size"]):
         raise ValueError(f"--resume: {path} is {payload['arch']}@{payload['input_size']}, the config asks for "
                          f"{config['arch']}@{config['input_size']}; use the run's own config")

@@ -1,0 +1,488 @@
+"""`python -m kernel.selftest`: the kernel on a corpus of crafted inputs, printed as a table input → outcome.
+
+Videos (zero-byte, random bytes, truncated, audio-only, one frame, portrait, 4K, 8192 x 8192, MJPEG, VP9, HEVC and
+AV1 where this PyAV can encode them, variable frame rate, odd names, names pointing outside the videos folder, a
+folder, a missing file) are scored in one `predict` run: each must get its expected reason and a finite label.
+Each bad setting (a stacker with NaN, `--frames 0`, `--out` a folder, ...) is one `python -m kernel` call in this
+process, which must exit 2 with a message naming the setting, and write nothing. Exit status 0 when every
+outcome is the expected one. `tests/test_reliability.py` runs the same corpus.
+
+    python -m kernel.selftest [--manifest weights_manifest.json] [--work DIR] [--device cpu]
+
+Without `--manifest` it makes two tiny random models: their scores mean nothing, the outcomes are the point.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from kernel.config import load_config
+
+FRAMES = 8  # per video: enough for every outcome, quick on CPU
+OVERSIZED_SIDE = 8192
+RANDOM_MODELS = (("test_efficientnet", 64), ("test_resnet", 96))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One row of the table: what went in, what had to come out and what did."""
+
+    case: str
+    expected: str
+    got: str
+    passed: bool
+    label: float | None = None
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------ crafted videos
+
+def picture(height: int, width: int, step: int, face: bool, seed: int = 0) -> np.ndarray:
+    """One RGB frame: a moving colour gradient, with the scikit-image astronaut's face if `face`.
+
+    Drawn at most 640 px on its long side, then resized: an 8192 x 8192 frame costs no more to draw.
+    """
+    scale = min(1.0, 640 / max(height, width))
+    small_h, small_w = max(2, round(height * scale)), max(2, round(width * scale))
+    base = np.random.default_rng(seed).uniform(0, 255, 3)
+    y, x = np.mgrid[0:small_h, 0:small_w]
+    image = np.stack([(base[c] + x * (c + 1) + y + 3 * step) % 256 for c in range(3)], -1).astype(np.uint8)
+    if face:
+        from skimage.data import astronaut
+
+        side = int(0.9 * min(small_h, small_w))
+        portrait = cv2.resize(astronaut(), (side, side), interpolation=cv2.INTER_AREA)
+        top, left = (small_h - side) // 2, (small_w - side) // 2 + step % 5
+        left = min(left, small_w - side)
+        image[top:top + side, left:left + side] = portrait
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR) if scale < 1 else image
+
+
+def frames_of(count: int, height: int, width: int, face: bool, seed: int = 0) -> Iterator[np.ndarray]:
+    """`count` frames of `picture`, made one at a time."""
+    return (picture(height, width, step, face, seed) for step in range(count))
+
+
+def write_video(path: Path, frames: Iterable[np.ndarray], codec: str = "libx264", pix_fmt: str = "yuv420p",
+                pts_ms: list[int] | None = None, container_options: dict | None = None) -> Path:
+    """Encode RGB frames with PyAV (`pts_ms`: presentation times in ms, for a variable frame rate)."""
+    import av
+
+    with av.open(str(path), mode="w", options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=30)
+        stream.pix_fmt = pix_fmt
+        if pts_ms is not None:
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for number, frame in enumerate(frames):
+            if number == 0:
+                stream.height, stream.width = frame.shape[:2]
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if pts_ms is not None:
+                video_frame.pts, video_frame.time_base = pts_ms[number], Fraction(1, 1000)
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode())
+    return path
+
+
+def write_audio_only(path: Path) -> Path:
+    """An MP4 with one AAC stream of silence and no video."""
+    import av
+
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=44100)
+        stream.layout = "stereo"
+        for number in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 44100, number * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def truncated(path: Path, share: float, faststart: bool) -> None:
+    """A clip cut to `share` of its bytes; with `faststart` its index comes first, so the start still decodes."""
+    write_video(path, frames_of(60, 180, 320, face=False), container_options={"movflags": "faststart"}
+                if faststart else None)
+    path.write_bytes(path.read_bytes()[:int(path.stat().st_size * share)])
+
+
+@dataclass(frozen=True)
+class VideoCase:
+    """One corpus video: its name in the sample submission, the reason it must get and how its file is made."""
+
+    filename: str
+    expected: str
+    make: Callable[[Path], object] | None  # called with videos_dir / filename; None: no file is made
+    codec: str | None = None  # an encoder this case needs (skipped where PyAV lacks it)
+
+
+def faceless(path: Path) -> Path:
+    return write_video(path, frames_of(20, 96, 128, face=False))
+
+
+def with_face(height: int, width: int, count: int = 10, codec: str = "libx264", pix_fmt: str = "yuv420p",
+              pts_ms: list[int] | None = None) -> Callable[[Path], Path]:
+    return lambda path: write_video(path, frames_of(count, height, width, face=True), codec, pix_fmt, pts_ms)
+
+
+def video_cases(work: Path) -> list[VideoCase]:
+    """The video corpus; `work` is the folder holding the videos folder (an absolute name must point out of it)."""
+    outside = work / "outside.mp4"
+    variable_ms = [0, 10, 43, 133, 383, 393, 426, 516, 766, 776, 809, 899]
+    return [
+        VideoCase("face.mp4", "ok", with_face(180, 320)),
+        VideoCase("one_frame.mp4", "ok", with_face(180, 320, count=1)),
+        VideoCase("portrait_face.mp4", "ok", with_face(320, 180)),
+        VideoCase("face_4k.mp4", "ok", with_face(2160, 3840, count=3)),
+        VideoCase(f"face_{OVERSIZED_SIDE}x{OVERSIZED_SIDE}.mp4", "ok",
+                  with_face(OVERSIZED_SIDE, OVERSIZED_SIDE, count=2)),
+        VideoCase("variable_frame_rate.mp4", "ok", with_face(180, 320, len(variable_ms), pts_ms=variable_ms)),
+        VideoCase("mjpeg.avi", "ok", with_face(180, 320, codec="mjpeg", pix_fmt="yuvj420p"), "mjpeg"),
+        VideoCase("vp9.webm", "ok", with_face(180, 320, codec="libvpx-vp9"), "libvpx-vp9"),
+        VideoCase("hevc.mp4", "ok", with_face(180, 320, codec="libx265"), "libx265"),
+        VideoCase("av1.mkv", "ok", with_face(180, 320, codec="libsvtav1"), "libsvtav1"),
+        VideoCase("no_face.mp4", "no_face", faceless),
+        VideoCase("truncated_index_first.mp4", "no_face", lambda path: truncated(path, 0.5, faststart=True)),
+        VideoCase("truncated.mp4", "decode_error", lambda path: truncated(path, 0.3, faststart=False)),
+        VideoCase("zero_bytes.mp4", "decode_error", lambda path: path.write_bytes(b"")),
+        VideoCase("random_bytes.mp4", "decode_error",
+                  lambda path: path.write_bytes(np.random.default_rng(0).bytes(20000))),
+        VideoCase("audio_only.mp4", "decode_error", write_audio_only),
+        VideoCase("a_folder.mp4", "decode_error", lambda path: path.mkdir()),
+        VideoCase("missing.mp4", "missing_file", None),
+        VideoCase("name with spaces, ünïcödé & ;.mp4", "no_face", faceless),
+        VideoCase("percent%d.mp4", "no_face", faceless),
+        VideoCase("-leading-dash.mp4", "no_face", faceless),
+        VideoCase("NA", "no_face", lambda path: faceless(path.with_suffix(".mp4")).rename(path)),  # pandas: NaN
+        VideoCase("../outside.mp4", "outside_videos", with_face(180, 320)),  # readable, and must not be read
+        VideoCase("sub/../../outside.mp4", "outside_videos", None),
+        VideoCase(str(outside), "outside_videos", None),
+    ]
+
+
+def can_encode(codec: str) -> bool:
+    """Whether this machine's PyAV has the encoder `codec`."""
+    import av
+
+    try:
+        av.codec.Codec(codec, "w")
+    except (ValueError, av.error.FFmpegError):  # PyAV raises UnknownCodecError (a ValueError) for a missing one
+        return False
+    return True
+
+
+def make_file(case: VideoCase, videos: Path) -> str | None:
+    """Write the case's file under `videos`; None, or why a codec case was skipped (an encoder this machine
+    lacks, or one that refuses these frames). Any other case that cannot be made is an error."""
+    if case.make is None:
+        return None
+    if case.codec is None:
+        case.make(videos / case.filename)
+        return None
+    if not can_encode(case.codec):
+        return f"skipped: this PyAV has no {case.codec} encoder"
+    try:
+        case.make(videos / case.filename)
+    except Exception as error:  # an encoder that exists but refuses these frames: reported as skipped
+        return f"skipped: {case.codec} cannot encode here ({type(error).__name__}: {error})"
+    return None
+
+
+def run_video_corpus(work: Path, manifest: Path, device: str = "cpu") -> list[Outcome]:
+    """Score the corpus in one `predict` run; one outcome per video."""
+    from kernel.pipeline import predict
+
+    videos = work / "videos"
+    videos.mkdir(parents=True)
+    cases = video_cases(work)
+    skipped = {case.filename: why for case in cases if (why := make_file(case, videos)) is not None}
+    sample = work / "sample_submission.csv"
+    names = [case.filename for case in cases if case.filename not in skipped]
+    pd.DataFrame({"filename": names, "label": 0.5}).to_csv(sample, index=False)
+    config = load_config(frames=FRAMES)
+    run = predict(videos, sample, manifest, work / "out" / "submission.csv", device, config, progress=False)
+    labels = dict(zip(run.submission["filename"], run.submission["label"]))
+    low, high = config["clip"]
+    outcomes = []
+    for case in cases:
+        if case.filename in skipped:
+            outcomes.append(Outcome(case.filename, case.expected, skipped[case.filename], True))
+            continue
+        label, reason = float(labels[case.filename]), run.reasons[case.filename]
+        passed = reason == case.expected and math.isfinite(label) and low <= label <= high
+        outcomes.append(Outcome(case.filename, case.expected, reason, passed, label, run.seconds[case.filename]))
+    return outcomes
+
+
+# ------------------------------------------------------------------------------------------ bad settings
+
+@dataclass
+class Setup:
+    """A folder for one `python -m kernel` call: a manifest beside links to the weights, and the flags."""
+
+    folder: Path
+    manifest: Path
+    flags: dict[str, str]
+
+    def edit_manifest(self, change: Callable[[dict], object]) -> None:
+        data = json.loads(self.manifest.read_text())
+        change(data)
+        self.manifest.write_text(json.dumps(data))
+
+    def first_model(self) -> dict:
+        return json.loads(self.manifest.read_text())["models"][0]
+
+    def use_stacker(self, stacker: dict | str) -> None:
+        """Name a stacker JSON in the manifest (a dict is written as JSON, a string as it is)."""
+        (self.folder / "stacker.json").write_text(stacker if isinstance(stacker, str) else json.dumps(stacker))
+        self.edit_manifest(lambda data: data.update(stacker="stacker.json"))
+
+    def write_config(self, config: dict) -> dict[str, str]:
+        (self.folder / "config.json").write_text(json.dumps(config))
+        return {"--config": str(self.folder / "config.json")}
+
+
+def setup_for(folder: Path, manifest: Path, videos: Path, sample: Path) -> Setup:
+    """A fresh folder whose manifest names links to `manifest`'s weight files (nothing large is copied)."""
+    folder.mkdir(parents=True)
+    data = json.loads(manifest.read_text())
+    for entry in data["models"]:
+        link = folder / entry["file"]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to((manifest.parent / entry["file"]).resolve())
+    if data.get("stacker"):
+        (folder / data["stacker"]).write_bytes((manifest.parent / data["stacker"]).read_bytes())
+    (folder / "weights_manifest.json").write_text(json.dumps(data))
+    flags = {"--videos": str(videos), "--sample-submission": str(sample), "--out": str(folder / "out.csv"),
+             "--manifest": str(folder / "weights_manifest.json"), "--device": "cpu", "--frames": str(FRAMES)}
+    return Setup(folder, folder / "weights_manifest.json", flags)
+
+
+def nan_weights(setup: Setup) -> dict[str, str]:
+    """The first model's weights with one NaN, and a manifest entry whose sha256 and size match them."""
+    import torch
+
+    from kernel.models import manifest_entry
+
+    entry = setup.first_model()
+    path = setup.folder / entry["file"]
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    name = next(key for key, tensor in state.items() if tensor.is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    path.unlink()  # the link: the original stays intact
+    torch.save(state, path)
+    fixed = manifest_entry(entry["name"], entry["arch"], path, setup.folder, entry["input_size"], entry["mean"],
+                           entry["std"])
+    setup.edit_manifest(lambda data: data["models"].__setitem__(0, {**entry, **fixed}))
+    return {}
+
+
+def stacker(text: str | None = None, **changes) -> Callable[[Setup], dict[str, str]]:
+    """Arrangement: the manifest names a stacker: `text` as written, or a valid one-feature stacker for the
+    first model with `changes`."""
+    def arrange(setup: Setup) -> dict[str, str]:
+        valid = {"feature_names": [f"{setup.first_model()['name']}.mean"], "coef": [1.0], "intercept": 0.0}
+        setup.use_stacker(text if text is not None else {**valid, **changes})
+        return {}
+    return arrange
+
+
+def manifest_text(text: str) -> Callable[[Setup], dict[str, str]]:
+    def arrange(setup: Setup) -> dict[str, str]:
+        setup.manifest.write_text(text)
+        return {}
+    return arrange
+
+
+def set_entry(key: str, value) -> Callable[[Setup], dict[str, str]]:
+    """Arrangement: the first manifest entry's `key` set to `value`."""
+    def arrange(setup: Setup) -> dict[str, str]:
+        setup.edit_manifest(lambda data: data["models"][0].__setitem__(key, value))
+        return {}
+    return arrange
+
+
+def flag(name: str, value: str) -> Callable[[Setup], dict[str, str]]:
+    return lambda setup: {name: value}
+
+
+def sample_text(text: str) -> Callable[[Setup], dict[str, str]]:
+    def arrange(setup: Setup) -> dict[str, str]:
+        (setup.folder / "sample.csv").write_text(text)
+        return {"--sample-submission": str(setup.folder / "sample.csv")}
+    return arrange
+
+
+def needs_no_cuda() -> str | None:
+    import torch
+
+    return "skipped: CUDA is present here" if torch.cuda.is_available() else None
+
+
+@dataclass(frozen=True)
+class SettingsCase:
+    """One bad setting: how to arrange it (returns flags to change) and what the error message must contain."""
+
+    name: str
+    message: str
+    arrange: Callable[[Setup], dict[str, str]]
+    skip: Callable[[], str | None] = lambda: None
+
+
+SETTINGS_CASES = (
+    SettingsCase("stacker coefficient NaN", "not finite", stacker(coef=[float("nan")])),
+    SettingsCase("stacker intercept inf", "not finite", stacker(intercept=float("inf"))),
+    SettingsCase("manifest std [0, 0, 0]", "'std'", set_entry("std", [0, 0, 0])),
+    SettingsCase("weights with NaN, sha256 correct", "NaN or infinite", nan_weights),
+    SettingsCase("--prior nan", "'prior'", flag("--prior", "nan")),
+    SettingsCase("--frames 0", "'frames'", flag("--frames", "0")),
+    SettingsCase("--frames -5", "'frames'", flag("--frames", "-5")),
+    SettingsCase("--max-frame-side 0", "'max_frame_side'", flag("--max-frame-side", "0")),
+    SettingsCase("manifest input_size 0", "'input_size'", set_entry("input_size", 0)),
+    SettingsCase("manifest input_size -224", "'input_size'", set_entry("input_size", -224)),
+    SettingsCase("manifest input_size '224px'", "'input_size'", set_entry("input_size", "224px")),
+    SettingsCase("manifest mean of 2 values", "'mean'", set_entry("mean", [0.5, 0.5])),
+    SettingsCase("stacker features of no manifest model", "name no model", stacker(feature_names=["other.mean"])),
+    SettingsCase("stacker aggregation 'median'", "aggregation", stacker(aggregation="median")),
+    SettingsCase("config clip [0.99, 0.01]", "'clip'", lambda s: s.write_config({"clip": [0.99, 0.01]})),
+    SettingsCase("--videos missing, sample present", "no such folder",
+                 lambda s: {"--videos": str(s.folder / "no_such_folder")}),
+    SettingsCase("sample_submission empty (0 bytes)", "cannot read it as CSV", sample_text("")),
+    SettingsCase("sample_submission without 'filename'", "no 'filename' column",
+                 sample_text("name,label\na.mp4,0.5\n")),
+    SettingsCase("sample_submission with an empty filename", "empty filename", sample_text("filename,label\n,0.5\n")),
+    SettingsCase("manifest top level a list", "top level", manifest_text("[]")),
+    SettingsCase("manifest sha256 null", "'sha256'", set_entry("sha256", None)),
+    SettingsCase("manifest arch unknown to timm", "not a model of timm", set_entry("arch", "resnet_no_such_model")),
+    SettingsCase("stacker JSON malformed", "not valid JSON", stacker('{"coef": [1,')),
+    SettingsCase("--device cuda without CUDA", "no CUDA", flag("--device", "cuda"), needs_no_cuda),
+    SettingsCase("--config with an unknown key", "unknown kernel config keys",
+                 lambda s: s.write_config({"frames_per_video": 8})),
+    SettingsCase("--out an existing folder", "is a folder", lambda s: {"--out": str(s.folder)}),
+    SettingsCase("--out under a file (unwritable)", "cannot write",
+                 lambda s: {"--out": str(s.manifest / "submission.csv")}),
+)
+
+
+class ErrorLog(logging.Handler):
+    """Collects the kernel's ERROR messages."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def run_settings_case(case: SettingsCase, setup: Setup) -> Outcome:
+    """`python -m kernel` (in this process) with one bad setting: exit 2, the message, nothing written."""
+    from kernel.__main__ import main
+    from kernel.submission import checkpoint_path
+
+    expected = f"exit 2: ...{case.message}..."
+    if (reason := case.skip()) is not None:
+        return Outcome(case.name, expected, reason, True)
+    flags = {**setup.flags, **case.arrange(setup)}
+    out = Path(flags["--out"])
+    errors = ErrorLog()
+    logging.getLogger("kernel").addHandler(errors)
+    start = time.perf_counter()
+    try:
+        code = main([item for pair in flags.items() for item in pair] + ["--no-progress"])
+    finally:
+        logging.getLogger("kernel").removeHandler(errors)
+    message = " | ".join(errors.messages).replace(str(setup.folder), "<case>")
+    written = out.is_file() or checkpoint_path(out).is_file()
+    passed = code == 2 and case.message in message and not written
+    got = f"exit {code}: {message}" + (" (and wrote output)" if written else "")
+    return Outcome(case.name, expected, got, passed, seconds=time.perf_counter() - start)
+
+
+def run_settings_corpus(work: Path, manifest: Path) -> list[Outcome]:
+    """Every `SETTINGS_CASES` entry against a one-video folder, each in its own setup folder."""
+    videos = work / "settings_videos"
+    videos.mkdir(parents=True)
+    faceless(videos / "clip.mp4")
+    sample = work / "settings_sample.csv"
+    sample.write_text("filename,label\nclip.mp4,0.5\n")
+    return [run_settings_case(case, setup_for(work / f"setting_{number:02d}", manifest, videos, sample))
+            for number, case in enumerate(SETTINGS_CASES)]
+
+
+# ------------------------------------------------------------------------------------------ runner
+
+def random_manifest(folder: Path, models: tuple[tuple[str, int], ...] = RANDOM_MODELS, seed: int = 0) -> Path:
+    """Randomly initialised tiny timm models saved fp16 with a `weights_manifest.json` beside them."""
+    import torch
+
+    from kernel.models import create_classifier, manifest_entry, save_fp16_state_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for arch, size in models:
+        torch.manual_seed(seed)
+        weights = folder / f"{arch}.pth"
+        save_fp16_state_dict(create_classifier(arch), weights)
+        entries.append(manifest_entry(arch, arch, weights, folder, size))
+    path = folder / "weights_manifest.json"
+    path.write_text(json.dumps({"models": entries, "stacker": None}, indent=1))
+    return path
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """The outcomes as a fixed-width text table."""
+    def cut(text: str, width: int) -> str:
+        return text if len(text) <= width else text[:width - 1] + "…"
+
+    rows = [("input", "expected", "outcome", "label", "seconds", "")]
+    rows += [(cut(o.case, 44), cut(o.expected, 34), cut(o.got, 90), "" if o.label is None else f"{o.label:.3f}",
+              f"{o.seconds:.2f}", "ok" if o.passed else "FAIL") for o in outcomes]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def run_selftest(work: Path, manifest: Path | None = None, device: str = "cpu") -> list[Outcome]:
+    """The whole corpus: videos in one run, then each bad setting."""
+    manifest = manifest or random_manifest(work / "random_models")
+    return run_video_corpus(work / "video_corpus", manifest, device) + run_settings_corpus(work / "settings", manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kernel.selftest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", default=None, help="weights_manifest.json (default: tiny random models)")
+    parser.add_argument("--work", default=None, help="folder for the corpus (default: a temporary folder)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--verbose", action="store_true", help="show the kernel's log above the table")
+    args = parser.parse_args(argv)
+    shown = logging.StreamHandler()
+    shown.setLevel(logging.INFO if args.verbose else logging.CRITICAL)  # records still reach `ErrorLog`
+    logging.basicConfig(level=logging.INFO, handlers=[shown], format="%(levelname)s %(name)s: %(message)s")
+    manifest = Path(args.manifest).resolve() if args.manifest else None
+    with tempfile.TemporaryDirectory(prefix="kernel_selftest_") as temporary:
+        work = Path(args.work or temporary) / "selftest"
+        if work.exists():
+            parser.error(f"{work} exists; pass an empty --work folder")
+        outcomes = run_selftest(work, manifest, args.device)
+    print(table(outcomes))
+    failed = [o.case for o in outcomes if not o.passed]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} as expected" + (f"; FAILED: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
