@@ -4,9 +4,10 @@
 
 Data: `--data` (any DFDC-format folder), else `../shared/data/dev/videos` where it exists, else (or with
 `--synthetic`) a dataset generated from scikit-image's face photos (`demo/synthetic.py`). Then, printing
-each command as a user would type it: extract faces → group folds (one fold held out for the kernel) →
-train one Xception, one EfficientNet and one ResNet on one fold → fit the stacker on their OOF predictions →
-build the Kaggle bundle → run the kernel on the held-out videos with the network blocked → validate.
+each command as a user would type it: group folds of the videos (one fold held out for the kernel) →
+`training.recipe` on the rest (faces, folds, one Xception, one EfficientNet and one ResNet on every fold, the
+stacker calibrated to 50 % fakes on their OOF predictions) → build the Kaggle bundle → run the kernel on the
+held-out videos with the network blocked → validate.
 """
 from __future__ import annotations
 
@@ -52,16 +53,29 @@ def choose_data(args: argparse.Namespace, settings: dict, out: Path) -> tuple[Pa
     return data, f"synthetic videos made from scikit-image face photos in {data}"
 
 
-def hold_out(folds_csv: Path, fold: int, train_csv: Path) -> list[str]:
-    """Write the folds without `fold` to `train_csv`; return the held-out videos."""
+def hold_out(folds_csv: Path, fold: int) -> list[str]:
+    """The videos of `fold`: never trained on, scored by the kernel at the end."""
     with open(folds_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    held = [row["video"] for row in rows if int(row["fold"]) == fold]
-    with open(train_csv, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(row for row in rows if int(row["fold"]) != fold)
-    return held
+        return [row["video"] for row in csv.DictReader(handle) if int(row["fold"]) == fold]
+
+
+def link_videos(names: list[str], paths: dict[str, Path], metadata: dict, folder: Path) -> Path:
+    """A DFDC-format folder of symbolic links to `names` with their metadata.json entries."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if not (folder / name).exists():
+            (folder / name).symlink_to(paths[name])
+    write_atomic(folder / "metadata.json", json.dumps({name: metadata[name] for name in names}))
+    return folder
+
+
+def recipe_file(settings: dict, out: Path) -> Path:
+    """The demo's training recipe (demo/config.yaml: frames, folds, models, train) as a recipe YAML."""
+    recipe = {"frames": settings["frames"], "folds": settings["recipe_folds"], "target_prior": 0.5,
+              "aggregation": "mean", "features": ["logit"], "train": settings["train"], "models": settings["models"]}
+    path = out / "recipe.yaml"
+    write_atomic(path, yaml.safe_dump(recipe, sort_keys=False))
+    return path
 
 
 def video_paths(data: Path) -> tuple[dict[str, Path], dict]:
@@ -92,50 +106,36 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data, described = choose_data(args, settings, out)
     print(f"demo on {described}; everything goes to {out}", flush=True)
-    crops, models, frames = out / "crops", out / "runs", str(settings["frames"])
-    run("extract faces", ["training/extract_faces.py", "--data", str(data), "--out", str(crops), "--frames", frames])
-    run("group folds", ["training/folds.py", "--index", str(crops / "index.csv"), "--k", str(settings["folds"]),
-                        "--out", str(crops / "folds.csv")])
-    held_out = hold_out(crops / "folds.csv", settings["holdout_fold"], crops / "folds_train.csv")
-    manifest = models / "weights_manifest.json"
-    oofs = []
-    for model in settings["models"]:
-        config = {**settings["train"], **model, "crops": str(crops), "folds": str(crops / "folds_train.csv"),
-                  "out": str(models), "manifest": str(manifest)}
-        config_path = out / "configs" / f"{model['arch']}.yaml"
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(config_path, yaml.safe_dump(config))
-        run(f"train {model['arch']}", ["training/train_fold.py", "--config", str(config_path),
-                                       "--fold", str(settings["train_fold"])])
-        oofs += sorted(models.glob(f"{model['arch']}_fold{settings['train_fold']}*/oof.csv"))
-    run("fit the stacker", ["-m", "ensemble.stack", "--oof", *map(str, oofs), "--folds",
-                            str(crops / "folds_train.csv"), "--out", str(models / "stacker.json")])
-    data_manifest = json.loads(manifest.read_text())
-    data_manifest["stacker"] = "stacker.json"
-    write_atomic(manifest, json.dumps(data_manifest, indent=1))
-    bundle = out / "bundle"
-    run("build the Kaggle bundle", ["-m", "ensemble.bundle", "--manifest", str(manifest), "--out", str(bundle)]
-        + (["--no-wheels"] if args.no_wheels else []))
+    frames = str(settings["frames"])
     paths, metadata = video_paths(data)
-    test_videos = out / "test_videos"
-    test_videos.mkdir(exist_ok=True)
-    for name in held_out:
-        if not (test_videos / name).exists():
-            (test_videos / name).symlink_to(paths[name])
+    labelled = sorted(name for name, entry in metadata.items() if entry.get("label") in ("REAL", "FAKE"))
+    metadata_files = sorted({str(paths[name].parent / "metadata.json") for name in labelled})
+    run("group folds, one held out", ["training/folds.py", "--metadata", *metadata_files, "--k",
+                                      str(settings["folds"]), "--out", str(out / "holdout_folds.csv")])
+    held_out = hold_out(out / "holdout_folds.csv", settings["holdout_fold"])
+    training = link_videos([n for n in labelled if n not in held_out], paths, metadata, out / "train_videos")
+    recipe = out / "recipe"
+    run("training recipe: faces, folds, every model on every fold, calibrated stacker",
+        ["-m", "training.recipe", "--data", str(training), "--out", str(recipe), "--recipe",
+         str(recipe_file(settings, out)), "--device", "cpu"])
+    bundle = out / "bundle"
+    run("build the Kaggle bundle", ["-m", "ensemble.bundle", "--manifest", str(recipe / "weights_manifest.json"),
+                                    "--out", str(bundle)] + (["--no-wheels"] if args.no_wheels else []))
+    test_videos = link_videos(held_out, paths, metadata, out / "test_videos")
     write_atomic(test_videos / "sample_submission.csv", "filename,label\n" + "".join(f"{n},0.5\n" for n in held_out))
-    write_atomic(out / "metadata.json", json.dumps(metadata))
+    write_atomic(out / "metadata.json", json.dumps({name: metadata[name] for name in held_out}))
     submission = out / "submission.csv"
     run("kernel on the held-out videos, network blocked",
         ["-m", "kernel", "--block-network", "--videos", str(test_videos), "--sample-submission",
          str(test_videos / "sample_submission.csv"), "--manifest", str(bundle / "weights_manifest.json"),
          "--out", str(submission), "--device", "cpu", "--frames", frames])
-    report = validate(submission, out / "metadata.json", out / "plots")
+    report = validate(submission, out / "metadata.json", out / "plots", allow_partial=False)
     minutes = (time.monotonic() - started) / 60
     print(f"\n=== done in {minutes:.1f} min on {described}")
     print(f"held-out videos: {report['n']}; log loss {report['log_loss']:.4f}, AUC {report['auc']:.4f}, "
           f"accuracy {report['accuracy']:.4f}")
-    print(f"submission: {submission}\nplots: {out / 'plots'} (confusion_matrix.png, roc.png) and "
-          f"{out / 'runs'}/*/loss_curve.png\nKaggle bundle: {bundle}")
+    print(f"submission: {submission}\nplots: {out / 'plots'} (confusion_matrix.png, roc.png), "
+          f"{recipe / 'report.png'} and {recipe / 'runs'}/*/loss_curve.png\nKaggle bundle: {bundle}")
     return 0
 
 

@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_reduced_demo_runs_the_kit_end_to_end(tmp_path):
-    """`python -m demo --quick`: synthetic data → crops → folds → 3 models → stacker → bundle → kernel → metrics."""
+    """`python -m demo --quick`: synthetic data → held-out fold → recipe (crops, folds, 3 models x 2 folds, calibrated
+    stacker) → bundle → kernel → metrics."""
     out = tmp_path / "demo"
     result = subprocess.run([sys.executable, "-m", "demo", "--quick", "--synthetic", "--no-wheels", "--out", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=1500)
@@ -18,9 +19,13 @@ def test_reduced_demo_runs_the_kit_end_to_end(tmp_path):
     assert "held-out videos:" in result.stdout and "log loss" in result.stdout
     manifest = load_manifest(out / "bundle" / "weights_manifest.json")
     verify_manifest(manifest)
-    assert sorted(spec.arch for spec in manifest.models) == ["legacy_xception", "resnet18", "tf_efficientnet_lite0"]
-    assert manifest.stacker is not None and json.loads(manifest.stacker.read_text())["feature_names"]
-    with open(out / "crops" / "folds.csv", newline="") as handle:
+    assert sorted(spec.arch for spec in manifest.models) == sorted(["legacy_xception", "resnet18",
+                                                                    "tf_efficientnet_lite0"] * 2)
+    assert {spec.group for spec in manifest.models} == {"xception", "lite0", "resnet18"}
+    stacker = json.loads(manifest.stacker.read_text())
+    assert stacker["feature_names"] == ["lite0.logit", "resnet18.logit", "xception.logit"]
+    assert stacker["target_prior"] == 0.5
+    with open(out / "holdout_folds.csv", newline="") as handle:
         held_out = {row["video"] for row in csv.DictReader(handle) if row["fold"] == "3"}
     with open(out / "submission.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -28,4 +33,5 @@ def test_reduced_demo_runs_the_kit_end_to_end(tmp_path):
     assert all(0.01 <= float(row["label"]) <= 0.99 for row in rows)
     for plot in ("plots/confusion_matrix.png", "plots/roc.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
-    assert len(list((out / "runs").glob("*/loss_curve.png"))) == 3
+    assert len(list((out / "recipe" / "runs").glob("*/loss_curve.png"))) == 6
+    assert not held_out & set(json.loads((out / "train_videos" / "metadata.json").read_text()))
