@@ -138,3 +138,29 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     with pytest.raises(stack.OOFError, match="not in the folds CSV"):
         folds.write_text("video,label,original,group,fold\nother.mp4,1,,0,0\n")
         stack.fit_stacker([oof], folds)
+
+
+def test_variants_for_every_subset_of_the_groups_and_the_kernel_picks_the_one_left(tmp_path, capsys):
+    """Issue 11: with several groups the JSON carries a refit per proper subset, which `Stacker.for_groups` picks
+    when the kernel's time budget leaves only those groups."""
+    oof, folds = write_oof(tmp_path, n_videos=60, models=("good", "noise", "bad"))
+    out = tmp_path / "stacker.json"
+    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--splits", "3"]) == 0
+    assert "variant without ['noise']: log loss" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert [variant["groups"] for variant in data["variants"]] == [
+        ["bad", "good"], ["bad", "noise"], ["good", "noise"], ["bad"], ["good"], ["noise"]]
+    losses = {tuple(variant["groups"]): variant["log_loss"] for variant in data["variants"]}
+    assert losses[("good",)] < losses[("noise",)] and losses[("bad", "good")] < losses[("bad", "noise")]
+    stacker = Stacker.from_json(out)
+    assert stacker.for_groups(["bad", "good", "noise"]) is stacker
+    assert stacker.for_groups(["good", "noise"]).feature_names == ["good.logit", "noise.logit"]
+    assert stacker.for_groups(["good"]).groups == ["good"] and stacker.for_groups(["other"]) is None
+    scores, labels = stack.read_oof([oof])
+    table = stack.build_table(scores, labels, stack.read_groups(folds), ["good"], "mean")
+    refit = stack.export(stack.fit_regression(table.features, table.labels, data["variants"][4]["C"], 0.5),
+                         table.feature_names, (0.01, 0.99))
+    assert stacker.for_groups(["good"]).coef == pytest.approx(refit["coef"])  # the variant is that group's own fit
+    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--splits", "3",
+                       "--no-variants"]) == 0
+    assert "variants" not in json.loads(out.read_text()) and Stacker.from_json(out).variants == ()
