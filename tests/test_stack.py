@@ -1,6 +1,7 @@
 """ensemble.stack: the calibrator/stacker fitted to the target prior, honest nested grouped CV, plain JSON."""
 import csv
 import json
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_json_applied_with_numpy_equals_sklearn(tmp_path):
 
 def test_cross_validation_never_trains_on_the_cluster_it_predicts(tmp_path, monkeypatch):
     """Every split of the nested CV and of the choice of C keeps each original cluster (from the folds CSV, not from
-    what the splitter was handed) on one side."""
+    what the splitter was handed) on one side, for the stacker and for its variants (a subset of the columns)."""
     oof, folds = write_oof(tmp_path, n_videos=60, cluster_size=4)
     cluster_of = stack.read_groups(folds)
     splits = []
@@ -106,8 +107,10 @@ def test_cross_validation_never_trains_on_the_cluster_it_predicts(tmp_path, monk
 
     monkeypatch.setattr(GroupKFold, "split", recording_split)
     _, _, table = stack.fit_stacker([oof], folds)
-    row_cluster = {tuple(row): cluster_of[video] for row, video in zip(table.features, table.videos)}
-    assert len(splits) > 20
+    columns = range(table.features.shape[1])
+    row_cluster = {tuple(row[list(kept)]): cluster_of[video] for row, video in zip(table.features, table.videos)
+                   for size in columns for kept in combinations(columns, size + 1)}
+    assert len(splits) > 20 and {x.shape[1] for x, _, _ in splits} == {1, 2}
     for x, train, test in splits:
         assert not {row_cluster[tuple(x[i])] for i in train} & {row_cluster[tuple(x[i])] for i in test}
 
