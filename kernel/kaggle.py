@@ -24,6 +24,7 @@ Whatever fails, submission.csv holds a label for every video; the last line prin
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -62,23 +63,22 @@ def kaggle_root() -> Path:
     return Path(os.environ.get(ROOT_ENV) or "/kaggle")
 
 
-def competition_folders(root: Path, slug: str = COMPETITION) -> list[Path]:
-    """Where Kaggle may mount the competition's data, in the order they are tried."""
+def competition_places(root: Path, slug: str = COMPETITION) -> list[Path]:
+    """Where Kaggle may mount the competition's data, in the order they are tried (`*`: any dataset owner)."""
     inputs = root / "input"
-    return [inputs / "competitions" / slug, inputs / slug, *sorted((inputs / "datasets").glob(f"*/{slug}"))]
+    return [inputs / "competitions" / slug, inputs / slug, inputs / "datasets" / "*" / slug]
 
 
 def find_competition(root: Path | None = None, slug: str = COMPETITION) -> CompetitionData:
     """The first mounted `test_videos/` folder, with the `sample_submission.csv` beside it (None if absent)."""
-    root = root or kaggle_root()
-    searched = competition_folders(root, slug)
-    for folder in searched:
-        if (folder / "test_videos").is_dir():
-            sample = folder / "sample_submission.csv"
-            return CompetitionData(folder / "test_videos", sample if sample.is_file() else None)
-    tried = [str(folder / "test_videos") for folder in searched[:2]] + [str(root / "input" / "datasets" / "*" / slug /
-                                                                            "test_videos")]
-    raise NotFoundOnKaggle(f"no {slug} test_videos/ folder found; searched {', '.join(tried)} ({ROOT_ENV}="
+    places = competition_places(root or kaggle_root(), slug)
+    for place in places:
+        for folder in map(Path, sorted(glob.glob(str(place / "test_videos")))):
+            if folder.is_dir():
+                sample = folder.parent / "sample_submission.csv"
+                return CompetitionData(folder, sample if sample.is_file() else None)
+    searched = ", ".join(str(place / "test_videos") for place in places)
+    raise NotFoundOnKaggle(f"no {slug} test_videos/ folder found; searched {searched} ({ROOT_ENV}="
                            f"{os.environ.get(ROOT_ENV, '')!r}); attach the competition's data to the notebook, or pass "
                            "--videos DIR --sample-submission CSV")
 
