@@ -43,9 +43,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.kernel_speed import DEV_VIDEOS, frame_size, select_videos  # noqa: E402
+from dfdc_core.faces import crop_face  # noqa: E402
+from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict  # noqa: E402
 from kernel.config import load_config  # noqa: E402
-from kernel.faces import crop_face  # noqa: E402
-from kernel.models import create_classifier, manifest_entry, save_fp16_state_dict  # noqa: E402
 from kernel.pipeline import decode_video, load_scorer, predict  # noqa: E402
 from training.recipe import read_recipe  # noqa: E402
 

@@ -6,12 +6,12 @@ Run from the repository root:
 
 What is measured, on the same videos:
 
-* decode alone, per backend of `kernel.video` (PyAV reference frames, decord, OpenCV), one video after another;
+* decode alone, per backend of `dfdc_core.video` (PyAV reference frames, decord, OpenCV), one video after another;
 * OUR decode+detect as the kernel runs it: `kernel.pipeline.prefetch_frames` decodes the next videos in its
   background thread while `Scorer.find_tracks` (batched MTCNN on a downscaled copy, filter, tracks) works on
   the current one; the headline figure is the loop's wall time divided by the number of videos;
 * classify: `Scorer.classify_crops` on the crops of the kept tracks, with randomly initialised timm models
-  from `kernel.models.create_classifier` (speed only);
+  from `dfdc_core.models.create_classifier` (speed only);
 * the BASELINE: a re-implementation (our own code) of the detection loop of Selim Seferbekov's 1st-place
   DFDC kernel (`kernel_utils.py` of selimsef/dfdc_deepfake_challenge): OpenCV `grab` over every frame from the
   first to the last sampled index and `retrieve` of the sampled ones, then facenet-pytorch MTCNN (margin 0,
@@ -44,10 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kernel import video as kvideo  # noqa: E402
+from dfdc_core import video as kvideo  # noqa: E402
+from dfdc_core.faces import crop_face  # noqa: E402
+from dfdc_core.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_classifier  # noqa: E402
 from kernel.config import load_config  # noqa: E402
-from kernel.faces import crop_face  # noqa: E402
-from kernel.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_classifier  # noqa: E402
 from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames  # noqa: E402
 
 DEV_VIDEOS = REPO.parent / "shared" / "data" / "dev" / "videos"
@@ -174,7 +174,7 @@ class BaselineDetector:
 
 # ----------------------------------------------------------------------------------------------- ours
 def patch_decord_threads(num_threads: int) -> None:
-    """Benchmark-only experiment: make kernel.video's decord backend open readers with `num_threads`."""
+    """Benchmark-only experiment: make dfdc_core.video's decord backend open readers with `num_threads`."""
     def read_decord(path: Path, choose: kvideo.Chooser, max_side: int | None = None):
         import decord
 
@@ -417,7 +417,7 @@ def reuse_baseline(path: Path, figures: dict[str, VideoFigures], frames: int,
 
 
 def _filtered(per_frame, config):
-    from kernel.faces import filter_detections
+    from dfdc_core.faces import filter_detections
 
     return filter_detections(per_frame or [], config["min_face_score"], config["min_face_px"])
 

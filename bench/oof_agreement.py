@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from dfdc_core.io import write_atomic
+from dfdc_core.metrics import binary_report
 from kernel.config import load_config
-from kernel.metrics import binary_report
 from kernel.pipeline import predict
-from kernel.submission import write_atomic
 from training.train_fold import video_probs
 
 

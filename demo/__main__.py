@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from demo.synthetic import DemoSpec, make_dataset
-from kernel.submission import write_atomic
+from dfdc_core.io import write_atomic
 from kernel.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]

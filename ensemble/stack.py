@@ -2,7 +2,7 @@
 
     python -m ensemble.stack --oof runs/*/oof.csv --folds crops/folds.csv --out stacker.json [--target-prior 0.5]
 
-One logistic regression on per-video features of each model group (`kernel.aggregate.video_features`, the
+One logistic regression on per-video features of each model group (`dfdc_core.aggregate.video_features`, the
 function the kernel uses at inference; by default the logit of the group's video score). With one group it is
 Platt scaling, a calibrator; with several, a stacker. It is fitted with class weights that give the fakes a
 share of `--target-prior` (0.5: the DFDC test sets' share, against 83.9 % in the training set), so its
@@ -33,10 +33,19 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from kernel.aggregate import (DEFAULT_FEATURES, FEATURE_STATS, STRATEGIES, Stacker, feature_name, logit, sigmoid,
-                              video_features, video_score)
-from kernel.metrics import CLIP, auc, log_loss, prior_weights
-from kernel.submission import write_atomic
+from dfdc_core.aggregate import (
+    DEFAULT_FEATURES,
+    FEATURE_STATS,
+    STRATEGIES,
+    Stacker,
+    feature_name,
+    logit,
+    sigmoid,
+    video_features,
+    video_score,
+)
+from dfdc_core.io import write_atomic
+from dfdc_core.metrics import CLIP, auc, log_loss, prior_weights
 
 C_GRID = tuple(float(c) for c in np.logspace(-2, 2, 9))
 OOF_COLUMNS = {"video", "frame", "person", "model", "prob", "label"}

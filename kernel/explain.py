@@ -5,7 +5,7 @@ stacker) and writes OUT/<stem>_explain.json (video score, per-person and per-fac
 OUT/<stem>_explain.png: one row per shown frame, the frame with its face boxes and per-face scores, then
 each face crop under each model with its Grad-CAM overlay. Grad-CAM (the `grad-cam` package) explains
 the logit of P(fake): the single output of a one-logit model, or log(sum of fake-class exps) - real
-logit of a multi-class one (`kernel.models.fake_logit`), at the last feature layer of each family
+logit of a multi-class one (`dfdc_core.models.fake_logit`), at the last feature layer of each family
 (`CAM_LAYERS`). An image is searched for faces, or taken as one face crop with `--crop`.
 """
 from __future__ import annotations
@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernel.aggregate import person_scores
+from dfdc_core.aggregate import person_scores
+from dfdc_core.faces import Detection, Track, isotropic_resize_pad, normalise
+from dfdc_core.io import write_atomic
+from dfdc_core.models import ManifestError, fake_logit, model_family
+from dfdc_core.plots import pyplot, save_figure
+from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, read_image
 from kernel.config import load_config
-from kernel.faces import Detection, Track, isotropic_resize_pad, normalise
-from kernel.models import ManifestError, fake_logit, model_family
 from kernel.pipeline import LoadedModel, NoFaceError, Scorer, VideoPrediction, decode_video, load_scorer
-from kernel.plots import pyplot, save_figure
-from kernel.submission import clip_probs, write_atomic
-from kernel.video import IMAGE_SUFFIXES, VideoReadError, read_image
+from kernel.submission import clip_probs
 
 CAM_LAYERS = {"efficientnet": "bn2", "resnet": "layer4", "xception": "act4"}  # last layer of forward_features
 CAM_BATCH = 8
@@ -90,7 +91,7 @@ def cam_layer(model: LoadedModel) -> torch.nn.Module:
 
 
 class FakeLogitTarget:
-    """Grad-CAM target: the logit of P(fake) of one output row (see `kernel.models.fake_logit`)."""
+    """Grad-CAM target: the logit of P(fake) of one output row (see `dfdc_core.models.fake_logit`)."""
 
     def __init__(self, real_index: int):
         self.real_index = real_index

@@ -20,18 +20,35 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from kernel.aggregate import Stacker, feature_name, video_features, video_score
+from dfdc_core.aggregate import Stacker, feature_name, video_features, video_score
+from dfdc_core.faces import Track, crop_face, detector_from_config, isotropic_resize_pad, normalise, person_tracks
+from dfdc_core.models import (
+    Manifest,
+    ModelSpec,
+    fake_probability,
+    forward_logits,
+    load_classifier,
+    load_manifest,
+    verify_manifest,
+)
+from dfdc_core.video import MissingVideoError, VideoReadError, read_frames
 from kernel.budget import BudgetPlanner, drop_order
 from kernel.checks import check_config, check_device, check_manifest, check_paths
 from kernel.config import SettingsError, load_config
 from kernel.device import DeviceChoice, choose_device
-from kernel.faces import Track, crop_face, detector_from_config, isotropic_resize_pad, normalise, person_tracks
-from kernel.models import (Manifest, ModelSpec, fake_probability, forward_logits, load_classifier, load_manifest,
-                           verify_manifest)
 from kernel.kaggle import NotFoundOnKaggle, find_competition, kaggle_root
-from kernel.submission import (CHECKPOINT_FORMAT, Checkpoint, InFlight, Record, checkpoint_path, inside_folder,
-                               target_filenames, video_identity, write_atomic, write_submission)
-from kernel.video import MissingVideoError, VideoReadError, read_frames
+from kernel.submission import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    InFlight,
+    Record,
+    checkpoint_path,
+    inside_folder,
+    target_filenames,
+    video_identity,
+    write_atomic,
+    write_submission,
+)
 
 log = logging.getLogger("kernel")
 

@@ -275,7 +275,7 @@ def nan_weights(setup: Setup) -> dict[str, str]:
     """The first model's weights with one NaN, and a manifest entry whose sha256 and size match them."""
     import torch
 
-    from kernel.models import manifest_entry
+    from dfdc_core.models import manifest_entry
 
     entry = setup.first_model()
     path = setup.folder / entry["file"]
@@ -429,7 +429,7 @@ def random_manifest(folder: Path, models: tuple[tuple[str, int], ...] = RANDOM_M
     """Randomly initialised tiny timm models saved fp16 with a `weights_manifest.json` beside them."""
     import torch
 
-    from kernel.models import create_classifier, manifest_entry, save_fp16_state_dict
+    from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kernel.metrics import CLIP, binary_report
-from kernel.plots import plot_confusion_matrix, pyplot, save_figure
+from dfdc_core.metrics import CLIP, binary_report
+from dfdc_core.plots import plot_confusion_matrix, pyplot, save_figure
 
 
 def labelled_pairs(submission: pd.DataFrame, metadata: dict) -> tuple[pd.DataFrame, list[str]]:

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 import kernel.pipeline as pipeline
+from dfdc_core.models import ManifestError
 from kernel import predict
 from kernel.config import load_config
-from kernel.models import ManifestError
 from tests.helpers import faceless_frames, write_h264
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 import kernel.pipeline as pipeline
+from dfdc_core.models import ManifestError
 from kernel import predict, selftest
 from kernel.checks import check_manifest
 from kernel.config import load_config
-from kernel.models import ManifestError
 from kernel.submission import inside_folder, write_submission
 from tests.helpers import faceless_frames, write_h264
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kernel.faces import isotropic_resize_pad, normalise
+from dfdc_core.faces import isotropic_resize_pad, normalise
 from training.data import BalancedSampler, CropDataset, PairSampler, build_augmentation, partner_rows
 from training.sbi import blend_mask, face_box, self_blend
 from training.train_fold import BinaryLoss, build_loss, build_model

@@ -8,8 +8,8 @@ import pytest
 from sklearn.model_selection import GroupKFold
 
 import ensemble.stack as stack
-from kernel.aggregate import Stacker, logit
-from kernel.metrics import prior_weights
+from dfdc_core.aggregate import Stacker, logit
+from dfdc_core.metrics import prior_weights
 
 
 def write_oof(tmp_path, n_videos=120, seed=0, fake_share=0.7, models=("good", "noise"), cluster_size=3):

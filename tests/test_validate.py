@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kernel.metrics import log_loss
+from dfdc_core.metrics import log_loss
 from kernel.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]

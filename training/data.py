@@ -21,7 +21,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over 
 
 import albumentations as A  # noqa: E402
 
-from kernel.faces import isotropic_resize, normalise, pad_square  # noqa: E402
+from dfdc_core.faces import isotropic_resize, normalise, pad_square  # noqa: E402
 from training.perturb import PARAMETERS, image_seed  # noqa: E402
 from training.perturb import transform as perturbation  # noqa: E402
 from training.sbi import parse_landmarks, self_blend  # noqa: E402

@@ -31,10 +31,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dfdc_core.faces import Track, crop_face, crop_window, detector_from_config, isotropic_resize, person_tracks  # noqa: E402,E501
+from dfdc_core.io import write_atomic  # noqa: E402
+from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, read_frames, read_frames_at, read_image  # noqa: E402
 from kernel.config import load_config  # noqa: E402
-from kernel.faces import Track, crop_face, crop_window, detector_from_config, isotropic_resize, person_tracks  # noqa: E402,E501
-from kernel.submission import write_atomic  # noqa: E402
-from kernel.video import IMAGE_SUFFIXES, VideoReadError, read_frames, read_frames_at, read_image  # noqa: E402
 
 log = logging.getLogger("extract_faces")
 

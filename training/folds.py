@@ -32,7 +32,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernel.submission import write_atomic  # noqa: E402
+from dfdc_core.io import write_atomic  # noqa: E402
 from training.extract_faces import read_index  # noqa: E402
 
 log = logging.getLogger("folds")

@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernel.submission import write_atomic  # noqa: E402
+from dfdc_core.io import write_atomic  # noqa: E402
 from training.extract_faces import read_index  # noqa: E402
 
 log = logging.getLogger("methods")

@@ -28,11 +28,11 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from dfdc_core.io import write_atomic
+from dfdc_core.metrics import auc, log_loss, prior_weights
+from dfdc_core.models import model_family
+from dfdc_core.plots import pyplot, save_figure
 from ensemble.stack import fit_stacker, format_report, shift_prior, verdict
-from kernel.metrics import auc, log_loss, prior_weights
-from kernel.models import model_family
-from kernel.plots import pyplot, save_figure
-from kernel.submission import write_atomic
 from training.extract_faces import run_extraction
 from training.folds import DEFAULT_LINK_RULES, assign_folds, read_link_rules, rule_links, videos_from_index
 from training.train_fold import main as train_fold_main

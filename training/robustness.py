@@ -28,13 +28,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dfdc_core.faces import box_iou, detector_from_config, person_tracks  # noqa: E402
+from dfdc_core.io import write_atomic  # noqa: E402
+from dfdc_core.metrics import accuracy, auc, log_loss  # noqa: E402
+from dfdc_core.models import ModelSpec, load_classifier, load_manifest, verify_manifest  # noqa: E402
+from dfdc_core.plots import pyplot, save_figure  # noqa: E402
+from dfdc_core.video import VideoReadError, read_frames  # noqa: E402
 from kernel.config import load_config  # noqa: E402
-from kernel.faces import box_iou, detector_from_config, person_tracks  # noqa: E402
-from kernel.metrics import accuracy, auc, log_loss  # noqa: E402
-from kernel.models import ModelSpec, load_classifier, load_manifest, verify_manifest  # noqa: E402
-from kernel.plots import pyplot, save_figure  # noqa: E402
-from kernel.submission import VIDEO_SUFFIXES, write_atomic  # noqa: E402
-from kernel.video import VideoReadError, read_frames  # noqa: E402
+from kernel.submission import VIDEO_SUFFIXES
 from training.attacks import PixelModel, attack_toward  # noqa: E402
 from training.data import CropDataset  # noqa: E402
 from training.extract_faces import read_index  # noqa: E402

@@ -42,15 +42,22 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernel.aggregate import video_score  # noqa: E402
+from dfdc_core.aggregate import video_score  # noqa: E402
+from dfdc_core.io import write_atomic  # noqa: E402
+from dfdc_core.metrics import auc, binary_report  # noqa: E402
+from dfdc_core.models import (  # noqa: E402
+    create_classifier,
+    fake_probability,
+    forward_logits,
+    load_classifier,
+    load_manifest,
+    manifest_entry,
+    model_family,
+    save_fp16_state_dict,
+)
+from dfdc_core.plots import plot_confusion_matrix, pyplot, save_figure  # noqa: E402
 from kernel.config import load_config as load_kernel_config  # noqa: E402
-from kernel.metrics import auc, binary_report  # noqa: E402
-from kernel.models import (create_classifier, fake_probability, forward_logits, load_classifier,  # noqa: E402
-                           load_manifest, manifest_entry, model_family, save_fp16_state_dict)
-from kernel.plots import plot_confusion_matrix, pyplot, save_figure  # noqa: E402
-from kernel.submission import write_atomic  # noqa: E402
-from training.data import (BalancedSampler, CropDataset, EpochSampler, PairSampler, ShuffleSampler,  # noqa: E402
-                           build_augmentation)
+from training.data import BalancedSampler, CropDataset, EpochSampler, PairSampler, ShuffleSampler, build_augmentation  # noqa: E402
 from training.defences import defence_from_config  # noqa: E402
 from training.extract_faces import read_index  # noqa: E402
 from training.pretrained import class_shares, init_head, load_pretrained  # noqa: E402
@@ -537,7 +544,7 @@ def video_probs(rows: pd.DataFrame, probs: np.ndarray, aggregation: str) -> pd.D
 
 
 def crop_fake_probs(logits: np.ndarray, config: dict[str, Any]) -> np.ndarray:
-    """P(fake) of each crop, as the kernel computes it (`kernel.models.fake_probability`)."""
+    """P(fake) of each crop, as the kernel computes it (`dfdc_core.models.fake_probability`)."""
     return fake_probability(torch.from_numpy(logits), real_index(config)).numpy().astype(np.float64)
 
 

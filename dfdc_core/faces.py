@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from kernel.mtcnn import detect_faces
+from dfdc_core.mtcnn import detect_faces
 
 
 @dataclass(frozen=True)
