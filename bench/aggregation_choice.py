@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 from dfdc_core.aggregate import STRATEGIES
 from dfdc_core.io import write_atomic
 from dfdc_core.models import load_classifier, load_manifest
-from ensemble.stack import fit_stacker
+from ensemble.stacking import fit_stacker
 from training.data import CropDataset
-from training.train_fold import crop_fake_probs, load_fold_rows, predict_logits
+from training.evaluate import crop_fake_probs, load_fold_rows, predict_logits
 
 
 def flipped_oof(run: Path) -> Path:

@@ -40,20 +40,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.videos import DEV_VIDEOS, frame_size, select_videos
+from dfdc_core import video as kvideo
+from dfdc_core.faces import crop_face
+from dfdc_core.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_classifier
+from kernel.config import load_config
+from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames
 
-from dfdc_core import video as kvideo  # noqa: E402
-from dfdc_core.faces import crop_face  # noqa: E402
-from dfdc_core.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_classifier  # noqa: E402
-from kernel.config import load_config  # noqa: E402
-from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames  # noqa: E402
-
-DEV_VIDEOS = REPO.parent / "shared" / "data" / "dev" / "videos"
-if not DEV_VIDEOS.is_dir():
-    DEV_VIDEOS = Path("/work/shared/data/dev/videos")
-CROP_PREFIX = "dfdccrop_"
 # kernel_utils.py's FaceExtractor uses [0.7, 0.8, 0.8]; his training-time face_detector.py uses
 # [0.85, 0.95, 0.95]. Either can be chosen with --baseline-thresholds.
 KERNEL_UTILS_THRESHOLDS = (0.7, 0.8, 0.8)
@@ -61,49 +54,6 @@ PREPROCESSING_THRESHOLDS = (0.85, 0.95, 0.95)
 
 
 # ----------------------------------------------------------------------------------------------- videos
-def video_group(name: str) -> str:
-    """Source group used to interleave a mixed selection: DFDC, FF++ c23, FF++ c40 actors, FF++ c40."""
-    if name.startswith("ffc40_actor"):
-        return "ffc40_actor"
-    for prefix in ("ffc23", "ffc40", CROP_PREFIX, "unlabelled"):
-        if name.startswith(prefix):
-            return prefix
-    return "dfdc"
-
-
-def frame_size(path: Path) -> tuple[int, int, int]:
-    capture = cv2.VideoCapture(str(path))
-    try:
-        return (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
-    finally:
-        capture.release()
-
-
-def select_videos(folder: Path, names: list[str] | None, include_crops: bool, min_short_side: int,
-                  limit: int | None) -> list[str]:
-    """Explicit `names` in order, else every .mp4 (crops skipped unless asked), interleaved by source group
-    (DFDC full videos first) so that `--limit` gives a mix."""
-    if names:
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise SystemExit(f"not found in {folder}: {missing}")
-        chosen = list(names)
-    else:
-        candidates = sorted(p.name for p in folder.glob("*.mp4"))
-        if not include_crops:
-            candidates = [n for n in candidates if not n.startswith(CROP_PREFIX)]
-        if min_short_side > 0:
-            candidates = [n for n in candidates if min(frame_size(folder / n)[:2]) >= min_short_side]
-        order = ["dfdc", "ffc23", "ffc40_actor", "ffc40"]
-        groups = {g: [n for n in candidates if video_group(n) == g] for g in order}
-        chosen = []
-        while any(groups.values()):
-            for g in order:
-                if groups[g]:
-                    chosen.append(groups[g].pop(0))
-        chosen += [n for n in candidates if video_group(n) in ("unlabelled", CROP_PREFIX)]
-    return chosen[:limit] if limit else chosen
 
 
 def load_labels(folder: Path) -> dict[str, str]:
@@ -115,6 +65,8 @@ def load_labels(folder: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------- baseline
+
+
 def baseline_indices(frame_count: int, num_frames: int) -> np.ndarray:
     """Evenly spaced indices, truncated to int as the 1st-place reader does (np.linspace(..., dtype=int))."""
     return np.linspace(0, frame_count - 1, num_frames, endpoint=True).astype(np.int64)
@@ -173,6 +125,8 @@ class BaselineDetector:
 
 
 # ----------------------------------------------------------------------------------------------- ours
+
+
 def patch_decord_threads(num_threads: int) -> None:
     """Benchmark-only experiment: make dfdc_core.video's decord backend open readers with `num_threads`."""
     def read_decord(path: Path, choose: kvideo.Chooser, max_side: int | None = None):
@@ -244,6 +198,8 @@ def sync(device: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ run
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.kernel_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", default=str(DEV_VIDEOS), help="folder of videos (default: the dev videos)")

@@ -22,7 +22,7 @@ from dfdc_core.io import write_atomic
 from dfdc_core.metrics import binary_report
 from kernel.config import load_config
 from kernel.pipeline import predict
-from training.train_fold import video_probs
+from training.evaluate import video_probs
 
 
 def single_model_manifest(run: Path, folder: Path) -> Path:

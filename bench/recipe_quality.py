@@ -22,7 +22,7 @@ import pandas as pd
 
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
-from training.recipe import run_recipe
+from training.workflow import run_recipe
 
 FFPP_PAIRS = r"ffc\d+_(yt|df|f2f|fs|nt)_.*"
 

@@ -25,7 +25,7 @@ import yaml
 
 from demo.synthetic import DemoSpec, make_dataset
 from dfdc_core.io import write_atomic
-from kernel.validate import validate
+from kernel.evaluation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_VIDEOS = REPO.parent / "shared" / "data" / "dev" / "videos"

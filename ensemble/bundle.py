@@ -30,6 +30,7 @@ KAGGLE_LIMIT_BYTES = 10**9
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_SOURCE = REPO_ROOT / "kernel" / "kaggle.py"
 NOTEBOOK_IMPORT = "from dfdc_core.io import write_atomic"  # the notebook's one import from the kit, inlined
+NOTEBOOK_MAIN = '\n\nif __name__ == "__main__":\n    if status := main():\n        sys.exit(status)\n'
 KIT_PACKAGES = ("dfdc_core", "kernel")  # what `python -m kernel` imports: the kit's wheel holds only these
 EXTRA_WHEELS = ("facenet-pytorch==2.6.0", "decord==0.6.0", "av==18.1.0")
 KAGGLE_PYTHONS = ("3.12", "3.11")  # Kaggle's image: CPython 3.12 today, 3.11 in older pinned images
@@ -110,13 +111,14 @@ def wheel_requirement(wheel: Path) -> str:
 
 
 def notebook_source() -> str:
-    """`kernel/kaggle.py` standing alone: its import of `dfdc_core.io` replaced by that module's code."""
+    """`kernel/kaggle.py` as a script that stands alone: its import of `dfdc_core.io` replaced by that module's code,
+    and its `main` run."""
     source = NOTEBOOK_SOURCE.read_text()
     lines = [line for line in source.splitlines() if line.startswith(NOTEBOOK_IMPORT)]
     if len(lines) != 1:
         raise BundleError(f"{NOTEBOOK_SOURCE} must import write_atomic once, as {NOTEBOOK_IMPORT!r}")
     module = (REPO_ROOT / "dfdc_core" / "io.py").read_text().replace("from __future__ import annotations\n", "")
-    return source.replace(lines[0] + "\n", module)
+    return source.replace(lines[0] + "\n", module).rstrip("\n") + NOTEBOOK_MAIN
 
 
 def top_level_files(folder: Path) -> list[Path]:

@@ -287,7 +287,3 @@ def main() -> int:
     finish(out, names, run_kernel(command, out, started + TIME_BUDGET_HOURS * 3600))
     return 0
 
-
-if __name__ == "__main__":
-    if status := main():
-        sys.exit(status)

@@ -390,7 +390,7 @@ class ErrorLog(logging.Handler):
 
 def run_settings_case(case: SettingsCase, setup: Setup) -> Outcome:
     """`python -m kernel` (in this process) with one bad setting: exit 2, the message, nothing written."""
-    from kernel.__main__ import main
+    from kernel.cli import main
     from kernel.submission import checkpoint_path
 
     expected = f"exit 2: ...{case.message}..."

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kernel.selftest import RANDOM_MODELS as TINY_MODELS
-from kernel.selftest import random_manifest as tiny_manifest  # noqa: F401  (tiny random models + manifest)
+from kernel.selftest import RANDOM_MODELS as TINY_MODELS  # noqa: F401  (tiny random models + manifest)
+from kernel.selftest import random_manifest as tiny_manifest  # noqa: F401
 
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 

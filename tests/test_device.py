@@ -5,7 +5,7 @@ import pytest
 
 import kernel.device as device
 import kernel.pipeline as pipeline
-from kernel.__main__ import main
+from kernel.cli import main
 from kernel.config import SettingsError
 
 # torch 2.10 built for CUDA 12.8, as in Kaggle's image today ("supports CUDA capabilities sm_70 ... sm_120")

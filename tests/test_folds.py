@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.folds import (
+from training.folds import main as folds_main
+from training.grouping import (
     DEFAULT_LINK_RULES,
     assign_folds,
     check_folds,
@@ -17,7 +18,6 @@ from training.folds import (
     rule_links,
     videos_from_metadata,
 )
-from training.folds import main as folds_main
 
 
 def assert_leak_free(table: pd.DataFrame) -> None:

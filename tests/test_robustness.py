@@ -19,7 +19,7 @@ from tests.test_train import write_config, write_synthetic_crops
 from training.attacks import PixelModel, attack_toward
 from training.data import CropDataset
 from training.defences import Adversarial, Defence, defence_from_config
-from training.extract_faces import read_index
+from training.index import read_index
 from training.perturb import LEVELS, STRENGTHS, apply, fixed, image_seed
 from training.robustness import attack_success, faces_lost, video_face_loss
 from training.robustness import main as robustness_main

@@ -17,7 +17,7 @@ import yaml
 from dfdc_core.models import load_classifier, load_manifest, verify_manifest
 from tests.helpers import TINY_MODELS
 from training.data import BalancedSampler, build_augmentation
-from training.folds import assign_folds
+from training.grouping import assign_folds
 from training.pretrained import load_pretrained, map_lukemelas_keys
 from training.train_fold import main as train_main
 

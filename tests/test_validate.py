@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from dfdc_core.metrics import log_loss
-from kernel.validate import validate
+from kernel.evaluation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,12 +19,12 @@ from torch.utils.data import Dataset, Sampler
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 
-import albumentations as A  # noqa: E402
+import albumentations as A
 
-from dfdc_core.faces import isotropic_resize, normalise, pad_square  # noqa: E402
-from training.perturb import PARAMETERS, image_seed  # noqa: E402
-from training.perturb import transform as perturbation  # noqa: E402
-from training.sbi import parse_landmarks, self_blend  # noqa: E402
+from dfdc_core.faces import isotropic_resize, normalise, pad_square
+from training.perturb import PARAMETERS, image_seed
+from training.perturb import transform as perturbation
+from training.sbi import parse_landmarks, self_blend
 
 # each transform's settings besides `p`; the five perturbations take their one parameter from training/perturb.py
 AUGMENTATIONS = {"hflip": (), "shift_scale_rotate": ("shift", "scale", "rotate"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,19 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dfdc_core.faces import box_iou, detector_from_config, person_tracks  # noqa: E402
-from dfdc_core.io import write_atomic  # noqa: E402
-from dfdc_core.metrics import accuracy, auc, log_loss  # noqa: E402
-from dfdc_core.models import ModelSpec, load_classifier, load_manifest, verify_manifest  # noqa: E402
-from dfdc_core.plots import pyplot, save_figure  # noqa: E402
-from dfdc_core.video import VideoReadError, read_frames  # noqa: E402
-from kernel.config import load_config  # noqa: E402
+from dfdc_core.faces import box_iou, detector_from_config, person_tracks
+from dfdc_core.io import write_atomic
+from dfdc_core.metrics import accuracy, auc, log_loss
+from dfdc_core.models import ModelSpec, load_classifier, load_manifest, verify_manifest
+from dfdc_core.plots import pyplot, save_figure
+from dfdc_core.video import VideoReadError, read_frames
+from kernel.config import load_config
 from kernel.submission import VIDEO_SUFFIXES
-from training.attacks import PixelModel, attack_toward  # noqa: E402
-from training.data import CropDataset  # noqa: E402
-from training.extract_faces import read_index  # noqa: E402
-from training.perturb import LEVELS, PARAMETERS, STRENGTHS, apply, fixed, image_seed, strengths_table  # noqa: E402
-from training.train_fold import load_fold_rows, predict_logits, video_probs  # noqa: E402
+from training.attacks import PixelModel, attack_toward
+from training.data import CropDataset
+from training.evaluate import load_fold_rows, predict_logits, video_probs
+from training.index import read_index
+from training.perturb import LEVELS, PARAMETERS, STRENGTHS, apply, fixed, image_seed, strengths_table
 
 log = logging.getLogger("robustness")
 
@@ -56,6 +53,7 @@ PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # crops loaded as [0, 1] pixels; Pi
 
 
 # ---------------------------------------------------------------- inputs
+
 
 def load_settings(path: Path | None) -> dict[str, Any]:
     """`training/configs/robustness.yaml`, overridden by the keys of `path`."""
@@ -127,6 +125,7 @@ def video_files(paths: list[Path], limit: int | None) -> list[Path]:
 
 # ---------------------------------------------------------------- crops: perturbation matrix
 
+
 def loader_of(rows: pd.DataFrame, root: Path, spec: ModelSpec, settings: dict[str, Any],
               perturbation=None) -> DataLoader:
     """[0, 1] pixel crops at the model's input size, perturbed per crop with (seed, crop) draws when given."""
@@ -165,6 +164,7 @@ def perturbation_matrix(model: PixelModel, spec: ModelSpec, rows: pd.DataFrame, 
 
 
 # ---------------------------------------------------------------- crops: attacks
+
 
 def attack_success(clean_probs: np.ndarray, adversarial_probs: np.ndarray) -> tuple[float, int]:
     """(share of the fakes detected clean that are called real after the attack, how many were detected)."""
@@ -217,6 +217,7 @@ def attack_rows(model: PixelModel, spec: ModelSpec, rows: pd.DataFrame, root: Pa
 
 # ---------------------------------------------------------------- videos: faces lost
 
+
 def boxes_per_frame(tracks, frames: int) -> list[list[tuple[float, ...]]]:
     """The kept tracks' boxes, per sampled frame."""
     boxes: list[list[tuple[float, ...]]] = [[] for _ in range(frames)]
@@ -263,6 +264,7 @@ def video_face_loss(videos: list[Path], settings: dict[str, Any], kernel_config:
 
 
 # ---------------------------------------------------------------- outputs
+
 
 def file_name(model: str) -> str:
     return re.sub(r"[^\w.-]", "_", model)
@@ -357,8 +359,6 @@ def report_text(settings: dict[str, Any], matrix: pd.DataFrame, attacks: pd.Data
                       grid(lost_shares(videos), "lost_share", settings["perturbations"]).to_string(), ""]
     return "\n".join(parts) + "\n"
 
-
-# ---------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
