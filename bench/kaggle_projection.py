@@ -39,10 +39,11 @@ import numpy as np
 import torch
 
 from bench.videos import DEV_VIDEOS, frame_size, select_videos
-from dfdc_core.faces import crop_face
+from dfdc_core.faces import crop_face, face_crops
 from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict
+from dfdc_core.video import decode_video
 from kernel.config import load_config
-from kernel.pipeline import decode_video, load_scorer, predict
+from kernel.pipeline import load_scorer, predict
 from training.workflow import read_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def one_thread_cpu(manifest: Path, videos: list[Path], config: dict[str, Any]) -
             decoded = time.thread_time()
             tracks = scorer.find_tracks(frames)
             detected = time.thread_time()
-            crops = [crop_face(frames[d.frame], d.box, config["crop_margin"]) for t in tracks for d in t.detections]
+            crops = face_crops(frames, tracks, config["crop_margin"])
             if crops:
                 scorer.classify_crops(crops)
             width, height, _ = frame_size(path)

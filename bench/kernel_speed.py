@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from bench.videos import DEV_VIDEOS, frame_size, select_videos
 from dfdc_core import video as kvideo
-from dfdc_core.faces import crop_face
+from dfdc_core.faces import face_crops
 from dfdc_core.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_classifier
 from kernel.config import load_config
 from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames
@@ -308,8 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fig.frames = len(frames)
             fig.ours_faces = sum(1 for dets in _filtered(tap.last, config) if dets)
             fig.ours_track_faces = len({d.frame for t in tracks for d in t.detections})
-            crops_by_video[name] = [crop_face(frames[d.frame], d.box, config["crop_margin"]).copy()
-                                    for t in tracks for d in t.detections]
+            crops_by_video[name] = [crop.copy() for crop in face_crops(frames, tracks, config["crop_margin"])]
             fig.crops = len(crops_by_video[name])
         bar.update(1)
     loop_wall = time.perf_counter() - loop_start

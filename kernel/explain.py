@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from dfdc_core.aggregate import person_scores
-from dfdc_core.faces import Detection, Track, isotropic_resize_pad, normalise
+from dfdc_core.faces import Detection, Track, model_images, model_input
 from dfdc_core.io import write_atomic
 from dfdc_core.models import ManifestError, fake_logit, model_family
 from dfdc_core.plots import pyplot, save_figure
-from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, read_image
+from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, decode_video, read_image
 from kernel.config import load_config
-from kernel.pipeline import LoadedModel, NoFaceError, Scorer, VideoPrediction, decode_video, load_scorer
+from kernel.pipeline import LoadedModel, NoFaceError, Scorer, VideoPrediction, load_scorer
 from kernel.submission import clip_probs
 
 CAM_LAYERS = {"efficientnet": "bn2", "resnet": "layer4", "xception": "act4"}  # last layer of forward_features
@@ -105,16 +105,15 @@ def cam_overlays(model: LoadedModel, crops: list[np.ndarray]) -> list[np.ndarray
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    size, dtype = model.spec.input_size, next(model.module.parameters()).dtype
-    images = np.stack([isotropic_resize_pad(crop, size) for crop in crops])
+    spec, dtype = model.spec, next(model.module.parameters()).dtype
     overlays = []
     with GradCAM(model=model.module, target_layers=[cam_layer(model)]) as cam:
-        for start in range(0, len(images), CAM_BATCH):
-            batch = images[start:start + CAM_BATCH]
-            tensor = normalise(batch, model.spec.mean, model.spec.std).to(dtype)
-            masks = cam(input_tensor=tensor, targets=[FakeLogitTarget(model.spec.real_index)] * len(batch))
+        for start in range(0, len(crops), CAM_BATCH):
+            batch = crops[start:start + CAM_BATCH]
+            tensor = model_input(batch, spec.input_size, spec.mean, spec.std).to(dtype)
+            masks = cam(input_tensor=tensor, targets=[FakeLogitTarget(spec.real_index)] * len(batch))
             overlays += [show_cam_on_image(image.astype(np.float32) / 255.0, mask, use_rgb=True)
-                         for image, mask in zip(batch, masks)]
+                         for image, mask in zip(model_images(batch, spec.input_size), masks)]
     return overlays
 
 

@@ -71,7 +71,7 @@ def p100(monkeypatch):
 
 def test_cli_device_cuda_on_an_unusable_gpu_exits_2_before_any_video(p100, monkeypatch, tiny_manifest_path, tmp_path,
                                                                       caplog):
-    monkeypatch.setattr(pipeline, "read_frames", lambda *a, **k: pytest.fail("a video was read"))
+    monkeypatch.setattr(pipeline, "decode_video", lambda *a, **k: pytest.fail("a video was read"))
     (tmp_path / "videos").mkdir()
     out = tmp_path / "submission.csv"
     code = main(["--videos", str(tmp_path / "videos"), "--manifest", str(tiny_manifest_path), "--out", str(out),

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from dfdc_core.faces import crop_face, crop_window, isotropic_resize_pad, normalise
+from dfdc_core.video import decode_video
 from kernel.config import load_config
-from kernel.pipeline import decode_video, load_scorer
+from kernel.pipeline import load_scorer
 from tests.helpers import faceless_frames, faces_clip, write_h264
 from training.data import CropDataset
 from training.extract_faces import main as extract_main

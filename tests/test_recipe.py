@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from dfdc_core.aggregate import logit, sigmoid
+from dfdc_core.video import decode_video
 from kernel import predict
 from kernel.config import load_config
-from kernel.pipeline import decode_video, load_scorer
+from kernel.pipeline import load_scorer
 from tests.helpers import lfw_face, write_h264
 from training.recipe import main as recipe_main
 from training.workflow import read_recipe

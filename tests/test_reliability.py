@@ -41,7 +41,7 @@ def one_video(tmp_path_factory):
 
 @pytest.mark.parametrize("case", selftest.SETTINGS_CASES, ids=lambda case: case.name)
 def test_bad_setting_is_refused_before_the_first_video(case, one_video, tiny_manifest_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "read_frames", lambda *a, **k: pytest.fail("a video was read"))
+    monkeypatch.setattr(pipeline, "decode_video", lambda *a, **k: pytest.fail("a video was read"))
     setup = selftest.setup_for(tmp_path / "case", tiny_manifest_path, one_video / "videos", one_video / "sample.csv")
     outcome = selftest.run_settings_case(case, setup)
     if outcome.got.startswith("skipped"):

@@ -22,7 +22,7 @@ def run_recording_decodes(monkeypatch, videos: Path, sample: Path, manifest: Pat
         decoded.append(Path(path).name)
         return real_read(path, *args)
 
-    monkeypatch.setattr(pipeline, "read_frames", recording)
+    monkeypatch.setattr(pipeline, "decode_video", recording)
     return predict(videos, sample, manifest, out, config=FAST, progress=False), decoded
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dfdc_core.faces import Track, crop_face, crop_window, detector_from_config, isotropic_resize, person_tracks  # noqa: E501
+from dfdc_core.faces import Track, crop_window, detector_from_config, face_crops, isotropic_resize, person_tracks
 from dfdc_core.io import write_atomic
-from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, read_frames, read_frames_at, read_image
+from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, decode_video, read_frames_at, read_image
 from kernel.config import load_config
 from training.index import INDEX_COLUMNS, LABELS
 
@@ -215,8 +215,7 @@ class Extractor:
     def decode(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
         if item.is_image:
             return read_image(item.path), np.zeros(1, dtype=np.int64)
-        return read_frames(item.path, self.frames, tuple(self.config["decode_backends"]),
-                           self.config["max_frame_side"])
+        return decode_video(item.path, self.config, self.frames)
 
     def extract(self, item: Item) -> tuple[list[dict[str, Any]], int]:
         """Crops of every kept person in every sampled frame, exactly as the kernel cuts them; returns the index
@@ -230,10 +229,10 @@ class Extractor:
         if kept:
             folder.mkdir(parents=True, exist_ok=True)
         rows = []
+        crops = iter(face_crops(frames, kept, cfg["crop_margin"]))
         for track in kept:
-            for detection in track.detections:
+            for detection, raw in zip(track.detections, crops):
                 frame = int(frame_numbers[detection.frame])
-                raw = crop_face(frames[detection.frame], detection.box, cfg["crop_margin"])
                 crop = cap_long_side(raw, self.max_side)
                 path = folder / f"{frame:04d}_{track.person}.png"
                 write_png(path, crop)

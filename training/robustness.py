@@ -30,7 +30,7 @@ from dfdc_core.io import write_atomic
 from dfdc_core.metrics import accuracy, auc, log_loss
 from dfdc_core.models import ModelSpec, load_classifier, load_manifest, verify_manifest
 from dfdc_core.plots import pyplot, save_figure
-from dfdc_core.video import VideoReadError, read_frames
+from dfdc_core.video import VideoReadError, decode_video
 from kernel.config import load_config
 from kernel.submission import VIDEO_SUFFIXES
 from training.attacks import PixelModel, attack_toward
@@ -241,8 +241,7 @@ def video_face_loss(videos: list[Path], settings: dict[str, Any], kernel_config:
     results = []
     for number, path in enumerate(tqdm(videos, desc="videos: faces lost", unit="video", dynamic_ncols=True)):
         try:
-            frames, _ = read_frames(path, settings["video_frames"], tuple(kernel_config["decode_backends"]),
-                                    kernel_config["max_frame_side"])
+            frames, _ = decode_video(path, kernel_config, settings["video_frames"])
         except VideoReadError as error:
             log.warning("left out of video_faces.csv: %s", error)
             continue
