@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from dfdc_core.aggregate import STRATEGIES, Stacker
+from dfdc_core.config import SettingsError
 from dfdc_core.models import Manifest, ManifestError, load_manifest, model_family
 from dfdc_core.video import BACKENDS
-from kernel.config import SettingsError
 from kernel.submission import checkpoint_path
 
 POSITIVE_INTEGERS = ("frames", "max_frame_side", "prefetch_videos", "detect_long_side", "detect_batch_size",

@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 from typing import IO
 
-from kernel.config import SettingsError, load_config
+from dfdc_core.config import SettingsError
+from kernel.config import load_config
 from kernel.kaggle import crash_log_path, kaggle_root
 from kernel.offline import block_network
 

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from dfdc_core.aggregate import Stacker, feature_name, video_features, video_score
+from dfdc_core.config import SettingsError
 from dfdc_core.faces import Track, detector_from_config, face_crops, model_input, person_tracks
 from dfdc_core.models import (
     Manifest,
@@ -34,7 +35,7 @@ from dfdc_core.models import (
 from dfdc_core.video import MissingVideoError, VideoReadError, decode_video
 from kernel.budget import BudgetPlanner, drop_order
 from kernel.checks import check_config, check_device, check_manifest, check_paths
-from kernel.config import SettingsError, load_config
+from kernel.config import load_config
 from kernel.device import DeviceChoice, choose_device
 from kernel.kaggle import NotFoundOnKaggle, find_competition, kaggle_root
 from kernel.submission import (
@@ -464,7 +465,8 @@ def predict(videos_dir: str | Path | None = None, sample_submission: str | Path 
                     {name: r.seconds for name, r in records.items()}, choice,
                     {name: r.dropped for name, r in records.items() if r.reason == "ok"}, last_end - loop_start)
     log_summary(run, out)
-    write_atomic(summary_path(out), json.dumps(run_summary(run, out, checked_manifest, scorer.base_stacker), indent=1))
+    summary = {**run_summary(run, out, checked_manifest, scorer.base_stacker), "config": config}
+    write_atomic(summary_path(out), json.dumps(summary, indent=1))
     return run
 
 
@@ -489,7 +491,8 @@ def model_set_rows(run: KernelRun, manifest: Manifest, stacker: Stacker | None) 
 
 
 def run_summary(run: KernelRun, out: Path, manifest: Manifest, stacker: Stacker | None) -> dict[str, Any]:
-    """What `<out>.summary.json` holds: device, timings, fallbacks and which videos each model set scored."""
+    """What `<out>.summary.json` holds (with the resolved config): device, timings, fallbacks and which videos each
+    model set scored."""
     per_video = max(1, run.videos_scored)
     return {"submission": str(out), "device": run.device.device, "device_reason": run.device.reason,
             "videos": len(run.submission), "scored_this_run": run.videos_scored,

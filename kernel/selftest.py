@@ -369,7 +369,7 @@ SETTINGS_CASES = (
     SettingsCase("manifest arch unknown to timm", "not a model of timm", set_entry("arch", "resnet_no_such_model")),
     SettingsCase("stacker JSON malformed", "not valid JSON", stacker('{"coef": [1,')),
     SettingsCase("--device cuda without CUDA", "no CUDA", flag("--device", "cuda"), needs_no_cuda),
-    SettingsCase("--config with an unknown key", "unknown kernel config keys",
+    SettingsCase("--config with an unknown key", "unknown keys ['frames_per_video']",
                  lambda s: s.write_config({"frames_per_video": 8})),
     SettingsCase("--out an existing folder", "is a folder", lambda s: {"--out": str(s.folder)}),
     SettingsCase("--out under a file (unwritable)", "cannot write",

@@ -5,8 +5,8 @@ import pytest
 
 import kernel.device as device
 import kernel.pipeline as pipeline
+from dfdc_core.config import SettingsError
 from kernel.cli import main
-from kernel.config import SettingsError
 
 # torch 2.10 built for CUDA 12.8, as in Kaggle's image today ("supports CUDA capabilities sm_70 ... sm_120")
 KAGGLE_TORCH_ARCHS = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]

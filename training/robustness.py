@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dfdc_core.config import load_settings, save_resolved
 from dfdc_core.faces import box_iou, detector_from_config, person_tracks
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import accuracy, auc, log_loss
@@ -55,18 +55,9 @@ PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # crops loaded as [0, 1] pixels; Pi
 # ---------------------------------------------------------------- inputs
 
 
-def load_settings(path: Path | None) -> dict[str, Any]:
+def robustness_settings(path: Path | None) -> dict[str, Any]:
     """`training/configs/robustness.yaml`, overridden by the keys of `path`."""
-    settings = yaml.safe_load(DEFAULT_SETTINGS.read_text())
-    if path is None:
-        return settings
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path} not found; copy {DEFAULT_SETTINGS} and edit it")
-    update = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(update) - set(settings))
-    if unknown:
-        raise KeyError(f"{path}: unknown keys {unknown}; known keys are in {DEFAULT_SETTINGS}")
-    settings.update(update)
+    settings = load_settings(DEFAULT_SETTINGS, path)
     bad = sorted(set(settings["perturbations"]) - set(STRENGTHS))
     if bad:
         raise KeyError(f"{path}: unknown perturbations {bad}; known: {list(STRENGTHS)}")
@@ -380,7 +371,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(args.config)
+    settings = robustness_settings(args.config)
+    save_resolved(settings, args.out / "settings.yaml")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     specs = select_models(args.manifest, args.models)

@@ -6,34 +6,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from dfdc_core.config import load_settings
 from dfdc_core.models import model_family
 from training.defences import defence_from_config
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A YAML or JSON mapping (JSON is valid YAML)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} not found; pass --config a YAML/JSON file like "
-                                "training/configs/effnet_lite0_dev.yaml")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-    return data
-
-
 def resolve_config(path: Path, fold: int) -> dict[str, Any]:
-    """Defaults overridden by the file at `path`; `augment` is merged per transform."""
-    config = read_config_file(DEFAULT_CONFIG)
-    update = read_config_file(path)
-    unknown = sorted(set(update) - set(config))
-    if unknown:
-        raise KeyError(f"{path}: unknown config keys {unknown}; known keys are in {DEFAULT_CONFIG}")
-    augment = {**config["augment"], **(update.pop("augment", None) or {})}
-    config.update(update, augment=augment, fold=fold)
+    """Defaults overridden by the file at `path` (`augment` merged per transform), checked, for `fold`."""
+    config = load_settings(DEFAULT_CONFIG, path, merge=("augment",))
+    config["fold"] = fold
     model_family(config["arch"])
     for key, allowed in (("optimizer", ("adamw", "sgd")), ("schedule", ("cosine", "onecycle")),
                          ("sampler", ("balanced", "pairs", "shuffle")), ("device", ("auto", "cpu", "cuda")),

@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dfdc_core.config import save_resolved
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, binary_report
 from dfdc_core.models import create_classifier, load_classifier, load_manifest, manifest_entry, save_fp16_state_dict
@@ -562,10 +563,10 @@ def run_training(config_path: Path, fold: int, resume: bool = False, stop_after:
     logging.basicConfig(level=logging.INFO if context.main else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s %(name)s[{context.rank}]: %(message)s")
     if context.main:
-        paths = run_paths(config)
-        resolved = yaml.safe_dump({**config, "resume": resume, "world_size": context.world_size}, sort_keys=False)
-        print(resolved, flush=True)
-        write_atomic(paths.run_dir / "config.yaml", resolved)
+        resolved = {**config, "resume": resume, "world_size": context.world_size}
+        save_resolved(resolved, run_paths(config).run_dir / "config.yaml")
+        log.info("settings of this run (also in %s):\n%s", run_paths(config).run_dir / "config.yaml",
+                 yaml.safe_dump(resolved, sort_keys=False))
     try:
         return train(config, context, resume, stop_after)
     finally:

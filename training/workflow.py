@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from dfdc_core.config import read_settings
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.models import model_family
@@ -35,8 +36,8 @@ def read_recipe(name: str) -> dict[str, Any]:
     if not path.is_file():
         known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
         raise FileNotFoundError(f"--recipe {name}: no such recipe; use one of {known} or a YAML file path")
-    recipe = yaml.safe_load(path.read_text())
-    if not isinstance(recipe, dict) or not RECIPE_KEYS <= set(recipe) or set(recipe) - RECIPE_KEYS:
+    recipe = read_settings(path, "--recipe")
+    if not RECIPE_KEYS <= set(recipe) or set(recipe) - RECIPE_KEYS:
         raise ValueError(f"{path}: a recipe has exactly the keys {sorted(RECIPE_KEYS)}")
     names = [model.get("name") for model in recipe["models"]]
     if not names or None in names or len(set(names)) != len(names):
