@@ -40,7 +40,7 @@ import torch
 
 from bench.videos import DEV_VIDEOS, frame_size, select_videos
 from dfdc_core.faces import crop_face, face_crops
-from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict
+from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict, write_manifest
 from dfdc_core.video import decode_video
 from kernel.config import load_config
 from kernel.pipeline import load_scorer, predict
@@ -81,7 +81,7 @@ def recipe_manifest(recipe_name: str, folder: Path) -> Path:
                "intercept": 0.0, "aggregation": recipe["aggregation"]}
     (folder / "stacker.json").write_text(json.dumps(stacker))
     path = folder / "weights_manifest.json"
-    path.write_text(json.dumps({"models": entries, "stacker": "stacker.json"}, indent=1))
+    write_manifest(path, entries, "stacker.json")
     return path
 
 

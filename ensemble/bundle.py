@@ -9,8 +9,8 @@ the Kaggle image lacks (facenet-pytorch, decord, PyAV), downloaded for Kaggle's 
 versions to install, the manifest), Kaggle's `dataset-metadata.json` and `kernel_notebook.py` (a copy of
 `kernel/kaggle.py` with `dfdc_core/io.py` inlined: it runs before the kit is installed). The kit's wheel holds
 only what `python -m kernel` imports, the packages `dfdc_core` and `kernel`. Every file sits at the top level:
-`kaggle datasets create` skips sub-folders by default. It refuses a bundle over the size limit (listing the largest files) and any weight whose sha256 differs from the
-manifest.
+`kaggle datasets create` skips sub-folders by default. It refuses a bundle over the size limit (listing the largest
+files) and any weight whose sha256 differs from the manifest.
 """
 from __future__ import annotations
 

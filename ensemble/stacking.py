@@ -1,4 +1,5 @@
-"""The stacker or calibrator fitted on out-of-fold predictions, with nested grouped cross-validation and weighted to the target prior, exported as plain JSON for the kernel. The command line is `python -m ensemble.stack`."""
+"""The stacker or calibrator fitted on out-of-fold predictions, with nested grouped cross-validation and weighted to the
+target prior, exported as plain JSON for the kernel. The command line is `python -m ensemble.stack`."""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
-"""A submission scored against DFDC labels: every row checked, log loss, AUC and accuracy on the labelled videos, plots. The command line is `python -m kernel.validate`."""
+"""A submission scored against DFDC labels: every row checked, log loss, AUC and accuracy on the labelled videos, plots.
+The command line is `python -m kernel.validate`."""
 from __future__ import annotations
 
 import json

@@ -230,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ExplainError, ManifestError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{args.path}: P(fake) {explanation.label:.4f} ({len(explanation.prediction.crops)} faces, "
-          f"{len(explanation.prediction.tracks)} person(s))")
-    print(f"wrote {png} and {json_path}")
+    prediction = explanation.prediction
+    print(f"{args.path}: P(fake) {explanation.label:.4f} ({len(prediction.crops)} faces, {len(prediction.tracks)} "
+          f"person(s)); wrote {png} and {json_path}")
     return 0
 
 

@@ -429,7 +429,7 @@ def random_manifest(folder: Path, models: tuple[tuple[str, int], ...] = RANDOM_M
     """Randomly initialised tiny timm models saved fp16 with a `weights_manifest.json` beside them."""
     import torch
 
-    from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict
+    from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict, write_manifest
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -439,7 +439,7 @@ def random_manifest(folder: Path, models: tuple[tuple[str, int], ...] = RANDOM_M
         save_fp16_state_dict(create_classifier(arch), weights)
         entries.append(manifest_entry(arch, arch, weights, folder, size))
     path = folder / "weights_manifest.json"
-    path.write_text(json.dumps({"models": entries, "stacker": None}, indent=1))
+    write_manifest(path, entries)
     return path
 
 

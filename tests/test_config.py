@@ -36,18 +36,19 @@ def test_unknown_key_names_origin_and_known_keys(tmp_path, origin):
     assert (str(user) in text) if user else text.startswith("overrides")
 
 
-def test_bad_files_are_settings_errors_naming_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.yaml: file not found"):
-        read_settings(tmp_path / "missing.yaml")
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(SettingsError, match="bad.json: not valid JSON"):
-        read_settings(tmp_path / "bad.json")
-    (tmp_path / "bad.yaml").write_text("a: [1,")
-    with pytest.raises(SettingsError, match="bad.yaml: not valid YAML"):
-        read_settings(tmp_path / "bad.yaml")
-    (tmp_path / "list.yaml").write_text("- 1\n")
-    with pytest.raises(SettingsError, match="expected a mapping"):
-        read_settings(tmp_path / "list.yaml")
+@pytest.mark.parametrize("name,text,error,message", [
+    ("missing.yaml", None, FileNotFoundError, "missing.yaml: file not found"),
+    ("bad.json", "{", SettingsError, "bad.json: not valid JSON"),
+    ("bad.yaml", "a: [1,", SettingsError, "bad.yaml: not valid YAML"),
+    ("list.yaml", "- 1\n", SettingsError, "list.yaml: expected a mapping")])
+def test_bad_files_are_settings_errors_naming_the_file(tmp_path, name, text, error, message):
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    with pytest.raises(error, match=message):
+        read_settings(tmp_path / name)
+
+
+def test_an_empty_yaml_file_is_an_empty_mapping(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     assert read_settings(tmp_path / "empty.yaml") == {}
 

@@ -3,17 +3,15 @@ validation each epoch, the fp16 export with its manifest entry and the out-of-fo
 `training/train_fold.py`."""
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
 import os
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +26,14 @@ from tqdm import tqdm
 from dfdc_core.config import save_resolved
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, binary_report
-from dfdc_core.models import create_classifier, load_classifier, load_manifest, manifest_entry, save_fp16_state_dict
+from dfdc_core.models import (
+    create_classifier,
+    load_classifier,
+    load_manifest,
+    manifest_entry,
+    save_fp16_state_dict,
+    update_manifest,
+)
 from dfdc_core.plots import plot_confusion_matrix, pyplot, save_figure
 from kernel.config import load_config as load_kernel_config
 from training.data import BalancedSampler, CropDataset, EpochSampler, PairSampler, ShuffleSampler, build_augmentation
@@ -414,26 +419,6 @@ def plot_curves(frame: pd.DataFrame, path: Path) -> None:
     save_figure(figure, path)
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside `path`, so folds trained in parallel do not lose each other's entries."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def update_manifest(manifest: Path, entry: dict[str, Any]) -> None:
-    """Add `entry` to the manifest, replacing any entry of the same name; atomic."""
-    with locked(manifest):
-        data = json.loads(manifest.read_text()) if manifest.is_file() else {"models": [], "stacker": None}
-        data["models"] = [m for m in data.get("models", []) if m.get("name") != entry["name"]] + [entry]
-        write_atomic(manifest, json.dumps(data, indent=1) + "\n")
-
-
 def exported_epoch(config: dict[str, Any], state: TrainState) -> dict[str, float]:
     """The metrics row of the epoch whose weights are exported (`export: best` or `last`)."""
     if config["export"] == "best":
@@ -451,7 +436,7 @@ def export(config: dict[str, Any], paths: RunPaths, state: TrainState, val: pd.D
                            config["input_size"], config["mean"], config["std"], group=config["group"],
                            fold=config["fold"], epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
                            val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
-    update_manifest(paths.manifest, entry)
+    update_manifest(paths.manifest, [entry])
     spec = next(s for s in load_manifest(paths.manifest).models if s.name == config["name"])
     logits = predict_logits(load_classifier(spec, str(device)), val_loader, device, config["tta_hflip"])
     oof = val[["video", "frame", "person"]].assign(model=config["name"], group=config["group"],

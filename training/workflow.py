@@ -16,7 +16,7 @@ from tqdm import tqdm
 from dfdc_core.config import read_settings
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
-from dfdc_core.models import model_family
+from dfdc_core.models import model_family, update_manifest
 from dfdc_core.plots import pyplot, save_figure
 from ensemble.stacking import fit_stacker, format_report, shift_prior, verdict
 from training.extraction import run_extraction
@@ -91,9 +91,7 @@ def attach_stacker(out: Path, stacker: dict[str, Any]) -> Path:
     """Write stacker.json and name it in the manifest (atomic)."""
     write_atomic(out / "stacker.json", json.dumps(stacker, indent=1))
     manifest_path = out / "weights_manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["stacker"] = "stacker.json"
-    write_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    update_manifest(manifest_path, stacker="stacker.json")
     return manifest_path
 
 
