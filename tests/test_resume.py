@@ -16,7 +16,7 @@ FAST = load_config(frames=4)
 def run_recording_decodes(monkeypatch, videos: Path, sample: Path, manifest: Path, out: Path):
     """`predict`, with the names of the videos it decoded."""
     decoded = []
-    real_read = pipeline.read_frames
+    real_read = pipeline.decode_video
 
     def recording(path, *args):
         decoded.append(Path(path).name)
