@@ -2,7 +2,7 @@
 
     python -m bench.aggregation_choice --runs runs/quality/seed0 runs/quality/seed1 runs/quality/seed2 [--tta]
 
-For each run (a `training.recipe` output folder, one per seed) and each rule of `kernel.aggregate.STRATEGIES`,
+For each run (a `training.recipe` output folder, one per seed) and each rule of `dfdc_core.aggregate.STRATEGIES`,
 fits the calibrator on the run's OOF files exactly as the recipe does and prints the nested grouped-CV log loss
 (weighted to the target prior) and AUC of the calibrated score and of the raw mean of models; then the mean over
 runs. With `--tta` each fold model re-predicts its validation crops with the kernel's horizontal-flip test-time
@@ -20,12 +20,12 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from ensemble.stack import fit_stacker
-from kernel.aggregate import STRATEGIES
-from kernel.models import load_classifier, load_manifest
-from kernel.submission import write_atomic
+from dfdc_core.aggregate import STRATEGIES
+from dfdc_core.io import write_atomic
+from dfdc_core.models import load_classifier, load_manifest
+from ensemble.stacking import fit_stacker
 from training.data import CropDataset
-from training.train_fold import crop_fake_probs, load_fold_rows, predict_logits
+from training.evaluate import crop_fake_probs, load_fold_rows, predict_logits
 
 
 def flipped_oof(run: Path) -> Path:

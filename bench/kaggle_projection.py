@@ -38,16 +38,15 @@ import cv2
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.videos import DEV_VIDEOS, frame_size, select_videos
+from dfdc_core.faces import crop_face, face_crops
+from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict, write_manifest
+from dfdc_core.video import decode_video
+from kernel.config import load_config
+from kernel.pipeline import load_scorer, predict
+from training.workflow import read_recipe
 
-from bench.kernel_speed import DEV_VIDEOS, frame_size, select_videos  # noqa: E402
-from kernel.config import load_config  # noqa: E402
-from kernel.faces import crop_face  # noqa: E402
-from kernel.models import create_classifier, manifest_entry, save_fp16_state_dict  # noqa: E402
-from kernel.pipeline import decode_video, load_scorer, predict  # noqa: E402
-from training.recipe import read_recipe  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TARGET_VIDEOS, TARGET_HOURS = 10_000, 9.0
 TARGET_SECONDS = TARGET_HOURS * 3600 / TARGET_VIDEOS  # 3.24 s/video; the issue rounds it to 3.2
@@ -82,7 +81,7 @@ def recipe_manifest(recipe_name: str, folder: Path) -> Path:
                "intercept": 0.0, "aggregation": recipe["aggregation"]}
     (folder / "stacker.json").write_text(json.dumps(stacker))
     path = folder / "weights_manifest.json"
-    path.write_text(json.dumps({"models": entries, "stacker": "stacker.json"}, indent=1))
+    write_manifest(path, entries, "stacker.json")
     return path
 
 
@@ -103,7 +102,7 @@ def one_thread_cpu(manifest: Path, videos: list[Path], config: dict[str, Any]) -
             decoded = time.thread_time()
             tracks = scorer.find_tracks(frames)
             detected = time.thread_time()
-            crops = [crop_face(frames[d.frame], d.box, config["crop_margin"]) for t in tracks for d in t.detections]
+            crops = face_crops(frames, tracks, config["crop_margin"])
             if crops:
                 scorer.classify_crops(crops)
             width, height, _ = frame_size(path)

@@ -6,12 +6,12 @@ Run from the repository root:
 
 What is measured, on the same videos:
 
-* decode alone, per backend of `kernel.video` (PyAV reference frames, decord, OpenCV), one video after another;
+* decode alone, per backend of `dfdc_core.video` (PyAV reference frames, decord, OpenCV), one video after another;
 * OUR decode+detect as the kernel runs it: `kernel.pipeline.prefetch_frames` decodes the next videos in its
   background thread while `Scorer.find_tracks` (batched MTCNN on a downscaled copy, filter, tracks) works on
   the current one; the headline figure is the loop's wall time divided by the number of videos;
 * classify: `Scorer.classify_crops` on the crops of the kept tracks, with randomly initialised timm models
-  from `kernel.models.create_classifier` (speed only);
+  from `dfdc_core.models.create_classifier` (speed only);
 * the BASELINE: a re-implementation (our own code) of the detection loop of Selim Seferbekov's 1st-place
   DFDC kernel (`kernel_utils.py` of selimsef/dfdc_deepfake_challenge): OpenCV `grab` over every frame from the
   first to the last sampled index and `retrieve` of the sampled ones, then facenet-pytorch MTCNN (margin 0,
@@ -40,20 +40,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.videos import DEV_VIDEOS, frame_size, select_videos
+from dfdc_core import video as kvideo
+from dfdc_core.faces import face_crops
+from dfdc_core.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_classifier
+from kernel.config import load_config
+from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames
 
-from kernel import video as kvideo  # noqa: E402
-from kernel.config import load_config  # noqa: E402
-from kernel.faces import crop_face  # noqa: E402
-from kernel.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_classifier  # noqa: E402
-from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames  # noqa: E402
-
-DEV_VIDEOS = REPO.parent / "shared" / "data" / "dev" / "videos"
-if not DEV_VIDEOS.is_dir():
-    DEV_VIDEOS = Path("/work/shared/data/dev/videos")
-CROP_PREFIX = "dfdccrop_"
 # kernel_utils.py's FaceExtractor uses [0.7, 0.8, 0.8]; his training-time face_detector.py uses
 # [0.85, 0.95, 0.95]. Either can be chosen with --baseline-thresholds.
 KERNEL_UTILS_THRESHOLDS = (0.7, 0.8, 0.8)
@@ -61,49 +54,6 @@ PREPROCESSING_THRESHOLDS = (0.85, 0.95, 0.95)
 
 
 # ----------------------------------------------------------------------------------------------- videos
-def video_group(name: str) -> str:
-    """Source group used to interleave a mixed selection: DFDC, FF++ c23, FF++ c40 actors, FF++ c40."""
-    if name.startswith("ffc40_actor"):
-        return "ffc40_actor"
-    for prefix in ("ffc23", "ffc40", CROP_PREFIX, "unlabelled"):
-        if name.startswith(prefix):
-            return prefix
-    return "dfdc"
-
-
-def frame_size(path: Path) -> tuple[int, int, int]:
-    capture = cv2.VideoCapture(str(path))
-    try:
-        return (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
-    finally:
-        capture.release()
-
-
-def select_videos(folder: Path, names: list[str] | None, include_crops: bool, min_short_side: int,
-                  limit: int | None) -> list[str]:
-    """Explicit `names` in order, else every .mp4 (crops skipped unless asked), interleaved by source group
-    (DFDC full videos first) so that `--limit` gives a mix."""
-    if names:
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise SystemExit(f"not found in {folder}: {missing}")
-        chosen = list(names)
-    else:
-        candidates = sorted(p.name for p in folder.glob("*.mp4"))
-        if not include_crops:
-            candidates = [n for n in candidates if not n.startswith(CROP_PREFIX)]
-        if min_short_side > 0:
-            candidates = [n for n in candidates if min(frame_size(folder / n)[:2]) >= min_short_side]
-        order = ["dfdc", "ffc23", "ffc40_actor", "ffc40"]
-        groups = {g: [n for n in candidates if video_group(n) == g] for g in order}
-        chosen = []
-        while any(groups.values()):
-            for g in order:
-                if groups[g]:
-                    chosen.append(groups[g].pop(0))
-        chosen += [n for n in candidates if video_group(n) in ("unlabelled", CROP_PREFIX)]
-    return chosen[:limit] if limit else chosen
 
 
 def load_labels(folder: Path) -> dict[str, str]:
@@ -115,6 +65,8 @@ def load_labels(folder: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------- baseline
+
+
 def baseline_indices(frame_count: int, num_frames: int) -> np.ndarray:
     """Evenly spaced indices, truncated to int as the 1st-place reader does (np.linspace(..., dtype=int))."""
     return np.linspace(0, frame_count - 1, num_frames, endpoint=True).astype(np.int64)
@@ -173,8 +125,10 @@ class BaselineDetector:
 
 
 # ----------------------------------------------------------------------------------------------- ours
+
+
 def patch_decord_threads(num_threads: int) -> None:
-    """Benchmark-only experiment: make kernel.video's decord backend open readers with `num_threads`."""
+    """Benchmark-only experiment: make dfdc_core.video's decord backend open readers with `num_threads`."""
     def read_decord(path: Path, choose: kvideo.Chooser, max_side: int | None = None):
         import decord
 
@@ -244,6 +198,8 @@ def sync(device: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ run
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.kernel_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", default=str(DEV_VIDEOS), help="folder of videos (default: the dev videos)")
@@ -297,6 +253,97 @@ def share(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else float("nan")
 
 
+def time_decoders(folder: Path, names: list[str], figures: dict[str, VideoFigures], frames: int,
+                  backends: list[str]) -> None:
+    """Phase 1: decode alone, per backend."""
+    for backend in backends:
+        for name in tqdm(names, desc=f"decode {backend}", unit="video"):
+            start = time.perf_counter()
+            try:
+                kvideo.read_frames(folder / name, frames, (backend,))
+                figures[name].decode[backend] = time.perf_counter() - start
+            except Exception as error:  # recorded, the video stays in the other passes
+                figures[name].decode[backend] = float("nan")
+                figures[name].error = f"{backend}: {error}"
+
+
+def time_kernel_loop(folder: Path, names: list[str], figures: dict[str, VideoFigures], config: dict[str, Any],
+                     scorer: Scorer, device: str) -> tuple[dict[str, list[np.ndarray]], float]:
+    """Phase 2, ours: the kernel's loop, decode prefetched in the background thread, detection in the foreground.
+    Returns each video's crops and the loop's wall seconds."""
+    tap = DetectionTap(scorer)
+    crops_by_video: dict[str, list[np.ndarray]] = {}
+    bar = tqdm(total=len(names), desc="ours decode+detect", unit="video")
+    loop_start = time.perf_counter()
+    for name, frames, decode_s, _ in prefetch_frames(folder, names, config, threading.Event()):
+        fig = figures[name]
+        fig.ours_decode_bg = decode_s
+        if isinstance(frames, Exception):
+            fig.error = str(frames)
+        else:
+            start = time.perf_counter()
+            tracks = scorer.find_tracks(frames)
+            sync(device)
+            fig.ours_detect = time.perf_counter() - start
+            fig.frames = len(frames)
+            fig.ours_faces = sum(1 for dets in _filtered(tap.last, config) if dets)
+            fig.ours_track_faces = len({d.frame for t in tracks for d in t.detections})
+            crops_by_video[name] = [crop.copy() for crop in face_crops(frames, tracks, config["crop_margin"])]
+            fig.crops = len(crops_by_video[name])
+        bar.update(1)
+    loop_wall = time.perf_counter() - loop_start
+    bar.close()
+    return crops_by_video, loop_wall
+
+
+def time_classifiers(names: list[str], figures: dict[str, VideoFigures], crops_by_video: dict[str, list[np.ndarray]],
+                     scorer: Scorer, device: str) -> None:
+    """Phase 3: classify the crops of the kept tracks."""
+    first = next(iter(crops_by_video.values()))
+    if first:
+        scorer.classify_crops(first[:2])  # warm-up
+    for name in tqdm(names, desc="classify", unit="video"):
+        crops = crops_by_video.get(name)
+        if not crops:
+            continue
+        start = time.perf_counter()
+        scorer.classify_crops(crops)
+        sync(device)
+        figures[name].classify = time.perf_counter() - start
+
+
+def time_baseline(folder: Path, names: list[str], figures: dict[str, VideoFigures], frames: int,
+                  thresholds: tuple[float, ...], device: str, warm: np.ndarray) -> None:
+    """Phase 4: the 1st-place baseline, sequential decode then per-frame detection."""
+    baseline = BaselineDetector(thresholds, device)
+    baseline.faces_per_frame(warm[:1])
+    for name in tqdm(names, desc="baseline", unit="video"):
+        fig = figures[name]
+        start = time.perf_counter()
+        result = baseline_read(folder / name, frames)
+        fig.base_decode = time.perf_counter() - start
+        if result is None:
+            continue
+        start = time.perf_counter()
+        counts = baseline.faces_per_frame(result[0])
+        sync(device)
+        fig.base_detect = time.perf_counter() - start
+        fig.base_frames = len(result[0])
+        fig.base_faces = sum(1 for c in counts if c)
+
+
+def video_figures(folder: Path, names: list[str]) -> dict[str, VideoFigures]:
+    """An empty figures record per video (frame size, label); each file read once so the page cache is warm for every
+    pipeline alike."""
+    labels = load_labels(folder)
+    figures = {}
+    for name in names:
+        width, height, _ = frame_size(folder / name)
+        figures[name] = VideoFigures(name, f"{width}x{height}", labels.get(name))
+        (folder / name).read_bytes()
+    return figures
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -309,92 +356,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     names = select_videos(folder, args.names, args.include_crops, args.min_short_side, args.limit)
     if not names:
         raise SystemExit(f"no videos selected in {folder}")
-    labels = load_labels(folder)
-    figures = {}
-    for name in names:
-        width, height, _ = frame_size(folder / name)
-        figures[name] = VideoFigures(name, f"{width}x{height}", labels.get(name))
-        (folder / name).read_bytes()  # page cache warm for every pipeline alike
+    figures = video_figures(folder, names)
     print(f"{len(names)} videos from {folder}, {args.frames} frames, device {args.device}, "
           f"torch threads {torch.get_num_threads()}, cores {available_cores()}", file=sys.stderr)
-
     scorer = build_scorer(config, args.archs, args.device)
-    tap = DetectionTap(scorer)
     warm = kvideo.read_frames(folder / names[0], 4, tuple(config["decode_backends"]))[0]
     scorer.find_tracks(warm)  # first-call set-up out of the timings
-
-    # 1. decode alone, per backend
-    for backend in args.decode_backends:
-        for name in tqdm(names, desc=f"decode {backend}", unit="video"):
-            start = time.perf_counter()
-            try:
-                kvideo.read_frames(folder / name, args.frames, (backend,))
-                figures[name].decode[backend] = time.perf_counter() - start
-            except Exception as error:  # recorded, the video stays in the other passes
-                figures[name].decode[backend] = float("nan")
-                figures[name].error = f"{backend}: {error}"
-
-    # 2. ours: the kernel's loop, decode prefetched in the background thread, detection in the foreground
-    crops_by_video: dict[str, list[np.ndarray]] = {}
-    stop = threading.Event()
-    bar = tqdm(total=len(names), desc="ours decode+detect", unit="video")
-    loop_start = time.perf_counter()
-    for name, frames, decode_s, _ in prefetch_frames(folder, names, config, stop):
-        fig = figures[name]
-        fig.ours_decode_bg = decode_s
-        if isinstance(frames, Exception):
-            fig.error = str(frames)
-        else:
-            start = time.perf_counter()
-            tracks = scorer.find_tracks(frames)
-            sync(args.device)
-            fig.ours_detect = time.perf_counter() - start
-            fig.frames = len(frames)
-            fig.ours_faces = sum(1 for dets in _filtered(tap.last, config) if dets)
-            fig.ours_track_faces = len({d.frame for t in tracks for d in t.detections})
-            crops_by_video[name] = [crop_face(frames[d.frame], d.box, config["crop_margin"]).copy()
-                                    for t in tracks for d in t.detections]
-            fig.crops = len(crops_by_video[name])
-        bar.update(1)
-    loop_wall = time.perf_counter() - loop_start
-    bar.close()
-
-    # 3. classify the crops of the kept tracks
+    time_decoders(folder, names, figures, args.frames, args.decode_backends)
+    crops_by_video, loop_wall = time_kernel_loop(folder, names, figures, config, scorer, args.device)
     if args.archs and crops_by_video:
-        first = next(iter(crops_by_video.values()))
-        if first:
-            scorer.classify_crops(first[:2])  # warm-up
-        for name in tqdm(names, desc="classify", unit="video"):
-            crops = crops_by_video.get(name)
-            if not crops:
-                continue
-            start = time.perf_counter()
-            scorer.classify_crops(crops)
-            sync(args.device)
-            figures[name].classify = time.perf_counter() - start
-
-    # 4. the 1st-place baseline, sequential decode then per-frame detection
+        time_classifiers(names, figures, crops_by_video, scorer, args.device)
     base_thresholds = tuple(float(v) for v in args.baseline_thresholds.split(","))
     if args.baseline_from:
         reuse_baseline(Path(args.baseline_from), figures, args.frames, base_thresholds)
     elif not args.no_baseline:
-        baseline = BaselineDetector(base_thresholds, args.device)
-        baseline.faces_per_frame(warm[:1])
-        for name in tqdm(names, desc="baseline", unit="video"):
-            fig = figures[name]
-            start = time.perf_counter()
-            result = baseline_read(folder / name, args.frames)
-            fig.base_decode = time.perf_counter() - start
-            if result is None:
-                continue
-            frames, _ = result
-            start = time.perf_counter()
-            counts = baseline.faces_per_frame(frames)
-            sync(args.device)
-            fig.base_detect = time.perf_counter() - start
-            fig.base_frames = len(frames)
-            fig.base_faces = sum(1 for c in counts if c)
-
+        time_baseline(folder, names, figures, args.frames, base_thresholds, args.device, warm)
     result = summarise(args, config, names, figures, loop_wall, base_thresholds)
     result["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     return result
@@ -417,7 +393,7 @@ def reuse_baseline(path: Path, figures: dict[str, VideoFigures], frames: int,
 
 
 def _filtered(per_frame, config):
-    from kernel.faces import filter_detections
+    from dfdc_core.faces import filter_detections
 
     return filter_detections(per_frame or [], config["min_face_score"], config["min_face_px"])
 
@@ -518,7 +494,8 @@ def print_report(result: dict[str, Any]) -> None:
           f"{fmt(s['base_decode_detect']):>9s} {r['decode_detect']:6.2f}x   (target >= 3.00x: "
           f"{verdict(r['decode_detect'])})")
     print(f"{'classify ' + ','.join(result['archs']):44s} {fmt(s['classify']):>8s}")
-    print(f"{'ours loop + classify (kernel estimate)':44s} {fmt(s['ours_loop'] + (s['classify'] if s['classify'] == s['classify'] else 0)):>8s}")
+    classify = s["classify"] if s["classify"] == s["classify"] else 0  # NaN without classifiers
+    print(f"{'ours loop + classify (kernel estimate)':44s} {fmt(s['ours_loop'] + classify):>8s}")
     print()
     print(f"{'faces found (frames with >=1 face)':44s} {'ours':>8s} {'baseline':>9s}")
     print(f"{'  all videos':44s} {pct(f['ours_filtered']):>8s} {pct(f['base']):>9s}   "

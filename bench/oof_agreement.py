@@ -18,11 +18,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from dfdc_core.io import write_atomic
+from dfdc_core.metrics import binary_report
+from dfdc_core.models import write_manifest
 from kernel.config import load_config
-from kernel.metrics import binary_report
 from kernel.pipeline import predict
-from kernel.submission import write_atomic
-from training.train_fold import video_probs
+from training.evaluate import video_probs
 
 
 def single_model_manifest(run: Path, folder: Path) -> Path:
@@ -33,7 +34,7 @@ def single_model_manifest(run: Path, folder: Path) -> Path:
     entry = next(m for m in manifest["models"] if m["name"] == config["name"])
     entry = {**entry, "file": str((manifest_path.parent / entry["file"]).resolve())}
     path = folder / "weights_manifest.json"
-    path.write_text(json.dumps({"models": [entry], "stacker": None}))
+    write_manifest(path, [entry])
     return path
 
 
@@ -71,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(args.run, args.videos, args.device)
     write_atomic(args.run / "oof_agreement.json", json.dumps(result, indent=1))
     print(f"{result['videos']} validation videos of {args.run.name}, aggregation {result['aggregation']}:")
-    print(f"  log loss  OOF (training crops) {result['oof_log_loss']:.4f}   kernel.predict {result['kernel_log_loss']:.4f}"
+    print(f"  log loss  OOF (training crops) {result['oof_log_loss']:.4f}   "
+          f"kernel.predict {result['kernel_log_loss']:.4f}"
           f"   difference {result['difference']:+.4f}")
-    print(f"  AUC       OOF {result['oof_auc']:.4f}   kernel {result['kernel_auc']:.4f}; fallbacks {result['fallbacks']}")
+    print(f"  AUC       OOF {result['oof_auc']:.4f}   kernel {result['kernel_auc']:.4f}; "
+          f"fallbacks {result['fallbacks']}")
     for row in result["largest_differences"]:
         print(f"  {row['video']:<45} label {row['label']}  OOF {row['prob']:.4f}  kernel {row['kernel']:.4f}")
     return 0

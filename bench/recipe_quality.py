@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kernel.metrics import auc, log_loss, prior_weights
-from kernel.submission import write_atomic
-from training.recipe import run_recipe
+from dfdc_core.io import write_atomic
+from dfdc_core.metrics import auc, log_loss, prior_weights
+from training.workflow import run_recipe
 
 FFPP_PAIRS = r"ffc\d+_(yt|df|f2f|fs|nt)_.*"
 

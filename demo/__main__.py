@@ -24,8 +24,9 @@ from pathlib import Path
 import yaml
 
 from demo.synthetic import DemoSpec, make_dataset
-from kernel.submission import write_atomic
-from kernel.validate import validate
+from dfdc_core.config import load_settings
+from dfdc_core.io import write_atomic
+from kernel.evaluation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_VIDEOS = REPO.parent / "shared" / "data" / "dev" / "videos"
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-wheels", action="store_true", help="bundle without wheels (no registry needed)")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    settings = yaml.safe_load(CONFIG.read_text())
+    settings = load_settings(CONFIG)
     if args.quick:
         settings = {**settings, **settings.pop("quick")}
     out = args.out.resolve()

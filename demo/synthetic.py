@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from dfdc_core.faces import detector_from_config, filter_detections
+from dfdc_core.io import write_atomic
 from kernel.config import load_config
-from kernel.faces import detector_from_config, filter_detections
-from kernel.submission import write_atomic
 
 FRAME_SIZE = (320, 240)  # width, height
 

@@ -7,9 +7,10 @@ It copies the fp16 weights, the stacker JSON and a rewritten manifest; puts whee
 the Kaggle image lacks (facenet-pytorch, decord, PyAV), downloaded for Kaggle's platform (x86_64 manylinux, CPython
 3.12 and 3.11) whatever machine builds the bundle, beside them; writes the marker `dfdc_kit_bundle.json` (the exact
 versions to install, the manifest), Kaggle's `dataset-metadata.json` and `kernel_notebook.py` (a copy of
-`kernel/kaggle.py`). Every file sits at the top level: `kaggle datasets create` skips sub-folders by default. It
-refuses a bundle over the size limit (listing the largest files) and any weight whose sha256 differs from the
-manifest.
+`kernel/kaggle.py` with `dfdc_core/io.py` inlined: it runs before the kit is installed). The kit's wheel holds
+only what `python -m kernel` imports, the packages `dfdc_core` and `kernel`. Every file sits at the top level:
+`kaggle datasets create` skips sub-folders by default. It refuses a bundle over the size limit (listing the largest
+files) and any weight whose sha256 differs from the manifest.
 """
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dfdc_core.io import write_atomic
+from dfdc_core.models import ManifestError, load_manifest, verify_manifest
 from kernel.kaggle import BUNDLE_MARKER
-from kernel.models import ManifestError, load_manifest, verify_manifest
-from kernel.submission import write_atomic
 
 KAGGLE_LIMIT_BYTES = 10**9
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_SOURCE = REPO_ROOT / "kernel" / "kaggle.py"
-KIT_PACKAGES = ("kernel", "training", "ensemble", "demo")  # setup.py's packages
+NOTEBOOK_IMPORT = "from dfdc_core.io import write_atomic"  # the notebook's one import from the kit, inlined
+NOTEBOOK_MAIN = '\n\nif __name__ == "__main__":\n    if status := main():\n        sys.exit(status)\n'
+KIT_PACKAGES = ("dfdc_core", "kernel")  # what `python -m kernel` imports: the kit's wheel holds only these
 EXTRA_WHEELS = ("facenet-pytorch==2.6.0", "decord==0.6.0", "av==18.1.0")
 KAGGLE_PYTHONS = ("3.12", "3.11")  # Kaggle's image: CPython 3.12 today, 3.11 in older pinned images
 # Kaggle's image is Ubuntu 22.04 (glibc 2.35) on x86_64: wheels for any manylinux up to glibc 2.35 run there.
@@ -107,6 +110,17 @@ def wheel_requirement(wheel: Path) -> str:
     return f"{name.replace('_', '-').lower()}=={version}"
 
 
+def notebook_source() -> str:
+    """`kernel/kaggle.py` as a script that stands alone: its import of `dfdc_core.io` replaced by that module's code,
+    and its `main` run."""
+    source = NOTEBOOK_SOURCE.read_text()
+    lines = [line for line in source.splitlines() if line.startswith(NOTEBOOK_IMPORT)]
+    if len(lines) != 1:
+        raise BundleError(f"{NOTEBOOK_SOURCE} must import write_atomic once, as {NOTEBOOK_IMPORT!r}")
+    module = (REPO_ROOT / "dfdc_core" / "io.py").read_text().replace("from __future__ import annotations\n", "")
+    return source.replace(lines[0] + "\n", module).rstrip("\n") + NOTEBOOK_MAIN
+
+
 def top_level_files(folder: Path) -> list[Path]:
     """The files `kaggle datasets create` uploads with its default `--dir-mode skip`: the folder's own files."""
     return sorted(path for path in folder.iterdir() if path.is_file())
@@ -134,7 +148,7 @@ def build_bundle(manifest_path: str | Path, out: str | Path, dataset_id: str = "
     slug = dataset_id.split("/")[-1]
     write_atomic(out / "dataset-metadata.json", json.dumps(
         {"title": slug, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}, indent=1))
-    shutil.copyfile(NOTEBOOK_SOURCE, out / "kernel_notebook.py")
+    write_atomic(out / "kernel_notebook.py", notebook_source())
     skipped = sorted(path.name for path in out.iterdir() if path not in top_level_files(out))
     if skipped:
         raise BundleError(f"{out} holds {skipped}, which kaggle datasets create (--dir-mode skip) would not upload; "

@@ -1,7 +1,6 @@
-"""DFDC inference kernel: `python -m kernel` or `kernel.predict(...)`.
+"""The Kaggle path: `python -m kernel` or `kernel.predict(...)`, over the shared library `dfdc_core`.
 
-`predict` is imported on first use, so numpy-only modules (`kernel.aggregate`, `kernel.metrics`) can be
-used without torch.
+`predict` is imported on first use, so the notebook's standard-library modules (`kernel.kaggle`) load without torch.
 """
 
 

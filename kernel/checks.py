@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from kernel.aggregate import STRATEGIES, Stacker
-from kernel.config import SettingsError
-from kernel.models import Manifest, ManifestError, load_manifest, model_family
+from dfdc_core.aggregate import STRATEGIES, Stacker
+from dfdc_core.config import SettingsError
+from dfdc_core.models import Manifest, ManifestError, load_manifest, model_family
+from dfdc_core.video import BACKENDS
 from kernel.submission import checkpoint_path
-from kernel.video import BACKENDS
 
 POSITIVE_INTEGERS = ("frames", "max_frame_side", "prefetch_videos", "detect_long_side", "detect_batch_size",
                      "mtcnn_min_face_size", "classify_batch_size", "max_persons")
@@ -152,7 +152,7 @@ def check_manifest_entries(entries: list, path: Path) -> None:
             raise ManifestError(f"{where}: 'file' is {entry['file']!r}; name the weight file beside the manifest")
         if not (isinstance(entry["sha256"], str) and SHA256.fullmatch(entry["sha256"])):
             raise ManifestError(f"{where}: 'sha256' is {entry['sha256']!r}; it must be the file's 64 hex digit "
-                                "SHA-256 (kernel.models.manifest_entry computes it)")
+                                "SHA-256 (dfdc_core.models.manifest_entry computes it)")
         if not is_positive_int(entry["input_size"]):
             raise ManifestError(f"{where}: 'input_size' is {entry['input_size']!r}; it must be a whole number of "
                                 "pixels above 0 (the size the model was trained at)")

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from kernel.config import SettingsError
+from dfdc_core.config import SettingsError
 
 ARCH = re.compile(r"(sm|compute)_(\d+)([a-z]?)")
 

@@ -5,7 +5,7 @@ stacker) and writes OUT/<stem>_explain.json (video score, per-person and per-fac
 OUT/<stem>_explain.png: one row per shown frame, the frame with its face boxes and per-face scores, then
 each face crop under each model with its Grad-CAM overlay. Grad-CAM (the `grad-cam` package) explains
 the logit of P(fake): the single output of a one-logit model, or log(sum of fake-class exps) - real
-logit of a multi-class one (`kernel.models.fake_logit`), at the last feature layer of each family
+logit of a multi-class one (`dfdc_core.models.fake_logit`), at the last feature layer of each family
 (`CAM_LAYERS`). An image is searched for faces, or taken as one face crop with `--crop`.
 """
 from __future__ import annotations
@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernel.aggregate import person_scores
+from dfdc_core.aggregate import person_scores
+from dfdc_core.faces import Detection, Track, model_images, model_input
+from dfdc_core.io import write_atomic
+from dfdc_core.models import ManifestError, fake_logit, model_family
+from dfdc_core.plots import pyplot, save_figure
+from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, decode_video, read_image
 from kernel.config import load_config
-from kernel.faces import Detection, Track, isotropic_resize_pad, normalise
-from kernel.models import ManifestError, fake_logit, model_family
-from kernel.pipeline import LoadedModel, NoFaceError, Scorer, VideoPrediction, decode_video, load_scorer
-from kernel.plots import pyplot, save_figure
-from kernel.submission import clip_probs, write_atomic
-from kernel.video import IMAGE_SUFFIXES, VideoReadError, read_image
+from kernel.pipeline import LoadedModel, NoFaceError, Scorer, VideoPrediction, load_scorer
+from kernel.submission import clip_probs
 
 CAM_LAYERS = {"efficientnet": "bn2", "resnet": "layer4", "xception": "act4"}  # last layer of forward_features
 CAM_BATCH = 8
@@ -90,7 +91,7 @@ def cam_layer(model: LoadedModel) -> torch.nn.Module:
 
 
 class FakeLogitTarget:
-    """Grad-CAM target: the logit of P(fake) of one output row (see `kernel.models.fake_logit`)."""
+    """Grad-CAM target: the logit of P(fake) of one output row (see `dfdc_core.models.fake_logit`)."""
 
     def __init__(self, real_index: int):
         self.real_index = real_index
@@ -104,16 +105,15 @@ def cam_overlays(model: LoadedModel, crops: list[np.ndarray]) -> list[np.ndarray
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    size, dtype = model.spec.input_size, next(model.module.parameters()).dtype
-    images = np.stack([isotropic_resize_pad(crop, size) for crop in crops])
+    spec, dtype = model.spec, next(model.module.parameters()).dtype
     overlays = []
     with GradCAM(model=model.module, target_layers=[cam_layer(model)]) as cam:
-        for start in range(0, len(images), CAM_BATCH):
-            batch = images[start:start + CAM_BATCH]
-            tensor = normalise(batch, model.spec.mean, model.spec.std).to(dtype)
-            masks = cam(input_tensor=tensor, targets=[FakeLogitTarget(model.spec.real_index)] * len(batch))
+        for start in range(0, len(crops), CAM_BATCH):
+            batch = crops[start:start + CAM_BATCH]
+            tensor = model_input(batch, spec.input_size, spec.mean, spec.std).to(dtype)
+            masks = cam(input_tensor=tensor, targets=[FakeLogitTarget(spec.real_index)] * len(batch))
             overlays += [show_cam_on_image(image.astype(np.float32) / 255.0, mask, use_rgb=True)
-                         for image, mask in zip(batch, masks)]
+                         for image, mask in zip(model_images(batch, spec.input_size), masks)]
     return overlays
 
 
@@ -230,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ExplainError, ManifestError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{args.path}: P(fake) {explanation.label:.4f} ({len(explanation.prediction.crops)} faces, "
-          f"{len(explanation.prediction.tracks)} person(s))")
-    print(f"wrote {png} and {json_path}")
+    prediction = explanation.prediction
+    print(f"{args.path}: P(fake) {explanation.label:.4f} ({len(prediction.crops)} faces, {len(prediction.tracks)} "
+          f"person(s)); wrote {png} and {json_path}")
     return 0
 
 

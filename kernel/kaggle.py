@@ -32,11 +32,12 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from dfdc_core.io import write_atomic  # inlined into the bundle's kernel_notebook.py
 
 ROOT_ENV = "DFDC_KAGGLE_ROOT"
 COMPETITION = "deepfake-detection-challenge"
@@ -109,28 +110,6 @@ def read_bundle(folder: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ files the kernel shares
-
-def write_atomic(path: str | Path, text: str | bytes, durable: bool = True) -> None:
-    """Write `text` (or bytes) to `path` through a temporary file in the same folder and a rename.
-
-    `durable` syncs the data to disk before the rename; without it the file still survives a crash of this process
-    (not of the machine), which is all the in-flight marks need.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
-            handle.write(text)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def checkpoint_path(out: Path) -> Path:
     """The kernel's crash checkpoint beside the submission `out`."""
@@ -308,7 +287,3 @@ def main() -> int:
     finish(out, names, run_kernel(command, out, started + TIME_BUDGET_HOURS * 3600))
     return 0
 
-
-if __name__ == "__main__":
-    if status := main():
-        sys.exit(status)

@@ -7,7 +7,7 @@ PyAV/decord/OpenCV, torch) and from subprocesses alike. It must run before the p
 (torch, numpy and OpenCV start theirs on import): `python -m kernel --block-network` calls it first.
 
 Where the OS refuses a namespace (no user namespaces, a seccomp filter, another OS) or threads already run, only
-Python's `socket` API is blocked, and the decode backends open local files only (`kernel.video.local_file`);
+Python's `socket` API is blocked, and the decode backends open local files only (`dfdc_core.video.local_file`);
 native code that opens its own sockets, and subprocesses, are then NOT covered. `NetworkBlock.describe()` says
 which case holds; the kernel logs it.
 """

@@ -20,18 +20,36 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from kernel.aggregate import Stacker, feature_name, video_features, video_score
+from dfdc_core.aggregate import Stacker, feature_name, video_features, video_score
+from dfdc_core.config import SettingsError
+from dfdc_core.faces import Track, detector_from_config, face_crops, model_input, person_tracks
+from dfdc_core.models import (
+    Manifest,
+    ModelSpec,
+    fake_probability,
+    forward_logits,
+    load_classifier,
+    load_manifest,
+    verify_manifest,
+)
+from dfdc_core.video import MissingVideoError, VideoReadError, decode_video
 from kernel.budget import BudgetPlanner, drop_order
 from kernel.checks import check_config, check_device, check_manifest, check_paths
-from kernel.config import SettingsError, load_config
+from kernel.config import load_config
 from kernel.device import DeviceChoice, choose_device
-from kernel.faces import Track, crop_face, detector_from_config, isotropic_resize_pad, normalise, person_tracks
-from kernel.models import (Manifest, ModelSpec, fake_probability, forward_logits, load_classifier, load_manifest,
-                           verify_manifest)
 from kernel.kaggle import NotFoundOnKaggle, find_competition, kaggle_root
-from kernel.submission import (CHECKPOINT_FORMAT, Checkpoint, InFlight, Record, checkpoint_path, inside_folder,
-                               target_filenames, video_identity, write_atomic, write_submission)
-from kernel.video import MissingVideoError, VideoReadError, read_frames
+from kernel.submission import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    InFlight,
+    Record,
+    checkpoint_path,
+    inside_folder,
+    target_filenames,
+    video_identity,
+    write_atomic,
+    write_submission,
+)
 
 log = logging.getLogger("kernel")
 
@@ -138,27 +156,23 @@ class Scorer:
     def classify_crops(self, crops: list[np.ndarray]) -> dict[str, np.ndarray]:
         """P(fake) of each face crop under each model."""
         start = time.perf_counter()
-        resized: dict[int, np.ndarray] = {}
         probs = {}
         for model in self.models:
-            size = model.spec.input_size
-            if size not in resized:
-                resized[size] = np.stack([isotropic_resize_pad(crop, size) for crop in crops])
             model_start = time.perf_counter()
-            probs[model.spec.name] = self._forward(model, resized[size])
+            probs[model.spec.name] = self._forward(model, crops)
             self.timer.add(model_stage(model.spec.name), time.perf_counter() - model_start)
         self.timer.add("classify", time.perf_counter() - start)
         return probs
 
-    def _forward(self, model: LoadedModel, images: np.ndarray) -> np.ndarray:
+    def _forward(self, model: LoadedModel, crops: list[np.ndarray]) -> np.ndarray:
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        batch_size = self.config["classify_batch_size"]
+        batch_size, spec = self.config["classify_batch_size"], model.spec
         out = []
         with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                batch = normalise(images[start:start + batch_size], model.spec.mean, model.spec.std)
+            for start in range(0, len(crops), batch_size):
+                batch = model_input(crops[start:start + batch_size], spec.input_size, spec.mean, spec.std)
                 logits = forward_logits(model.module, batch.to(self.device, dtype=dtype), self.config["tta_hflip"])
-                out.append(fake_probability(logits, model.spec.real_index).cpu().numpy())
+                out.append(fake_probability(logits, spec.real_index).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
     def score(self, frames: np.ndarray) -> VideoPrediction:
@@ -170,9 +184,7 @@ class Scorer:
 
     def score_tracks(self, frames: np.ndarray, tracks: list[Track]) -> VideoPrediction:
         """Crop, classify and aggregate the faces of `tracks`: per-face, per-person and video scores."""
-        margin = self.config["crop_margin"]
-        return self.score_crops([crop_face(frames[d.frame], d.box, margin) for t in tracks for d in t.detections],
-                                tracks)
+        return self.score_crops(face_crops(frames, tracks, self.config["crop_margin"]), tracks)
 
     def score_crops(self, crops: list[np.ndarray], tracks: list[Track]) -> VideoPrediction:
         """Classify and aggregate face crops, one per detection of `tracks` in track order."""
@@ -236,12 +248,6 @@ def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str =
                     "fakes, go into the submission; fit one with python -m training.recipe or ensemble.stack",
                     manifest.path)
     return Scorer(models, config, device, stacker)
-
-
-def decode_video(path: Path, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel's frame sample of one video: `(frames, frame numbers)` with the config's count, backends and
-    largest frame side."""
-    return read_frames(path, config["frames"], tuple(config["decode_backends"]), config["max_frame_side"])
 
 
 def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, Any], stop: threading.Event,
@@ -459,7 +465,8 @@ def predict(videos_dir: str | Path | None = None, sample_submission: str | Path 
                     {name: r.seconds for name, r in records.items()}, choice,
                     {name: r.dropped for name, r in records.items() if r.reason == "ok"}, last_end - loop_start)
     log_summary(run, out)
-    write_atomic(summary_path(out), json.dumps(run_summary(run, out, checked_manifest, scorer.base_stacker), indent=1))
+    summary = {**run_summary(run, out, checked_manifest, scorer.base_stacker), "config": config}
+    write_atomic(summary_path(out), json.dumps(summary, indent=1))
     return run
 
 
@@ -484,7 +491,8 @@ def model_set_rows(run: KernelRun, manifest: Manifest, stacker: Stacker | None) 
 
 
 def run_summary(run: KernelRun, out: Path, manifest: Manifest, stacker: Stacker | None) -> dict[str, Any]:
-    """What `<out>.summary.json` holds: device, timings, fallbacks and which videos each model set scored."""
+    """What `<out>.summary.json` holds (with the resolved config): device, timings, fallbacks and which videos each
+    model set scored."""
     per_video = max(1, run.videos_scored)
     return {"submission": str(out), "device": run.device.device, "device_reason": run.device.reason,
             "videos": len(run.submission), "scored_this_run": run.videos_scored,

@@ -275,7 +275,7 @@ def nan_weights(setup: Setup) -> dict[str, str]:
     """The first model's weights with one NaN, and a manifest entry whose sha256 and size match them."""
     import torch
 
-    from kernel.models import manifest_entry
+    from dfdc_core.models import manifest_entry
 
     entry = setup.first_model()
     path = setup.folder / entry["file"]
@@ -369,7 +369,7 @@ SETTINGS_CASES = (
     SettingsCase("manifest arch unknown to timm", "not a model of timm", set_entry("arch", "resnet_no_such_model")),
     SettingsCase("stacker JSON malformed", "not valid JSON", stacker('{"coef": [1,')),
     SettingsCase("--device cuda without CUDA", "no CUDA", flag("--device", "cuda"), needs_no_cuda),
-    SettingsCase("--config with an unknown key", "unknown kernel config keys",
+    SettingsCase("--config with an unknown key", "unknown keys ['frames_per_video']",
                  lambda s: s.write_config({"frames_per_video": 8})),
     SettingsCase("--out an existing folder", "is a folder", lambda s: {"--out": str(s.folder)}),
     SettingsCase("--out under a file (unwritable)", "cannot write",
@@ -390,7 +390,7 @@ class ErrorLog(logging.Handler):
 
 def run_settings_case(case: SettingsCase, setup: Setup) -> Outcome:
     """`python -m kernel` (in this process) with one bad setting: exit 2, the message, nothing written."""
-    from kernel.__main__ import main
+    from kernel.cli import main
     from kernel.submission import checkpoint_path
 
     expected = f"exit 2: ...{case.message}..."
@@ -429,7 +429,7 @@ def random_manifest(folder: Path, models: tuple[tuple[str, int], ...] = RANDOM_M
     """Randomly initialised tiny timm models saved fp16 with a `weights_manifest.json` beside them."""
     import torch
 
-    from kernel.models import create_classifier, manifest_entry, save_fp16_state_dict
+    from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict, write_manifest
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -439,7 +439,7 @@ def random_manifest(folder: Path, models: tuple[tuple[str, int], ...] = RANDOM_M
         save_fp16_state_dict(create_classifier(arch), weights)
         entries.append(manifest_entry(arch, arch, weights, folder, size))
     path = folder / "weights_manifest.json"
-    path.write_text(json.dumps({"models": entries, "stacker": None}, indent=1))
+    write_manifest(path, entries)
     return path
 
 

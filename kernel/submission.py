@@ -13,8 +13,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from kernel.config import SettingsError
-from kernel.kaggle import VIDEO_SUFFIXES, checkpoint_path, in_flight_path, write_atomic  # noqa: F401  (re-exported)
+from dfdc_core.config import SettingsError
+from dfdc_core.io import write_atomic
+from kernel.kaggle import VIDEO_SUFFIXES, checkpoint_path, in_flight_path  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

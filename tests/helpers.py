@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kernel.selftest import RANDOM_MODELS as TINY_MODELS
-from kernel.selftest import random_manifest as tiny_manifest  # noqa: F401  (tiny random models + manifest)
+from kernel.selftest import RANDOM_MODELS as TINY_MODELS  # noqa: F401  (tiny random models + manifest)
+from kernel.selftest import random_manifest as tiny_manifest  # noqa: F401
 
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
@@ -72,7 +72,7 @@ def grouped_manifest(folder: Path, groups: dict[str, int], stacker: dict | None 
     with `stacker` written beside it and named, and `extra` top-level keys."""
     import json
 
-    from kernel.models import manifest_entry
+    from dfdc_core.models import manifest_entry
 
     source = tiny_manifest(folder / "source", models=(("test_efficientnet", 64),))
     weights = source.parent / json.loads(source.read_text())["models"][0]["file"]

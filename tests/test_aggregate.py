@@ -3,8 +3,17 @@ import json
 import numpy as np
 import pytest
 
-from kernel.aggregate import (FEATURE_STATS, STRATEGIES, Stacker, confident_strategy, logit, person_scores,
-                              trimmed_mean_strategy, video_features, video_score)
+from dfdc_core.aggregate import (
+    FEATURE_STATS,
+    STRATEGIES,
+    Stacker,
+    confident_strategy,
+    logit,
+    person_scores,
+    trimmed_mean_strategy,
+    video_features,
+    video_score,
+)
 
 
 def test_confident_strategy_trusts_a_confident_majority():

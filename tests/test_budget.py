@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import kernel.pipeline as pipeline
+from dfdc_core.aggregate import logit
+from dfdc_core.models import ManifestError, load_manifest
 from kernel import predict
-from kernel.aggregate import logit
 from kernel.budget import BudgetPlanner, default_drop_order
 from kernel.checks import check_manifest
 from kernel.config import load_config
-from kernel.models import ManifestError, load_manifest
 from tests.helpers import face_videos, grouped_manifest
 
 FAST = load_config(frames=4)

@@ -1,12 +1,21 @@
 import json
 import shutil
+import zipfile
 
 import pytest
 
-from ensemble.bundle import (KAGGLE_LIMIT_BYTES, KAGGLE_PLATFORMS, BundleError, build_bundle,
-                             kaggle_download_command, main, top_level_files, wheel_requirement)
+from dfdc_core.models import ManifestError, load_manifest, verify_manifest
+from ensemble.bundle import (
+    KAGGLE_LIMIT_BYTES,
+    KAGGLE_PLATFORMS,
+    BundleError,
+    build_bundle,
+    kaggle_download_command,
+    main,
+    top_level_files,
+    wheel_requirement,
+)
 from kernel.kaggle import BUNDLE_MARKER
-from kernel.models import ManifestError, load_manifest, verify_manifest
 
 
 @pytest.fixture()
@@ -37,6 +46,10 @@ def test_bundle_is_flat_with_weights_stacker_pinned_wheels_and_notebook(models, 
     notebook = (out / "kernel_notebook.py").read_text()
     assert "--no-index" in notebook and "--no-deps" in notebook and "def find_bundle" in notebook
     compile(notebook, "kernel_notebook.py", "exec")
+    assert "def write_atomic" in notebook and "import dfdc_core" not in notebook and "from dfdc_core" not in notebook
+    kit_wheel = next(out.glob("dfdc_kit-*.whl"))
+    packages = {name.split("/")[0] for name in zipfile.ZipFile(kit_wheel).namelist() if "/" in name}
+    assert {p for p in packages if not p.endswith(".dist-info")} == {"dfdc_core", "kernel"}
     printed = capsys.readouterr().out
     assert "MB of 1000 MB" in printed and f"kaggle datasets create -p {out}" in printed
 

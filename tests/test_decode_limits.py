@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from dfdc_core.video import BACKENDS, fitted_size, read_frames
 from kernel import selftest
-from kernel.video import BACKENDS, fitted_size, read_frames
 
 
 def test_fitted_size_keeps_the_aspect():

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kernel.models import load_manifest, verify_manifest
+from dfdc_core.models import load_manifest, verify_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ import pytest
 
 import kernel.device as device
 import kernel.pipeline as pipeline
-from kernel.__main__ import main
-from kernel.config import SettingsError
+from dfdc_core.config import SettingsError
+from kernel.cli import main
 
 # torch 2.10 built for CUDA 12.8, as in Kaggle's image today ("supports CUDA capabilities sm_70 ... sm_120")
 KAGGLE_TORCH_ARCHS = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
@@ -71,7 +71,7 @@ def p100(monkeypatch):
 
 def test_cli_device_cuda_on_an_unusable_gpu_exits_2_before_any_video(p100, monkeypatch, tiny_manifest_path, tmp_path,
                                                                       caplog):
-    monkeypatch.setattr(pipeline, "read_frames", lambda *a, **k: pytest.fail("a video was read"))
+    monkeypatch.setattr(pipeline, "decode_video", lambda *a, **k: pytest.fail("a video was read"))
     (tmp_path / "videos").mkdir()
     out = tmp_path / "submission.csv"
     code = main(["--videos", str(tmp_path / "videos"), "--manifest", str(tiny_manifest_path), "--out", str(out),

@@ -10,13 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dfdc_core.faces import crop_face, crop_window, isotropic_resize_pad, normalise
+from dfdc_core.video import decode_video
 from kernel.config import load_config
-from kernel.faces import crop_face, crop_window, isotropic_resize_pad, normalise
-from kernel.pipeline import decode_video, load_scorer
+from kernel.pipeline import load_scorer
 from tests.helpers import faceless_frames, faces_clip, write_h264
 from training.data import CropDataset
-from training.extract_faces import (INDEX_COLUMNS, cap_long_side, collect_items, find_parts, main as extract_main,
-                                    read_index, run_extraction, shard_of)
+from training.extract_faces import main as extract_main
+from training.extraction import cap_long_side, collect_items, find_parts, run_extraction, shard_of
+from training.index import INDEX_COLUMNS, read_index
 
 LABELS = {"REAL": 0, "FAKE": 1}
 

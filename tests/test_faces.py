@@ -5,10 +5,21 @@ import numpy as np
 import pytest
 import torch
 
+from dfdc_core.faces import (
+    Detection,
+    FaceDetector,
+    brighten_dark,
+    center_shift,
+    crop_face,
+    detection_scale,
+    filter_detections,
+    isotropic_resize_pad,
+    link_tracks,
+    normalise,
+    person_tracks,
+)
+from dfdc_core.video import read_frames
 from kernel.config import load_config
-from kernel.faces import (Detection, FaceDetector, brighten_dark, center_shift, crop_face, detection_scale,
-                          filter_detections, isotropic_resize_pad, link_tracks, normalise, person_tracks)
-from kernel.video import read_frames
 
 
 def test_crop_adds_margin_and_pads_at_the_frame_edge():

@@ -7,8 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.folds import (DEFAULT_LINK_RULES, assign_folds, check_folds, connected_groups, main as folds_main,
-                            name_links, read_link_rules, rule_links, videos_from_metadata)
+from training.folds import main as folds_main
+from training.grouping import (
+    DEFAULT_LINK_RULES,
+    assign_folds,
+    check_folds,
+    connected_groups,
+    name_links,
+    read_link_rules,
+    rule_links,
+    videos_from_metadata,
+)
 
 
 def assert_leak_free(table: pd.DataFrame) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import kernel.pipeline as pipeline
 from kernel import kaggle, predict
-from kernel.__main__ import main as kernel_main
+from kernel.cli import main as kernel_main
 from kernel.config import load_config
 from tests.helpers import face_videos, faceless_frames, write_h264
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 import kernel.pipeline as pipeline
+from dfdc_core.models import ManifestError
 from kernel import predict
 from kernel.config import load_config
-from kernel.models import ManifestError
 from tests.helpers import faceless_frames, write_h264
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_weights_are_checked_before_the_first_video(monkeypatch, tiny_manifest_p
     else:
         weights.write_bytes(weights.read_bytes()[:-10])
     (folder / "weights_manifest.json").write_text(json.dumps(manifest))
-    monkeypatch.setattr(pipeline, "read_frames", lambda *a, **k: pytest.fail("a video was read"))
+    monkeypatch.setattr(pipeline, "decode_video", lambda *a, **k: pytest.fail("a video was read"))
     with pytest.raises(ManifestError, match=message) as error:
         predict(tmp_path, None, folder / "weights_manifest.json", tmp_path / "s.csv", config=FAST, progress=False)
     assert weights.name in str(error.value)
@@ -126,7 +126,7 @@ def test_a_crash_loses_nothing_already_predicted(monkeypatch, bad_videos, tiny_m
         seen.append(path.name)
         raise pipeline.VideoReadError(f"{path}: decoded again")
 
-    monkeypatch.setattr(pipeline, "read_frames", record_and_fail)
+    monkeypatch.setattr(pipeline, "decode_video", record_and_fail)
     run = predict(folder, None, tiny_manifest_path, out, config=FAST, progress=False)
     assert sorted(seen) == sorted(set(expected) - kept)  # finished videos were not decoded again
     assert len(read_submission(out)) == len(expected) and run.videos_scored == len(seen)

@@ -3,8 +3,15 @@ import json
 import pytest
 import torch
 
-from kernel.models import (ManifestError, create_classifier, load_classifier, load_manifest, model_family,
-                           save_fp16_state_dict, verify_manifest)
+from dfdc_core.models import (
+    ManifestError,
+    create_classifier,
+    load_classifier,
+    load_manifest,
+    model_family,
+    save_fp16_state_dict,
+    verify_manifest,
+)
 
 
 @pytest.mark.parametrize("arch,family", [("legacy_xception", "xception"), ("xception41", "xception"),

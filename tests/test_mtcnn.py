@@ -1,11 +1,11 @@
-"""kernel.mtcnn: the same faces as facenet-pytorch's MTCNN, on real frames; nothing on blank or tiny images."""
+"""dfdc_core.mtcnn: the same faces as facenet-pytorch's MTCNN, on real frames; nothing on blank or tiny images."""
 import numpy as np
 import pytest
 import torch
 
-from kernel.faces import FaceDetector, box_iou, detection_scale, resize_frames
-from kernel.mtcnn import detect_faces, pyramid_scales
-from kernel.video import read_frames
+from dfdc_core.faces import FaceDetector, box_iou, detection_scale, resize_frames
+from dfdc_core.mtcnn import detect_faces, pyramid_scales
+from dfdc_core.video import read_frames
 
 THRESHOLDS = (0.7, 0.8, 0.9)
 

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
+from dfdc_core.models import ManifestError, class_keys, fake_probability
 from kernel.config import load_config
 from kernel.explain import main as explain_main
-from kernel.models import ManifestError, class_keys, fake_probability
 from kernel.pipeline import load_scorer
 from tests.test_train import ARCH, write_config, write_synthetic_crops
 from training.data import read_crop
-from training.extract_faces import read_index
+from training.index import read_index
 from training.methods import label_methods, method_of
 from training.train_fold import main as train_main
 

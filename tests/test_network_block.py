@@ -49,7 +49,7 @@ block = block_network(namespace=mode == "namespace")
 import socket
 import av, decord
 from pathlib import Path
-from kernel.video import BACKENDS, read_frames
+from dfdc_core.video import BACKENDS, read_frames
 
 url = f"http://127.0.0.1:{tcp_port}/"
 child = ("import socket, sys; s = socket.socket(); s.settimeout(3); "

@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from dfdc_core.aggregate import logit, sigmoid
+from dfdc_core.video import decode_video
 from kernel import predict
-from kernel.aggregate import logit, sigmoid
 from kernel.config import load_config
-from kernel.pipeline import decode_video, load_scorer
+from kernel.pipeline import load_scorer
 from tests.helpers import lfw_face, write_h264
-from training.recipe import main as recipe_main, read_recipe
+from training.recipe import main as recipe_main
+from training.workflow import read_recipe
 
 TINY_RECIPE = {"frames": 4, "folds": 2, "target_prior": 0.5, "aggregation": "mean", "features": ["logit"],
                "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "samples_per_epoch": 8, "sampler": "pairs",

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 import kernel.pipeline as pipeline
+from dfdc_core.models import ManifestError
 from kernel import predict, selftest
 from kernel.checks import check_manifest
 from kernel.config import load_config
-from kernel.models import ManifestError
 from kernel.submission import inside_folder, write_submission
 from tests.helpers import faceless_frames, write_h264
 
@@ -41,7 +41,7 @@ def one_video(tmp_path_factory):
 
 @pytest.mark.parametrize("case", selftest.SETTINGS_CASES, ids=lambda case: case.name)
 def test_bad_setting_is_refused_before_the_first_video(case, one_video, tiny_manifest_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "read_frames", lambda *a, **k: pytest.fail("a video was read"))
+    monkeypatch.setattr(pipeline, "decode_video", lambda *a, **k: pytest.fail("a video was read"))
     setup = selftest.setup_for(tmp_path / "case", tiny_manifest_path, one_video / "videos", one_video / "sample.csv")
     outcome = selftest.run_settings_case(case, setup)
     if outcome.got.startswith("skipped"):

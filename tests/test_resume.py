@@ -16,13 +16,13 @@ FAST = load_config(frames=4)
 def run_recording_decodes(monkeypatch, videos: Path, sample: Path, manifest: Path, out: Path):
     """`predict`, with the names of the videos it decoded."""
     decoded = []
-    real_read = pipeline.read_frames
+    real_read = pipeline.decode_video
 
     def recording(path, *args):
         decoded.append(Path(path).name)
         return real_read(path, *args)
 
-    monkeypatch.setattr(pipeline, "read_frames", recording)
+    monkeypatch.setattr(pipeline, "decode_video", recording)
     return predict(videos, sample, manifest, out, config=FAST, progress=False), decoded
 
 

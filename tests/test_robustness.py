@@ -12,16 +12,17 @@ import pytest
 import torch
 import yaml
 
+from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict
 from kernel.config import load_config
-from kernel.models import create_classifier, manifest_entry, save_fp16_state_dict
 from tests.helpers import TINY_MODELS
 from tests.test_train import write_config, write_synthetic_crops
 from training.attacks import PixelModel, attack_toward
 from training.data import CropDataset
 from training.defences import Adversarial, Defence, defence_from_config
-from training.extract_faces import read_index
+from training.index import read_index
 from training.perturb import LEVELS, STRENGTHS, apply, fixed, image_seed
-from training.robustness import attack_success, faces_lost, main as robustness_main, video_face_loss
+from training.robustness import attack_success, faces_lost, video_face_loss
+from training.robustness import main as robustness_main
 from training.train_fold import main as train_main
 
 ARCH, SIZE = TINY_MODELS[0]

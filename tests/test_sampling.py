@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kernel.faces import isotropic_resize_pad, normalise
+from dfdc_core.faces import isotropic_resize_pad, normalise
 from training.data import BalancedSampler, CropDataset, PairSampler, build_augmentation, partner_rows
 from training.sbi import blend_mask, face_box, self_blend
-from training.train_fold import BinaryLoss, build_loss, build_model
+from training.trainer import BinaryLoss, build_loss, build_model
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 LANDMARKS = "30.0 38.0 50.0 38.0 40.0 50.0 32.0 60.0 48.0 60.0"  # eyes, nose, mouth corners in an 80x64 crop

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from sklearn.model_selection import GroupKFold
 
-import ensemble.stack as stack
-from kernel.aggregate import Stacker, logit
-from kernel.metrics import prior_weights
+import ensemble.stacking as stack
+from dfdc_core.aggregate import Stacker, logit
+from dfdc_core.metrics import prior_weights
+from ensemble.stack import main as stack_main
 
 
 def write_oof(tmp_path, n_videos=120, seed=0, fake_share=0.7, models=("good", "noise"), cluster_size=3):
@@ -118,7 +119,7 @@ def test_cross_validation_never_trains_on_the_cluster_it_predicts(tmp_path, monk
 def test_cli_writes_json_and_prints_the_comparison(tmp_path, capsys):
     oof, folds = write_oof(tmp_path)
     out = tmp_path / "stacker.json"
-    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--features", "logit", "std"]) == 0
+    assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--features", "logit", "std"]) == 0
     printed = capsys.readouterr().out
     for expected in ("model good", "mean of models", "stacker (nested CV)", "constant prior", "pays off",
                      "calibrated to 50% fakes"):
@@ -133,9 +134,9 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("video,prob\nx,1\n")
     oof, folds = write_oof(tmp_path)
-    assert stack.main(["--oof", str(bad), "--folds", str(folds), "--out", str(tmp_path / "s.json")]) == 2
+    assert stack_main(["--oof", str(bad), "--folds", str(folds), "--out", str(tmp_path / "s.json")]) == 2
     assert "bad.csv: lacks columns" in capsys.readouterr().err
-    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(tmp_path / "s.json"),
+    assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(tmp_path / "s.json"),
                        "--target-prior", "1"]) == 2
     assert "strictly between 0 and 1" in capsys.readouterr().err
     with pytest.raises(stack.OOFError, match="not in the folds CSV"):
@@ -148,7 +149,7 @@ def test_variants_for_every_subset_of_the_groups_and_the_kernel_picks_the_one_le
     when the kernel's time budget leaves only those groups."""
     oof, folds = write_oof(tmp_path, n_videos=60, models=("good", "noise", "bad"))
     out = tmp_path / "stacker.json"
-    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--splits", "3"]) == 0
+    assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--splits", "3"]) == 0
     assert "variant without ['noise']: log loss" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert [variant["groups"] for variant in data["variants"]] == [
@@ -164,6 +165,6 @@ def test_variants_for_every_subset_of_the_groups_and_the_kernel_picks_the_one_le
     refit = stack.export(stack.fit_regression(table.features, table.labels, data["variants"][4]["C"], 0.5),
                          table.feature_names, (0.01, 0.99))
     assert stacker.for_groups(["good"]).coef == pytest.approx(refit["coef"])  # the variant is that group's own fit
-    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--splits", "3",
+    assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--splits", "3",
                        "--no-variants"]) == 0
     assert "variants" not in json.loads(out.read_text()) and Stacker.from_json(out).variants == ()

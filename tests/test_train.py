@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from kernel.models import load_classifier, load_manifest, verify_manifest
+from dfdc_core.models import load_classifier, load_manifest, verify_manifest
 from tests.helpers import TINY_MODELS
 from training.data import BalancedSampler, build_augmentation
-from training.folds import assign_folds
+from training.grouping import assign_folds
 from training.pretrained import load_pretrained, map_lukemelas_keys
 from training.train_fold import main as train_main
 
@@ -154,7 +154,7 @@ def test_every_augmentation_runs_and_keeps_shape():
 
 def test_efficientnet_lite_checkpoint_keys_map_onto_timm(tmp_path, caplog):
     """A lukemelas-style checkpoint made from a timm model maps back key for key; the head is reported."""
-    from kernel.models import create_classifier
+    from dfdc_core.models import create_classifier
 
     source = create_classifier("tf_efficientnet_lite0", num_classes=1000)
     lukemelas = {}
@@ -187,7 +187,7 @@ def to_lukemelas(key: str, model) -> str:
 
 
 def test_pretrained_timm_offline_names_the_local_file_way(monkeypatch):
-    from kernel.models import create_classifier
+    from dfdc_core.models import create_classifier
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="needs internet access.*local state_dict file"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.train_fold import TrainState, build_ema, build_scheduler, load_checkpoint, save_checkpoint
+from training.trainer import TrainState, build_ema, build_scheduler, load_checkpoint, save_checkpoint
 
 CONFIG = {"arch": "test_efficientnet", "input_size": 64, "epochs": 2, "schedule": "onecycle", "lr": 1e-3,
           "min_lr_ratio": 0.01}

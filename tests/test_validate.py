@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kernel.metrics import log_loss
-from kernel.validate import validate
+from dfdc_core.metrics import log_loss
+from kernel.evaluation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 

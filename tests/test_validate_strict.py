@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kernel.evaluation import validate
 from kernel.validate import main as validate_main
-from kernel.validate import validate
 
 
 @pytest.fixture()

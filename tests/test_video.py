@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kernel.video import VideoReadError, evenly_spaced_indices, read_frames
+from dfdc_core.video import VideoReadError, evenly_spaced_indices, read_frames
 from tests.helpers import faceless_frames, write_h264
 
 

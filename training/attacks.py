@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from kernel.models import fake_logit
+from dfdc_core.models import fake_logit
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 ATTACKS = ("fgsm", "pgd")
@@ -24,7 +24,7 @@ ATTACKS = ("fgsm", "pgd")
 
 class PixelModel(torch.nn.Module):
     """A classifier fed pixel-space [0, 1] images: normalises with `mean`/`std`, returns the logit of P(fake)
-    `(n, 1)` (a multi-class model's is logit(1 - P(real)), `kernel.models.fake_logit`)."""
+    `(n, 1)` (a multi-class model's is logit(1 - P(real)), `dfdc_core.models.fake_logit`)."""
 
     def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float], real_index: int = 0):
         super().__init__()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -19,12 +19,12 @@ from torch.utils.data import Dataset, Sampler
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 
-import albumentations as A  # noqa: E402
+import albumentations as A
 
-from kernel.faces import isotropic_resize, normalise, pad_square  # noqa: E402
-from training.perturb import PARAMETERS, image_seed  # noqa: E402
-from training.perturb import transform as perturbation  # noqa: E402
-from training.sbi import parse_landmarks, self_blend  # noqa: E402
+from dfdc_core.faces import model_images, model_input
+from training.perturb import PARAMETERS, image_seed
+from training.perturb import transform as perturbation
+from training.sbi import parse_landmarks, self_blend
 
 # each transform's settings besides `p`; the five perturbations take their one parameter from training/perturb.py
 AUGMENTATIONS = {"hflip": (), "shift_scale_rotate": ("shift", "scale", "rotate"),
@@ -106,8 +106,8 @@ class CropDataset(Dataset):
         return np.array([i for i, (label, points) in enumerate(zip(self.labels, self.landmarks))
                          if label == 0 and points is not None], dtype=np.int64)
 
-    def image(self, index: int) -> np.ndarray:
-        """Item `index` as the uint8 model input (before normalisation)."""
+    def crop(self, index: int) -> np.ndarray:
+        """Item `index` as a face crop: the stored crop, or its self-blended fake."""
         row, blended = index % len(self.paths), index >= len(self.paths)
         crop = read_crop(self.paths[row])
         if blended:
@@ -115,15 +115,27 @@ class CropDataset(Dataset):
                 raise ValueError(f"{self.paths[row]}: no landmarks for a self-blended fake; re-run extract_faces.py")
             crop = self_blend(crop, self.landmarks[row], self.sbi_margin,
                               np.random.default_rng(image_seed(self.seed, self.epoch, index, 1)))[0]
-        image = isotropic_resize(crop, self.input_size)
-        if self.augmentation is not None:
-            self.augmentation.set_random_seed(image_seed(self.seed, self.epoch, index))
-            image = self.augmentation(image=image)["image"]
-        return pad_square(image, self.input_size)
+        return crop
+
+    def augment(self, index: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Item `index`'s augmentation, seeded by (seed, epoch, index); None without one."""
+        if self.augmentation is None:
+            return None
+        augmentation = self.augmentation
+
+        def apply(image: np.ndarray) -> np.ndarray:
+            augmentation.set_random_seed(image_seed(self.seed, self.epoch, index))
+            return augmentation(image=image)["image"]
+        return apply
+
+    def image(self, index: int) -> np.ndarray:
+        """Item `index` as the uint8 model input (before normalisation)."""
+        return model_images([self.crop(index)], self.input_size, self.augment(index))[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         label = 1.0 if index >= len(self.paths) else self.labels[index]
-        return normalise(self.image(index)[None], self.mean, self.std)[0], torch.tensor(label, dtype=torch.float32)
+        tensor = model_input([self.crop(index)], self.input_size, self.mean, self.std, self.augment(index))[0]
+        return tensor, torch.tensor(label, dtype=torch.float32)
 
 
 class EpochSampler(Sampler[int], abc.ABC):

@@ -13,15 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kernel.submission import write_atomic  # noqa: E402
-from training.extract_faces import read_index  # noqa: E402
+from dfdc_core.io import write_atomic
+from training.index import read_index
 
 log = logging.getLogger("methods")
 

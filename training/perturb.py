@@ -14,7 +14,7 @@ import numpy as np
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 
-import albumentations as A  # noqa: E402
+import albumentations as A
 
 # perturbation → (its parameter, as the `augment` key in training/configs/default.yaml; what it means)
 PARAMETERS = {

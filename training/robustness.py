@@ -15,31 +15,29 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kernel.config import load_config  # noqa: E402
-from kernel.faces import box_iou, detector_from_config, person_tracks  # noqa: E402
-from kernel.metrics import accuracy, auc, log_loss  # noqa: E402
-from kernel.models import ModelSpec, load_classifier, load_manifest, verify_manifest  # noqa: E402
-from kernel.plots import pyplot, save_figure  # noqa: E402
-from kernel.submission import VIDEO_SUFFIXES, write_atomic  # noqa: E402
-from kernel.video import VideoReadError, read_frames  # noqa: E402
-from training.attacks import PixelModel, attack_toward  # noqa: E402
-from training.data import CropDataset  # noqa: E402
-from training.extract_faces import read_index  # noqa: E402
-from training.perturb import LEVELS, PARAMETERS, STRENGTHS, apply, fixed, image_seed, strengths_table  # noqa: E402
-from training.train_fold import load_fold_rows, predict_logits, video_probs  # noqa: E402
+from dfdc_core.config import load_settings, save_resolved
+from dfdc_core.faces import box_iou, detector_from_config, person_tracks
+from dfdc_core.io import write_atomic
+from dfdc_core.metrics import accuracy, auc, log_loss
+from dfdc_core.models import ModelSpec, load_classifier, load_manifest, verify_manifest
+from dfdc_core.plots import pyplot, save_figure
+from dfdc_core.video import VideoReadError, decode_video
+from kernel.config import load_config
+from kernel.submission import VIDEO_SUFFIXES
+from training.attacks import PixelModel, attack_toward
+from training.data import CropDataset
+from training.evaluate import load_fold_rows, predict_logits, video_probs
+from training.index import read_index
+from training.perturb import LEVELS, PARAMETERS, STRENGTHS, apply, fixed, image_seed, strengths_table
 
 log = logging.getLogger("robustness")
 
@@ -56,18 +54,10 @@ PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # crops loaded as [0, 1] pixels; Pi
 
 # ---------------------------------------------------------------- inputs
 
-def load_settings(path: Path | None) -> dict[str, Any]:
+
+def robustness_settings(path: Path | None) -> dict[str, Any]:
     """`training/configs/robustness.yaml`, overridden by the keys of `path`."""
-    settings = yaml.safe_load(DEFAULT_SETTINGS.read_text())
-    if path is None:
-        return settings
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path} not found; copy {DEFAULT_SETTINGS} and edit it")
-    update = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(update) - set(settings))
-    if unknown:
-        raise KeyError(f"{path}: unknown keys {unknown}; known keys are in {DEFAULT_SETTINGS}")
-    settings.update(update)
+    settings = load_settings(DEFAULT_SETTINGS, path)
     bad = sorted(set(settings["perturbations"]) - set(STRENGTHS))
     if bad:
         raise KeyError(f"{path}: unknown perturbations {bad}; known: {list(STRENGTHS)}")
@@ -126,6 +116,7 @@ def video_files(paths: list[Path], limit: int | None) -> list[Path]:
 
 # ---------------------------------------------------------------- crops: perturbation matrix
 
+
 def loader_of(rows: pd.DataFrame, root: Path, spec: ModelSpec, settings: dict[str, Any],
               perturbation=None) -> DataLoader:
     """[0, 1] pixel crops at the model's input size, perturbed per crop with (seed, crop) draws when given."""
@@ -164,6 +155,7 @@ def perturbation_matrix(model: PixelModel, spec: ModelSpec, rows: pd.DataFrame, 
 
 
 # ---------------------------------------------------------------- crops: attacks
+
 
 def attack_success(clean_probs: np.ndarray, adversarial_probs: np.ndarray) -> tuple[float, int]:
     """(share of the fakes detected clean that are called real after the attack, how many were detected)."""
@@ -216,6 +208,7 @@ def attack_rows(model: PixelModel, spec: ModelSpec, rows: pd.DataFrame, root: Pa
 
 # ---------------------------------------------------------------- videos: faces lost
 
+
 def boxes_per_frame(tracks, frames: int) -> list[list[tuple[float, ...]]]:
     """The kept tracks' boxes, per sampled frame."""
     boxes: list[list[tuple[float, ...]]] = [[] for _ in range(frames)]
@@ -239,8 +232,7 @@ def video_face_loss(videos: list[Path], settings: dict[str, Any], kernel_config:
     results = []
     for number, path in enumerate(tqdm(videos, desc="videos: faces lost", unit="video", dynamic_ncols=True)):
         try:
-            frames, _ = read_frames(path, settings["video_frames"], tuple(kernel_config["decode_backends"]),
-                                    kernel_config["max_frame_side"])
+            frames, _ = decode_video(path, kernel_config, settings["video_frames"])
         except VideoReadError as error:
             log.warning("left out of video_faces.csv: %s", error)
             continue
@@ -262,6 +254,7 @@ def video_face_loss(videos: list[Path], settings: dict[str, Any], kernel_config:
 
 
 # ---------------------------------------------------------------- outputs
+
 
 def file_name(model: str) -> str:
     return re.sub(r"[^\w.-]", "_", model)
@@ -357,8 +350,6 @@ def report_text(settings: dict[str, Any], matrix: pd.DataFrame, attacks: pd.Data
     return "\n".join(parts) + "\n"
 
 
-# ---------------------------------------------------------------- main
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", type=Path, required=True, help="weights_manifest.json of the models")
@@ -380,7 +371,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(args.config)
+    settings = robustness_settings(args.config)
+    save_resolved(settings, args.out / "settings.yaml")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     specs = select_models(args.manifest, args.models)

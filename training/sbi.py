@@ -23,7 +23,7 @@ def parse_landmarks(text: str) -> np.ndarray | None:
 
 
 def face_box(shape: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
-    """(x1, y1, x2, y2) of the detector's face box inside a crop cut with `margin` (`kernel.faces.crop_face`)."""
+    """(x1, y1, x2, y2) of the detector's face box inside a crop cut with `margin` (`dfdc_core.faces.crop_face`)."""
     height, width = shape
     inner_w, inner_h = width / (1 + 2 * margin), height / (1 + 2 * margin)
     x1, y1 = round((width - inner_w) / 2), round((height - inner_h) / 2)

@@ -1,12 +1,17 @@
 """Classifier factory over timm names and the weights manifest (`weights_manifest.json`)."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
+
+from dfdc_core.io import write_atomic
 
 FAMILIES = {
     "xception": ("xception", "legacy_xception"),
@@ -197,6 +202,33 @@ def manifest_entry(name: str, arch: str, weights: Path, manifest_dir: Path, inpu
     return {"name": name, "arch": arch, "file": str(Path(weights).resolve().relative_to(manifest_dir.resolve())),
             "sha256": sha256_of(weights), "bytes": Path(weights).stat().st_size, "input_size": int(input_size),
             "mean": list(mean), "std": list(std), **extra}
+
+
+@contextmanager
+def manifest_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock beside the manifest `path`, so folds trained in parallel do not lose each other's entries."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_manifest(path: Path, entries: list[dict], stacker: str | None = None) -> None:
+    """A new manifest of `entries` (from `manifest_entry`) and the stacker file name, written atomically."""
+    write_atomic(path, json.dumps({"models": entries, "stacker": stacker}, indent=1) + "\n")
+
+
+def update_manifest(path: Path, entries: list[dict] = (), stacker: str | None = None) -> None:
+    """Add `entries` to the manifest at `path` (created if missing), replacing entries of the same names, and name
+    `stacker` as its stacker when given; under `manifest_lock`, atomic."""
+    with manifest_lock(path):
+        data = json.loads(path.read_text()) if path.is_file() else {"models": [], "stacker": None}
+        names = {entry["name"] for entry in entries}
+        models = [m for m in data.get("models", []) if m.get("name") not in names] + list(entries)
+        write_manifest(path, models, stacker or data.get("stacker"))
 
 
 def save_fp16_state_dict(model: torch.nn.Module, path: str | Path) -> None:

@@ -1,18 +1,20 @@
-"""Faces: batched MTCNN detection on a downscaled copy, IoU person tracks, and the one crop function.
+"""Faces: batched MTCNN detection on a downscaled copy, IoU person tracks, the one crop and the one model input.
 
-`crop_face`, `isotropic_resize` / `pad_square` (together `isotropic_resize_pad`) and `normalise` are shared by
-inference and `training/`.
+Every path (the kernel, extraction, training, explain, the benchmarks) goes decoded frames → `person_tracks` →
+`face_crops` (`crop_face` per detection) → `model_input` (`isotropic_resize`, training's augmentation, `pad_square`,
+`normalise`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
 import torch
 
-from kernel.mtcnn import detect_faces
+from dfdc_core.mtcnn import detect_faces
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,27 @@ def pad_square(image: np.ndarray, size: int) -> np.ndarray:
 def isotropic_resize_pad(image: np.ndarray, size: int) -> np.ndarray:
     """The model input geometry: `isotropic_resize` to `size`, then `pad_square`."""
     return pad_square(isotropic_resize(image, size), size)
+
+
+def face_crops(frames: np.ndarray, tracks: list[Track], margin: float) -> list[np.ndarray]:
+    """One crop per detection of `tracks`, in track order: the kernel's crops, which extraction stores."""
+    return [crop_face(frames[detection.frame], detection.box, margin) for track in tracks
+            for detection in track.detections]
+
+
+def model_images(crops: list[np.ndarray], size: int,
+                 augment: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Crops as the model sees them, uint8 `(n, size, size, 3)`: `isotropic_resize`, then `augment` (training
+    only), then `pad_square`."""
+    resized = (isotropic_resize(crop, size) for crop in crops)
+    return np.stack([pad_square(augment(image) if augment else image, size) for image in resized])
+
+
+def model_input(crops: list[np.ndarray], size: int, mean: tuple[float, float, float],
+                std: tuple[float, float, float],
+                augment: Callable[[np.ndarray], np.ndarray] | None = None) -> torch.Tensor:
+    """Crops → the model's float tensor `(n, 3, size, size)`: `model_images`, then `normalise`."""
+    return normalise(model_images(crops, size, augment), mean, std)
 
 
 def normalise(crops: np.ndarray, mean: tuple[float, float, float],

@@ -10,8 +10,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from facenet_pytorch.models.utils.detect_face import (batched_nms, batched_nms_numpy, bbreg, generateBoundingBox,
-                                                      pad, rerec)
+from facenet_pytorch.models.utils.detect_face import (
+    batched_nms,
+    batched_nms_numpy,
+    bbreg,
+    generateBoundingBox,
+    pad,
+    rerec,
+)
 
 PYRAMID_FACTOR = 0.709          # MTCNN's scale step between pyramid levels
 NET_BATCH = 512                 # crops per R-Net / O-Net call

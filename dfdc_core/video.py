@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -229,3 +230,9 @@ def read_image(path: str | Path) -> np.ndarray:
     if image is None:
         raise VideoReadError(f"{path}: OpenCV cannot read this image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]
+
+
+def decode_video(path: Path, config: dict[str, Any], frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's frame sample of one video, `(frames, frame numbers)`: the config's count (or `frames`), decode
+    backends and largest frame side."""
+    return read_frames(path, frames or config["frames"], tuple(config["decode_backends"]), config["max_frame_side"])

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kernel.submission import write_atomic
+from dfdc_core.io import write_atomic
 
 
 def pyplot():

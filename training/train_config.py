@@ -1,0 +1,66 @@
+"""The training config: `training/configs/default.yaml` overridden by a run's YAML/JSON file, checked before any data is
+read."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from dfdc_core.config import load_settings
+from dfdc_core.models import model_family
+from training.defences import defence_from_config
+
+DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
+
+
+def resolve_config(path: Path, fold: int) -> dict[str, Any]:
+    """Defaults overridden by the file at `path` (`augment` merged per transform), checked, for `fold`."""
+    config = load_settings(DEFAULT_CONFIG, path, merge=("augment",))
+    config["fold"] = fold
+    model_family(config["arch"])
+    for key, allowed in (("optimizer", ("adamw", "sgd")), ("schedule", ("cosine", "onecycle")),
+                         ("sampler", ("balanced", "pairs", "shuffle")), ("device", ("auto", "cpu", "cuda")),
+                         ("export", ("last", "best"))):
+        if config[key] not in allowed:
+            raise ValueError(f"{path}: {key} is {config[key]!r}; choose one of {allowed}")
+    check_sbi(config, path)
+    if not config["crops"]:
+        raise ValueError(f"{path}: set 'crops' to the folder written by extract_faces.py")
+    check_classes(config, path)
+    group = config["group"] or re.sub(r"[_-]?fold\{fold\}", "", config["name"])
+    config["name"] = config["name"].format(arch=config["arch"], fold=fold, input_size=config["input_size"])
+    config["group"] = group.format(arch=config["arch"], input_size=config["input_size"])
+    config["mean"], config["std"] = normalisation(config)
+    defence_from_config(config)  # a bad adversarial/lipschitz setting fails here, before any data is read
+    return config
+
+
+def check_sbi(config: dict[str, Any], path: Path) -> None:
+    """`sbi: {p: share}` needs one-logit models and a sampler that draws fakes (balanced or pairs)."""
+    sbi = config["sbi"]
+    if sbi is None:
+        return
+    if not isinstance(sbi, dict) or set(sbi) != {"p"} or not 0.0 <= float(sbi["p"]) <= 1.0:
+        raise ValueError(f"{path}: sbi is {sbi!r}; write sbi: {{p: 0.5}} (the share of fakes that are self-blended)")
+    if config["num_classes"] != 1 or config["sampler"] == "shuffle":
+        raise ValueError(f"{path}: sbi needs num_classes: 1 and sampler: balanced or pairs")
+
+
+def check_classes(config: dict[str, Any], path: Path) -> None:
+    """`num_classes`, `classes` and `real_class` agree (when the classes are listed)."""
+    count, classes = config["num_classes"], config["classes"]
+    if count < 1:
+        raise ValueError(f"{path}: num_classes is {count}; use 1 (real/fake) or the number of classes")
+    if count > 1 and classes is not None and (len(classes) != count or config["real_class"] not in classes):
+        raise ValueError(f"{path}: classes {classes} must be num_classes ({count}) names including "
+                         f"real_class {config['real_class']!r}")
+
+
+def normalisation(config: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The config's mean/std, or the timm pretrained_cfg values of its arch."""
+    import timm
+
+    pretrained_cfg = timm.models.get_pretrained_cfg(config["arch"])
+    mean = config["mean"] or (pretrained_cfg.mean if pretrained_cfg else (0.485, 0.456, 0.406))
+    std = config["std"] or (pretrained_cfg.std if pretrained_cfg else (0.229, 0.224, 0.225))
+    return [float(v) for v in mean], [float(v) for v in std]

@@ -1,0 +1,559 @@
+"""Training one model on one fold: data loaders and samplers, loss, optimiser, schedule, EMA, checkpoints that resume,
+validation each epoch, the fp16 export with its manifest entry and the out-of-fold predictions. The command line is
+`training/train_fold.py`."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dfdc_core.config import save_resolved
+from dfdc_core.io import write_atomic
+from dfdc_core.metrics import auc, binary_report
+from dfdc_core.models import (
+    create_classifier,
+    load_classifier,
+    load_manifest,
+    manifest_entry,
+    save_fp16_state_dict,
+    update_manifest,
+)
+from dfdc_core.plots import plot_confusion_matrix, pyplot, save_figure
+from kernel.config import load_config as load_kernel_config
+from training.data import BalancedSampler, CropDataset, EpochSampler, PairSampler, ShuffleSampler, build_augmentation
+from training.defences import defence_from_config
+from training.evaluate import (
+    class_metrics,
+    crop_fake_probs,
+    load_fold_rows,
+    predict_logits,
+    video_class_matrix,
+    video_probs,
+)
+from training.pretrained import class_shares, init_head, load_pretrained
+from training.train_config import resolve_config
+
+log = logging.getLogger("train_fold")
+
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_log_loss", "val_auc", "val_accuracy",
+                  "val_crop_auc", "seconds"]
+
+
+OOF_COLUMNS = ["video", "frame", "person", "model", "group", "prob", "label"]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_dir: Path
+    manifest: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def weights(self) -> Path:
+        return self.run_dir / "weights_fp16.pth"
+
+
+def run_paths(config: dict[str, Any]) -> RunPaths:
+    """Run folder and manifest; the weights must lie under the manifest's folder (entries are relative)."""
+    out = Path(config["out"])
+    manifest = Path(config["manifest"]) if config["manifest"] else out / "weights_manifest.json"
+    run_dir = out / config["name"]
+    if not run_dir.resolve().is_relative_to(manifest.parent.resolve()):
+        raise ValueError(f"run folder {run_dir} is not under the manifest's folder {manifest.parent}; "
+                         "set 'manifest' to a file in OUT or a parent of it")
+    return RunPaths(run_dir, manifest)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when run plainly)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_setting: str) -> Dist:
+    """Join the torchrun process group (nccl on GPU, gloo on CPU) when WORLD_SIZE > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+    if device_setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda in the config, but no CUDA device is visible; use device: auto or cpu")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if not use_cuda:
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    return Dist(rank, world_size, device)
+
+
+def broadcast_float(value: float, context: Dist) -> float:
+    """Rank 0's `value` on every rank."""
+    if context.world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+def mean_over_ranks(value: float, context: Dist) -> float:
+    if context.world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / context.world_size
+
+
+def crop_margin(crops: Path) -> float:
+    """The margin the crops were cut with (extract_faces.py's settings.json, else the kernel's default)."""
+    settings = crops / "settings.json"
+    config = json.loads(settings.read_text())["config"] if settings.is_file() else load_kernel_config()
+    return float(config["crop_margin"])
+
+
+def make_sampler(config: dict[str, Any], train: pd.DataFrame, dataset: CropDataset, context: Dist) -> EpochSampler:
+    """The `sampler` of the config over the training crops (and their self-blended fakes with `sbi`)."""
+    common = dict(rank=context.rank, world_size=context.world_size, seed=config["seed"],
+                  size=config["samples_per_epoch"])
+    sbi = float(config["sbi"]["p"]) if config["sbi"] else 0.0
+    if sbi > 0 and not len(dataset.blendable()):
+        raise ValueError(f"sbi: no real training crop of {config['crops']} has landmarks; re-run "
+                         "training/extract_faces.py (it stores MTCNN's five points per face)")
+    if config["sampler"] == "balanced":
+        return BalancedSampler(dataset.labels, sbi=sbi, blendable=dataset.blendable(), **common)
+    if config["sampler"] == "pairs":
+        return PairSampler(train, sbi=sbi, blendable=dataset.blendable(), **common)
+    return ShuffleSampler(len(dataset.labels), **common)
+
+
+def make_loaders(config: dict[str, Any], train: pd.DataFrame, val: pd.DataFrame,
+                 context: Dist) -> tuple[DataLoader, DataLoader]:
+    crops, size = Path(config["crops"]), config["input_size"]
+    mean, std = config["mean"], config["std"]
+    margin = crop_margin(crops) if config["sbi"] else None
+    train_set = CropDataset(train, crops, size, mean, std, build_augmentation(config["augment"]), "target",
+                            seed=config["seed"], sbi_margin=margin)
+    val_set = CropDataset(val, crops, size, mean, std, label_column="target")
+    sampler = make_sampler(config, train, train_set, context)
+    common = dict(batch_size=config["batch_size"], num_workers=config["num_workers"],
+                  pin_memory=context.device.type == "cuda")
+    train_loader = DataLoader(train_set, sampler=sampler, drop_last=len(sampler) > config["batch_size"], **common)
+    return train_loader, DataLoader(val_set, shuffle=False, **common)
+
+
+def sampler_shares(config: dict[str, Any], labels: np.ndarray) -> np.ndarray:
+    """Class shares the sampler presents: equal for balanced, pairs and class weights, else the data's."""
+    count = max(2, config["num_classes"])
+    if config["sampler"] != "shuffle" or config["class_weights"]:
+        return np.full(count, 1.0 / count)
+    return class_shares(labels, count)
+
+
+def build_model(config: dict[str, Any], train_labels: np.ndarray) -> torch.nn.Module:
+    """The arch with its pretrained weights and a small head biased to the sampler's class shares."""
+    model = create_classifier(config["arch"], config["num_classes"])
+    if config["pretrained"]:
+        load_pretrained(model, config["pretrained"], config["arch"])
+    init_head(model, sampler_shares(config, train_labels))
+    return model
+
+
+def build_optimizer(config: dict[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD or AdamW; the backbone at `backbone_lr_scale` times the head's learning rate."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) in head], "lr": config["lr"]},
+              {"params": [p for p in model.parameters() if id(p) not in head],
+               "lr": config["lr"] * config["backbone_lr_scale"]}]
+    if config["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"],
+                               weight_decay=config["weight_decay"], nesterov=True)
+    return torch.optim.AdamW(groups, lr=config["lr"], weight_decay=config["weight_decay"])
+
+
+def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped every batch: one-cycle, or a linear warm-up over `warmup` of the steps then cosine to the floor."""
+    total = max(1, config["epochs"] * steps_per_epoch)
+    if config["schedule"] == "onecycle":
+        max_lrs = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total)
+    warmup, floor = int(config["warmup"] * total), config["min_lr_ratio"]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_ema(config: dict[str, Any], model: torch.nn.Module) -> AveragedModel | None:
+    """An exponential moving average of the weights (and BN buffers) with decay `ema` per step, or None."""
+    if not config["ema"]:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema"]), use_buffers=True)
+
+
+class BinaryLoss(torch.nn.Module):
+    """BCE on the single logit against labels smoothed towards 0.5 (`y * (1 - s) + s / 2`), each sample weighted
+    by its class's weight (of the hard label) when `class_weights` (real, fake) are given."""
+
+    def __init__(self, smoothing: float, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.smoothing = smoothing
+        self.class_weights = class_weights
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        targets = labels * (1 - self.smoothing) + 0.5 * self.smoothing
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0].float(), targets,
+                                                                      reduction="none")
+        if self.class_weights is None:
+            return losses.mean()
+        weights = self.class_weights[labels.long()]
+        return (losses * weights).sum() / weights.sum()
+
+
+class MultiClassLoss(torch.nn.Module):
+    """Softmax cross-entropy over class indices, with label smoothing `s` spread over the classes."""
+
+    def __init__(self, smoothing: float, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.cross_entropy = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.cross_entropy(logits.float(), labels.long())
+
+
+def build_loss(config: dict[str, Any], train_labels: np.ndarray, device: torch.device) -> torch.nn.Module:
+    """`criterion(model outputs, labels)`; `class_weights: true` weighs each sample by the inverse frequency of
+    its class, so every class weighs the same in the loss."""
+    smoothing, count = config["label_smoothing"], config["num_classes"]
+    weights = None
+    if config["class_weights"]:
+        shares = class_shares(train_labels, max(2, count))
+        weights = torch.tensor(1.0 / (len(shares) * np.maximum(shares, 1e-12)), dtype=torch.float32, device=device)
+    return BinaryLoss(smoothing, weights) if count == 1 else MultiClassLoss(smoothing, weights)
+
+
+@dataclass
+class TrainState:
+    """What survives a kill: the last finished epoch, early-stopping state and the metrics so far."""
+
+    epoch: int = 0
+    best_log_loss: float = math.inf
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values, so a checkpoint loads with `weights_only=True`."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"key": numpy_state["state"]["key"].tolist(), "pos": int(numpy_state["state"]["pos"]),
+                       "has_gauss": int(numpy_state["has_gauss"]), "gauss": float(numpy_state["gauss"])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": numpy_state["has_gauss"],
+                         "gauss": numpy_state["gauss"],
+                         "state": {"key": np.asarray(numpy_state["key"], dtype=np.uint32), "pos": numpy_state["pos"]}})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, ema: AveragedModel | None, optimizer, scheduler, scaler,
+                    state: TrainState, config: dict[str, Any]) -> None:
+    """Everything needed to continue after the last finished epoch, written atomically.
+
+    Only tensors and plain Python values (numpy scalars in the metrics become Python numbers), so
+    `load_checkpoint` never unpickles arbitrary objects.
+    """
+    train_state = json.loads(json.dumps(vars(state), default=lambda value: value.item()))
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "scaler": scaler.state_dict(), "train_state": train_state, "rng": rng_state(),
+               "arch": config["arch"], "input_size": config["input_size"],
+               "ema": ema.state_dict() if ema is not None else None}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, ema: AveragedModel | None, optimizer, scheduler, scaler,
+                    config: dict[str, Any]) -> TrainState:
+    """Restore a `save_checkpoint` file with `weights_only=True`: tensors and plain values, no other object."""
+    from pickle import UnpicklingError
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}; run without --resume to start")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except UnpicklingError as error:
+        raise ValueError(f"--resume: {path} holds objects other than tensors and plain values (an older "
+                         f"train_fold.py wrote it, or it is not a checkpoint), refused unread: {error}. "
+                         "Run without --resume to start afresh") from error
+    if (payload["arch"], payload["input_size"]) != (config["arch"], config["input_size"]):
+        raise ValueError(f"--resume: {path} is {payload['arch']}@{payload['input_size']}, the config asks for "
+                         f"{config['arch']}@{config['input_size']}; use the run's own config")
+    model.load_state_dict(payload["model"])
+    if ema is not None:
+        if payload.get("ema") is None:
+            raise ValueError(f"--resume: {path} was trained without ema; use the run's own config")
+        ema.load_state_dict(payload["ema"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    scaler.load_state_dict(payload["scaler"])
+    restore_rng(payload["rng"])
+    return TrainState(**payload["train_state"])
+
+
+def train_one_epoch(model, ema: AveragedModel | None, loader: DataLoader, criterion, optimizer, scheduler, scaler,
+                    config: dict[str, Any], context: Dist, epoch: int) -> float:
+    """One pass over this rank's share of the training crops; returns the mean loss over all ranks."""
+    model.train()
+    use_amp = scaler.is_enabled()
+    total, count = 0.0, 0
+    defence = defence_from_config(config)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", unit="batch", disable=not context.main,
+               dynamic_ncols=True)
+
+    def batch_loss(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+            return criterion(net(images), labels)
+
+    for images, labels in bar:
+        images, labels = images.to(context.device, non_blocking=True), labels.to(context.device, non_blocking=True)
+        images = defence.mix_adversarial(model, images, labels, batch_loss)
+        objective, loss = defence.objective(model, images, labels, batch_loss)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(objective).backward()
+        if config["grad_clip"]:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model.module if isinstance(model, DistributedDataParallel) else model)
+        total += float(loss.item()) * len(labels)
+        count += len(labels)
+        bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    return mean_over_ranks(total / max(count, 1), context)
+
+
+def metric_columns(config: dict[str, Any]) -> list[str]:
+    if config["num_classes"] == 1:
+        return METRIC_COLUMNS
+    return METRIC_COLUMNS + ["val_class_accuracy"] + [f"val_acc_{name}" for name in config["classes"]]
+
+
+def validation_metrics(rows: pd.DataFrame, logits: np.ndarray, config: dict[str, Any]) -> dict[str, float]:
+    """Crop loss, binary real/fake metrics per video (from P(fake)) and, with classes, class accuracies."""
+    labels = rows["label"].to_numpy(dtype=np.float64)
+    targets = torch.from_numpy(rows["target"].to_numpy(dtype=np.float32))
+    crop_loss = BinaryLoss(0.0) if config["num_classes"] == 1 else MultiClassLoss(0.0)
+    probs = crop_fake_probs(logits, config)
+    videos = video_probs(rows, probs, config["aggregation"])
+    report = binary_report(videos["label"], videos["prob"])
+    metrics = {"val_loss": float(crop_loss(torch.from_numpy(logits), targets)), "val_log_loss": report["log_loss"],
+               "val_auc": report["auc"], "val_accuracy": report["accuracy"], "val_crop_auc": auc(labels, probs)}
+    if config["num_classes"] > 1:
+        metrics.update(class_metrics(video_class_matrix(rows, logits, config["num_classes"]), config["classes"]))
+    return metrics
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, float]], columns: list[str]) -> None:
+    """metrics.csv and loss_curve.png, both atomically."""
+    frame = pd.DataFrame(history, columns=columns)
+    write_atomic(run_dir / "metrics.csv", frame.to_csv(index=False, float_format="%.6f"))
+    plot_curves(frame, run_dir / "loss_curve.png")
+
+
+def plot_curves(frame: pd.DataFrame, path: Path) -> None:
+    figure, (losses, scores) = pyplot().subplots(1, 2, figsize=(11, 4))
+    for column in ("train_loss", "val_loss", "val_log_loss"):
+        losses.plot(frame["epoch"], frame[column], marker="o", label=column)
+    losses.set(xlabel="epoch", ylabel="loss", title="losses (val_log_loss: per video, clipped)")
+    losses.legend()
+    for column in ("val_auc", "val_crop_auc", "val_accuracy", "val_class_accuracy"):
+        if column in frame:
+            scores.plot(frame["epoch"], frame[column], marker="o", label=column)
+    scores.set(xlabel="epoch", ylim=(0, 1.02), title="validation")
+    scores.legend()
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def exported_epoch(config: dict[str, Any], state: TrainState) -> dict[str, float]:
+    """The metrics row of the epoch whose weights are exported (`export: best` or `last`)."""
+    if config["export"] == "best":
+        return min(state.history, key=lambda row: row["val_log_loss"])
+    return state.history[-1]
+
+
+def export(config: dict[str, Any], paths: RunPaths, state: TrainState, val: pd.DataFrame,
+           val_loader: DataLoader, device: torch.device) -> pd.DataFrame:
+    """Manifest entry for the exported weights, then OOF predictions from them loaded the kernel's way."""
+    best = exported_epoch(config, state)
+    classes = {"num_classes": config["num_classes"], "classes": config["classes"],
+               "real_class": config["real_class"]} if config["num_classes"] > 1 else {}
+    entry = manifest_entry(config["name"], config["arch"], paths.weights, paths.manifest.parent,
+                           config["input_size"], config["mean"], config["std"], group=config["group"],
+                           fold=config["fold"], epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
+                           val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
+    update_manifest(paths.manifest, [entry])
+    spec = next(s for s in load_manifest(paths.manifest).models if s.name == config["name"])
+    logits = predict_logits(load_classifier(spec, str(device)), val_loader, device, config["tta_hflip"])
+    oof = val[["video", "frame", "person"]].assign(model=config["name"], group=config["group"],
+                                                   prob=crop_fake_probs(logits, config), label=val["label"])[OOF_COLUMNS]
+    if classes:
+        oof = oof.join(class_outputs(val, logits, config, paths.run_dir))
+    write_atomic(paths.run_dir / "oof.csv", oof.to_csv(index=False, float_format="%.6f"))
+    log.info("exported epoch %d (%s): val log loss %.4f, AUC %.4f; %s added to %s; OOF: %s", best["epoch"],
+             config["export"], best["val_log_loss"], best["val_auc"], paths.weights, paths.manifest,
+             paths.run_dir / "oof.csv")
+    return oof
+
+
+def class_outputs(val: pd.DataFrame, logits: np.ndarray, config: dict[str, Any], run_dir: Path) -> pd.DataFrame:
+    """`p_<class>` OOF columns; confusion_matrix.csv and .png of the validation videos (logged per class)."""
+    classes = config["classes"]
+    matrix = video_class_matrix(val, logits, len(classes))
+    accuracy = class_metrics(matrix, classes)
+    log.info("attribution: video accuracy %.3f; per class: %s", accuracy["val_class_accuracy"],
+             ", ".join(f"{name} {accuracy[f'val_acc_{name}']:.2f}" for name in classes))
+    table = pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=classes)
+    write_atomic(run_dir / "confusion_matrix.csv", table.to_csv())
+    plot_confusion_matrix(matrix, classes, run_dir / "confusion_matrix.png",
+                          f"{config['name']}\nvalidation videos, accuracy {accuracy['val_class_accuracy']:.2f}")
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return pd.DataFrame(probs, index=val.index, columns=[f"p_{name}" for name in classes])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def improved(state: TrainState, val_log_loss: float) -> bool:
+    """Update the early-stopping state with this epoch's val log loss; True if it is the best so far."""
+    if val_log_loss < state.best_log_loss:
+        state.best_log_loss, state.bad_epochs = val_log_loss, 0
+        return True
+    state.bad_epochs += 1
+    return False
+
+
+def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_after: int | None = None) -> TrainState:
+    """The fold's whole run; returns its state (rank 0 has exported the outputs if training finished)."""
+    paths = run_paths(config)
+    seed_everything(config["seed"] + context.rank)
+    train_rows, val_rows = load_fold_rows(config, config["fold"])
+    train_loader, val_loader = make_loaders(config, train_rows, val_rows, context)
+    model = build_model(config, train_loader.dataset.labels).to(context.device)
+    ema = build_ema(config, model)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer, len(train_loader))
+    scaler = torch.amp.GradScaler("cuda", enabled=config["amp"] and context.device.type == "cuda")
+    criterion = build_loss(config, train_loader.dataset.labels, context.device)
+    state = TrainState()
+    if resume:
+        state = load_checkpoint(paths.checkpoint, model, ema, optimizer, scheduler, scaler, config)
+        log.info("resumed from %s after epoch %d", paths.checkpoint, state.epoch)
+    elif paths.checkpoint.is_file():
+        log.warning("%s exists: starting afresh (pass --resume to continue it)", paths.checkpoint)
+    log.info("fold %d: %d training crops (%d videos), %d items an epoch (%s sampler%s), %d validation crops "
+             "(%d videos); %s on %s x%d", config["fold"], len(train_rows), train_rows["video"].nunique(),
+             len(train_loader.sampler), config["sampler"], f", sbi p={config['sbi']['p']}" if config["sbi"] else "",
+             len(val_rows), val_rows["video"].nunique(), config["arch"], context.device, context.world_size)
+    trained = DistributedDataParallel(model) if context.world_size > 1 else model
+    evaluated = ema.module if ema is not None else model
+    epochs_run = 0
+    while state.epoch < config["epochs"] and not state.stopped_early:
+        if stop_after is not None and epochs_run >= stop_after:
+            log.info("stopping after %d epoch(s) as asked; continue with --resume", epochs_run)
+            return state
+        epoch, started = state.epoch + 1, time.perf_counter()
+        train_loader.sampler.set_epoch(epoch)
+        train_loader.dataset.set_epoch(epoch)
+        lr = scheduler.get_last_lr()[0]
+        train_loss = train_one_epoch(trained, ema, train_loader, criterion, optimizer, scheduler, scaler, config,
+                                     context, epoch)
+        metrics = validation_metrics(val_rows, predict_logits(evaluated, val_loader, context.device,
+                                                              config["tta_hflip"]), config) if context.main else {}
+        val_log_loss = broadcast_float(metrics.get("val_log_loss", 0.0), context)
+        is_best = improved(state, val_log_loss)
+        state.epoch = epoch
+        state.stopped_early = config["early_stopping"] is not None and state.bad_epochs >= config["early_stopping"]
+        if context.main:
+            state.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, **metrics,
+                                  "seconds": round(time.perf_counter() - started, 1)})
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val log loss %.4f, AUC %.4f, accuracy %.3f%s",
+                     epoch, train_loss, metrics["val_loss"], metrics["val_log_loss"], metrics["val_auc"],
+                     metrics["val_accuracy"], " (best)" if is_best else "")
+            if "val_class_accuracy" in metrics:
+                log.info("epoch %d: class accuracy (videos) %.3f", epoch, metrics["val_class_accuracy"])
+            if is_best or config["export"] == "last":
+                save_fp16_state_dict(evaluated, paths.weights)
+            write_metrics(paths.run_dir, state.history, metric_columns(config))
+            save_checkpoint(paths.checkpoint, model, ema, optimizer, scheduler, scaler, state, config)
+        epochs_run += 1
+        if state.stopped_early:
+            log.info("early stopping: val log loss has not improved for %d epochs", state.bad_epochs)
+    if context.main:
+        export(config, paths, state, val_rows, val_loader, context.device)
+    return state
+
+
+def run_training(config_path: Path, fold: int, resume: bool = False, stop_after: int | None = None) -> TrainState:
+    """Resolve the config at `config_path` for `fold`, save it beside the run (`config.yaml`) and train."""
+    config = resolve_config(config_path, fold)
+    context = init_distributed(config["device"])
+    logging.basicConfig(level=logging.INFO if context.main else logging.WARNING,
+                        format=f"%(asctime)s %(levelname)s %(name)s[{context.rank}]: %(message)s")
+    if context.main:
+        resolved = {**config, "resume": resume, "world_size": context.world_size}
+        save_resolved(resolved, run_paths(config).run_dir / "config.yaml")
+        log.info("settings of this run (also in %s):\n%s", run_paths(config).run_dir / "config.yaml",
+                 yaml.safe_dump(resolved, sort_keys=False))
+    try:
+        return train(config, context, resume, stop_after)
+    finally:
+        if context.world_size > 1:
+            dist.destroy_process_group()

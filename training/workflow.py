@@ -1,0 +1,180 @@
+"""The recipe behind `python -m training.recipe`: labelled videos → face crops → group folds → every model on every fold
+→ calibrator fitted to the target prior → a ready manifest and its report."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+from dfdc_core.config import read_settings
+from dfdc_core.io import write_atomic
+from dfdc_core.metrics import auc, log_loss, prior_weights
+from dfdc_core.models import model_family, update_manifest
+from dfdc_core.plots import pyplot, save_figure
+from ensemble.stacking import fit_stacker, format_report, shift_prior, verdict
+from training.extraction import run_extraction
+from training.grouping import DEFAULT_LINK_RULES, assign_folds, read_link_rules, rule_links, videos_from_index
+from training.trainer import run_training
+
+log = logging.getLogger("recipe")
+
+
+RECIPES = Path(__file__).with_name("recipes")
+RECIPE_KEYS = {"frames", "folds", "target_prior", "aggregation", "features", "train", "models"}
+
+
+def read_recipe(name: str) -> dict[str, Any]:
+    """A recipe by name (`cpu`, `gpu`: training/recipes/NAME.yaml) or path, checked."""
+    path = RECIPES / f"{name}.yaml" if (RECIPES / f"{name}.yaml").is_file() else Path(name)
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+        raise FileNotFoundError(f"--recipe {name}: no such recipe; use one of {known} or a YAML file path")
+    recipe = read_settings(path, "--recipe")
+    if not RECIPE_KEYS <= set(recipe) or set(recipe) - RECIPE_KEYS:
+        raise ValueError(f"{path}: a recipe has exactly the keys {sorted(RECIPE_KEYS)}")
+    names = [model.get("name") for model in recipe["models"]]
+    if not names or None in names or len(set(names)) != len(names):
+        raise ValueError(f"{path}: every model needs a unique name, got {names}")
+    return recipe
+
+
+def make_folds(crops: Path, out: Path, k: int, seed: int) -> pd.DataFrame:
+    """Group folds of the extracted videos (name link rules applied); an existing folds.csv is kept if it holds
+    the same videos, so a resumed run trains on the folds it started with."""
+    videos = videos_from_index(crops / "index.csv")
+    path = out / "folds.csv"
+    if path.is_file():
+        folds = pd.read_csv(path, dtype={"original": str}, keep_default_na=False)
+        if set(folds["video"]) != set(videos["video"]):
+            raise ValueError(f"{path} was made for other videos than {crops / 'index.csv'}; use a new --out")
+        return folds
+    table = assign_folds(videos, k, seed, rule_links(videos["video"], read_link_rules(DEFAULT_LINK_RULES)))
+    write_atomic(path, table.to_csv(index=False))
+    return table
+
+
+def model_config(recipe: dict[str, Any], model: dict[str, Any], crops: Path, out: Path, seed: int,
+                 device: str) -> dict[str, Any]:
+    """The train_fold config of one recipe model: defaults ← recipe `train` ← the model's keys."""
+    settings = {key: value for key, value in model.items() if key != "name"}
+    return {**recipe["train"], **settings, "name": model["name"] + "_fold{fold}", "group": model["name"],
+            "crops": str(crops), "folds": str(out / "folds.csv"), "out": str(out / "runs"),
+            "manifest": str(out / "weights_manifest.json"), "aggregation": recipe["aggregation"], "seed": seed,
+            "device": device}
+
+
+def train_all(recipe: dict[str, Any], crops: Path, out: Path, seed: int, device: str) -> list[Path]:
+    """Every model on every fold (finished folds skipped, interrupted ones resumed); returns the OOF files."""
+    jobs = [(model, fold) for model in recipe["models"] for fold in range(recipe["folds"])]
+    oofs = []
+    for model, fold in tqdm(jobs, desc="recipe: models x folds", unit="fold"):
+        config_path = out / "configs" / f"{model['name']}.yaml"
+        write_atomic(config_path, yaml.safe_dump(model_config(recipe, model, crops, out, seed, device)))
+        run_dir = out / "runs" / f"{model['name']}_fold{fold}"
+        oof = run_dir / "oof.csv"
+        if not oof.is_file():
+            resume = (run_dir / "last.pt").is_file()
+            log.info("training %s fold %d%s", model["name"], fold, " (resuming)" if resume else "")
+            run_training(config_path, fold, resume)
+        oofs.append(oof)
+    return oofs
+
+
+def attach_stacker(out: Path, stacker: dict[str, Any]) -> Path:
+    """Write stacker.json and name it in the manifest (atomic)."""
+    write_atomic(out / "stacker.json", json.dumps(stacker, indent=1))
+    manifest_path = out / "weights_manifest.json"
+    update_manifest(manifest_path, stacker="stacker.json")
+    return manifest_path
+
+
+def family_rows(recipe: dict[str, Any], table, target_prior: float) -> list[dict[str, Any]]:
+    """Log loss and AUC of the plain mean of each model family's groups (when a family has several)."""
+    families: dict[str, list[int]] = {}
+    for index, group in enumerate(table.groups):
+        arch = next(m["arch"] for m in recipe["models"] if m["name"] == group)
+        families.setdefault(model_family(arch), []).append(index)
+    y = table.labels
+    return [{"name": f"family {family}", "log_loss": log_loss(y, table.scores[:, idx].mean(axis=1),
+                                                               weights=prior_weights(y, target_prior)),
+             "log_loss_at_data_prior": log_loss(y, table.scores[:, idx].mean(axis=1)),
+             "auc": auc(y, table.scores[:, idx].mean(axis=1))}
+            for family, idx in families.items() if len(idx) > 1]
+
+
+def video_table(table, stacker: dict[str, Any], report_probs: np.ndarray) -> pd.DataFrame:
+    """Per OOF video: label, cluster, each group's raw score and the calibrated nested-CV score."""
+    frame = pd.DataFrame({"video": table.videos, "label": table.labels, "cluster": table.clusters})
+    for index, group in enumerate(table.groups):
+        frame[f"score_{group}"] = table.scores[:, index]
+    frame["calibrated"] = report_probs
+    frame["calibrated_at_oof_prior"] = shift_prior(report_probs, stacker["target_prior"], stacker["oof_prior"])
+    return frame
+
+
+def plot_report(videos: pd.DataFrame, groups: list[str], path: Path) -> Path:
+    """Reliability (prior-weighted) and ROC of the calibrated nested-CV scores beside the raw mean."""
+    from sklearn.metrics import roc_curve
+
+    y = videos["label"].to_numpy()
+    raw = videos[[f"score_{g}" for g in groups]].mean(axis=1).to_numpy()
+    figure, (reliability, roc) = pyplot().subplots(1, 2, figsize=(10, 4.5))
+    bins = np.linspace(0, 1, 6)
+    weights = prior_weights(y, 0.5)
+    for name, probs in (("mean of models (raw)", raw), ("calibrated (nested CV)", videos["calibrated"].to_numpy())):
+        which = np.clip(np.digitize(probs, bins) - 1, 0, len(bins) - 2)
+        centres, rates = [], []
+        for b in range(len(bins) - 1):
+            inside = which == b
+            if inside.any():
+                centres.append(float(np.average(probs[inside], weights=weights[inside])))
+                rates.append(float(np.average(y[inside], weights=weights[inside])))
+        reliability.plot(centres, rates, marker="o", label=name)
+        if len(np.unique(y)) == 2:
+            fpr, tpr, _ = roc_curve(y, probs)
+            roc.plot(fpr, tpr, label=f"{name}, AUC {auc(y, probs):.3f}")
+    reliability.plot([0, 1], [0, 1], "--", color="grey")
+    reliability.set(xlabel="predicted P(fake)", ylabel="share fake (weighted to 50 %)",
+                    title="reliability of OOF video scores")
+    roc.plot([0, 1], [0, 1], "--", color="grey")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC of OOF video scores")
+    reliability.legend(fontsize=8)
+    roc.legend(fontsize=8)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def run_recipe(data: Path, out: Path, recipe_name: str = "cpu", seed: int = 0, crops: Path | None = None,
+               device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """The whole recipe; returns the report (also written to OUT/report.json)."""
+    started = time.monotonic()
+    recipe = read_recipe(recipe_name)
+    out.mkdir(parents=True, exist_ok=True)
+    crops = crops or out / "crops"
+    write_atomic(out / "recipe.yaml", yaml.safe_dump({**recipe, "seed": seed, "data": str(data)}, sort_keys=False))
+    run_extraction(data, crops, recipe["frames"], progress=progress)
+    make_folds(crops, out, recipe["folds"], seed)
+    oofs = train_all(recipe, crops, out, seed, device)
+    stacker, rows, table = fit_stacker(oofs, out / "folds.csv", recipe["aggregation"],
+                                       target_prior=recipe["target_prior"], stats=tuple(recipe["features"]))
+    manifest = attach_stacker(out, stacker)
+    rows = rows[:len(table.groups)] + family_rows(recipe, table, recipe["target_prior"]) + rows[len(table.groups):]
+    videos = video_table(table, stacker, table.calibrated)
+    write_atomic(out / "oof_videos.csv", videos.to_csv(index=False, float_format="%.6f"))
+    plot_report(videos, table.groups, out / "report.png")
+    report = {"recipe": recipe_name, "seed": seed, "videos": len(table.videos), "oof_prior": stacker["oof_prior"],
+              "target_prior": recipe["target_prior"], "rows": rows, "verdict": verdict(rows),
+              "minutes": round((time.monotonic() - started) / 60, 2), "manifest": str(manifest)}
+    write_atomic(out / "report.json", json.dumps(report, indent=1))
+    print(f"\n{len(table.videos)} OOF videos ({stacker['oof_prior']:.1%} fake), recipe {recipe_name}, seed {seed}, "
+          f"{report['minutes']:.1f} min")
+    print(format_report(rows, recipe["target_prior"], stacker["oof_prior"]))
+    print(f"{report['verdict']}\nready: python -m kernel --manifest {manifest}; plots: {out / 'report.png'}")
+    return report
