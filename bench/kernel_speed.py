@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stop = threading.Event()
     bar = tqdm(total=len(names), desc="ours decode+detect", unit="video")
     loop_start = time.perf_counter()
-    for name, frames, decode_s in prefetch_frames(folder, names, config, stop):
+    for name, frames, decode_s, _ in prefetch_frames(folder, names, config, stop):
         fig = figures[name]
         fig.ours_decode_bg = decode_s
         if isinstance(frames, Exception):

@@ -10,6 +10,10 @@ intercept is right for the test set, not for the OOF videos. C is chosen by grou
 the original clusters of the folds CSV); the reported figures come from a nested grouped cross-validation (C
 chosen inside each outer fold), so the verdict "pays off" is not measured on the data C was chosen on.
 Standardisation is folded into the exported coefficients: the kernel applies the JSON with one dot product.
+
+With several groups the JSON also carries `variants`: the same fit on every proper subset of the groups (each with
+its groups, feature names, coefficients, intercept, C and nested-CV log loss), which the kernel switches to when the
+time budget makes it drop a group's models (`kernel.budget`); `--no-variants` leaves them out.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -195,8 +200,9 @@ def score_rows(table: Table, stacked: np.ndarray, target_prior: float,
 
 def fit_stacker(oof_paths: list[Path], folds_path: Path, strategy: str = "mean", splits: int = 5,
                 clip: tuple[float, float] = CLIP, target_prior: float = 0.5,
-                stats: tuple[str, ...] = DEFAULT_FEATURES) -> tuple[dict, list[dict], Table]:
-    """Fit the calibrator/stacker; return its JSON dict, the report rows (same videos, same clusters), the table."""
+                stats: tuple[str, ...] = DEFAULT_FEATURES, variants: bool = True) -> tuple[dict, list[dict], Table]:
+    """Fit the calibrator/stacker (and, with `variants` and several groups, its variants for subsets of the groups);
+    return its JSON dict, the report rows (same videos, same clusters), the table."""
     if not 0.0 < target_prior < 1.0:
         raise OOFError(f"--target-prior {target_prior}: must lie strictly between 0 and 1")
     unknown = sorted(set(stats) - set(FEATURE_STATS))
@@ -219,7 +225,26 @@ def fit_stacker(oof_paths: list[Path], folds_path: Path, strategy: str = "mean",
                     "aggregation": strategy, "groups": groups, "videos": len(table.videos),
                     "target_prior": target_prior, "oof_prior": float(y.mean()), "cv_splits": splits,
                     "report": report})
+    if variants and len(groups) > 1:
+        stacker["variants"] = fit_variants(table, splits, target_prior, clip)
     return stacker, report, table
+
+
+def fit_variants(table: Table, splits: int, target_prior: float, clip: tuple[float, float]) -> list[dict]:
+    """The calibrator/stacker refitted on each proper subset of the table's groups, largest subsets first: what the
+    kernel applies when the time budget leaves only those groups (C chosen as for the full fit; `log_loss` from the
+    nested grouped CV, weighted to the target prior)."""
+    variants = []
+    for size in range(len(table.groups) - 1, 0, -1):
+        for groups in combinations(table.groups, size):
+            columns = [i for i, name in enumerate(table.feature_names) if name.split(".", 1)[0] in groups]
+            x, y = table.features[:, columns], table.labels
+            c = choose_c(x, y, table.clusters, splits, target_prior, clip)
+            fitted = export(fit_regression(x, y, c, target_prior), [table.feature_names[i] for i in columns], clip)
+            nested = nested_predictions(x, y, table.clusters, splits, target_prior, clip)
+            variants.append({"groups": list(groups), **fitted, "C": c,
+                             "log_loss": log_loss(y, nested, clip, prior_weights(y, target_prior))})
+    return variants
 
 
 def format_report(report: list[dict], target_prior: float, data_prior: float) -> str:
@@ -250,10 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-prior", type=float, default=0.5, help="share of fakes to calibrate to")
     parser.add_argument("--features", nargs="+", default=list(DEFAULT_FEATURES), help=f"of {list(FEATURE_STATS)}")
     parser.add_argument("--splits", type=int, default=5, help="grouped CV folds")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="no variants for subsets of the groups (the kernel then falls back to the plain mean "
+                             "when its time budget drops a whole group)")
     args = parser.parse_args(argv)
     try:
         stacker, report, table = fit_stacker(args.oof, args.folds, args.aggregation, args.splits,
-                                             target_prior=args.target_prior, stats=tuple(args.features))
+                                             target_prior=args.target_prior, stats=tuple(args.features),
+                                             variants=not args.no_variants)
     except (OOFError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -262,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{stacker['videos']} videos ({stacker['oof_prior']:.1%} fake), groups {stacker['groups']}, "
           f"{stacker['kind']}, C = {stacker['C']:.4g}, calibrated to {args.target_prior:.0%} fakes")
     print(format_report(report, args.target_prior, stacker["oof_prior"]))
+    for variant in stacker.get("variants", []):
+        print(f"variant without {sorted(set(stacker['groups']) - set(variant['groups']))}: log loss "
+              f"{variant['log_loss']:.4f} (nested CV)")
     print(f"{verdict(report)}; wrote {args.out}")
     return 0
 

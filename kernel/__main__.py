@@ -1,15 +1,21 @@
-"""`python -m kernel`: write submission.csv for a folder of videos (Kaggle paths by default).
+"""`python -m kernel`: write submission.csv for a folder of videos (by default the competition's, found where Kaggle
+mounts it: see `kernel.kaggle`; the environment variable DFDC_KAGGLE_ROOT replaces /kaggle).
 
-Exit 0: the submission is written. Exit 2: a setting, path or input file is unusable; the message names it
-and the fix, and no video was read.
+Exit 0: the submission is written. Exit 2: a setting, path or input file is unusable, or --device cuda names a GPU
+that fails the probe; the message names it and the fix, and no video was read.
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import json
 import logging
 import sys
+from pathlib import Path
+from typing import IO
 
-from kernel.config import KAGGLE_OUT, KAGGLE_SAMPLE_SUBMISSION, KAGGLE_VIDEOS, SettingsError, load_config
+from kernel.config import SettingsError, load_config
+from kernel.kaggle import crash_log_path, kaggle_root
 from kernel.offline import block_network
 
 log = logging.getLogger("kernel")
@@ -17,12 +23,19 @@ log = logging.getLogger("kernel")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kernel", description=__doc__)
-    parser.add_argument("--videos", default=str(KAGGLE_VIDEOS), help="folder of test videos")
-    parser.add_argument("--sample-submission", default=str(KAGGLE_SAMPLE_SUBMISSION),
-                        help="CSV whose 'filename' column lists the videos, in order (absent: every video)")
+    parser.add_argument("--videos", default=None, help="folder of test videos (default: the competition's "
+                        "test_videos/ under /kaggle/input/competitions/<slug>/, /kaggle/input/<slug>/ or "
+                        "/kaggle/input/datasets/<owner>/<slug>/)")
+    parser.add_argument("--sample-submission", default=None,
+                        help="CSV whose 'filename' column lists the videos, in order (default: the one beside the "
+                             "competition's test_videos/ when --videos is not given; none: every video)")
     parser.add_argument("--manifest", default="weights_manifest.json", help="weights_manifest.json")
-    parser.add_argument("--out", default=str(KAGGLE_OUT), help="submission CSV to write")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--out", default=None, help="submission CSV to write (default /kaggle/working/submission.csv)")
+    parser.add_argument("--device", default="auto", help="auto (default: a GPU that passes a probe, else the CPU), "
+                        "cpu, cuda or cuda:N (exit 2 if that GPU fails the probe)")
+    parser.add_argument("--crashed", type=Path, default=None,
+                        help="JSON list of videos that crashed the kernel twice: they get the prior unread (the "
+                             "notebook's retry loop writes it)")
     parser.add_argument("--config", default=None, help="JSON overriding kernel/default_config.json")
     parser.add_argument("--frames", type=int, default=None, help="frames sampled per video (default 32)")
     parser.add_argument("--max-frame-side", type=int, default=None,
@@ -42,10 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def read_crashed(path: Path | None) -> list[str]:
+    """The video names of a `--crashed` JSON list (none without the flag); `SettingsError` if it is unusable."""
+    if path is None:
+        return []
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SettingsError(f"--crashed {path}: cannot read it as JSON ({error}); pass a JSON list of video names") \
+            from error
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise SettingsError(f"--crashed {path}: expected a JSON list of video names, got {type(names).__name__}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,17 +77,40 @@ def main(argv: list[str] | None = None) -> int:
     from kernel.models import ManifestError  # torch, numpy and OpenCV start their threads from here on
     from kernel.pipeline import predict
 
+    out = Path(args.out) if args.out else kaggle_root() / "working" / "submission.csv"
+    crash_log = open_crash_log(out)
     try:
         config = load_config(args.config, frames=args.frames, max_frame_side=args.max_frame_side,
                              detect_batch_size=args.detect_batch_size, classify_batch_size=args.classify_batch_size,
                              detect_long_side=args.detect_long_side, aggregation=args.aggregation, prior=args.prior,
                              time_budget_hours=args.time_budget_hours)
-        predict(args.videos, args.sample_submission, args.manifest, args.out, args.device or default_device(),
-                config, progress=not args.no_progress)
+        predict(args.videos, args.sample_submission, args.manifest, out, args.device, config,
+                progress=not args.no_progress, crashed=read_crashed(args.crashed))
     except (SettingsError, ManifestError) as error:
         log.error("%s", error)
         return 2
+    finally:
+        if crash_log is not None:  # this process lives on: no native crash to report
+            faulthandler.disable()
+            crash_log.close()
+            Path(crash_log.name).unlink(missing_ok=True)
     return 0
+
+
+def open_crash_log(out: Path) -> IO | None:
+    """Have `faulthandler` write every thread's stack to `<out>.crash.log` if a signal kills the process (the
+    notebook reads which thread crashed; the file is removed when the process ends otherwise). None where that file
+    cannot be written (logged), or where `faulthandler` already reports elsewhere (`python -X faulthandler`, pytest)."""
+    if faulthandler.is_enabled():
+        return None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(crash_log_path(out), "w")
+    except OSError as error:
+        log.warning("no crash log beside %s (%s)", out, error)
+        return None
+    faulthandler.enable(handle, all_threads=True)
+    return handle
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -106,7 +106,8 @@ class Stacker:
     """
 
     def __init__(self, feature_names: list[str], coef: list[float], intercept: float,
-                 aggregation: str | None = None, target_prior: float | None = None):
+                 aggregation: str | None = None, target_prior: float | None = None,
+                 variants: tuple["Stacker", ...] = ()):
         if len(feature_names) != len(coef):
             raise ValueError(f"stacker has {len(feature_names)} feature names but {len(coef)} coefficients")
         self.feature_names = list(feature_names)
@@ -114,15 +115,28 @@ class Stacker:
         self.intercept = float(intercept)
         self.aggregation = aggregation  # the frame→person rule its features were computed with
         self.target_prior = target_prior
+        self.variants = tuple(variants)  # the same fit on subsets of the groups, for when the kernel drops some
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Stacker":
+        """The stacker of a JSON file; its `variants` (each with feature_names, coef, intercept) share its
+        aggregation and target prior. Files without variants read as before."""
         data = json.loads(Path(path).read_text())
         try:
+            variants = tuple(cls(v["feature_names"], v["coef"], v["intercept"], data.get("aggregation"),
+                                 data.get("target_prior")) for v in data.get("variants", []))
             return cls(data["feature_names"], data["coef"], data["intercept"], data.get("aggregation"),
-                       data.get("target_prior"))
+                       data.get("target_prior"), variants)
         except KeyError as error:
-            raise ValueError(f"{path}: stacker JSON lacks {error}; it needs feature_names, coef, intercept") from error
+            raise ValueError(f"{path}: stacker JSON (or one of its variants) lacks {error}; it needs feature_names, "
+                             "coef, intercept") from error
+
+    def for_groups(self, groups: Iterable[str]) -> "Stacker | None":
+        """The stacker to use when only `groups` are scored: of itself and its variants, the one fitted on the most
+        groups that are all among `groups` (itself first on a tie); None if every one needs a missing group."""
+        available = set(groups)
+        usable = [stacker for stacker in (self, *self.variants) if set(stacker.groups) <= available]
+        return max(usable, key=lambda stacker: len(stacker.groups), default=None)
 
     @property
     def groups(self) -> list[str]:

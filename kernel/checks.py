@@ -77,18 +77,10 @@ def check_config(config: dict[str, Any]) -> None:
 
 
 def check_device(device: str) -> None:
-    """`device` is cpu, or cuda with a CUDA device present."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError) as error:
-        raise SettingsError(f"--device {device!r} is not a device ({error}); use cpu or cuda") from error
-    if kind not in ("cpu", "cuda"):
-        raise SettingsError(f"--device {device!r}: the kernel runs on cpu or cuda")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise SettingsError(f"--device {device}: no CUDA device is available here; use --device cpu "
-                            "(or leave --device out: cuda when available)")
+    """`device` is auto, cpu, cuda or cuda:N (whether a GPU is usable is `kernel.device.choose_device`'s probe)."""
+    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
+        raise SettingsError(f"--device {device!r}: the kernel runs on auto (a GPU that passes a probe, else the "
+                            "CPU), cpu, cuda or cuda:N")
 
 
 def check_paths(videos_dir: Path, sample_submission: Path | None, out: Path) -> None:
@@ -126,6 +118,8 @@ def check_manifest(path: Path) -> Manifest:
         raise ManifestError(f"{path}: 'stacker' is {data['stacker']!r}; name the stacker JSON beside the manifest "
                             "or set it to null")
     manifest = load_manifest(path)
+    if data.get("drop_order") is not None:
+        check_drop_order(data["drop_order"], [spec.name for spec in manifest.models], path)
     if manifest.stacker is not None:
         feature_sources = {spec.name for spec in manifest.models} | {
             entry["group"] for entry in entries if isinstance(entry.get("group"), str)}
@@ -221,3 +215,22 @@ def check_stacker(stacker: Stacker, model_names: set[str]) -> None:
     aggregation = getattr(stacker, "aggregation", None)
     if aggregation is not None and aggregation not in STRATEGIES:
         raise ManifestError(f"stacker: aggregation {aggregation!r} is not one of {sorted(STRATEGIES)}")
+    for variant in stacker.variants:
+        try:
+            check_stacker(variant, model_names)
+        except ManifestError as error:
+            raise ManifestError(f"{error} (in its variant for groups {variant.groups})") from error
+
+
+def check_drop_order(drop_order: Any, model_names: list[str], path: Path) -> None:
+    """`drop_order` lists models of the manifest, each once, most expendable first, and not every one of them."""
+    where = f"{path}: 'drop_order'"
+    if not (isinstance(drop_order, list) and all(isinstance(name, str) for name in drop_order)):
+        raise ManifestError(f"{where} is {drop_order!r}; it must be a list of model names, most expendable first")
+    unknown = sorted(set(drop_order) - set(model_names))
+    if unknown:
+        raise ManifestError(f"{where} names {unknown}, which are not models of the manifest {model_names}")
+    if len(set(drop_order)) != len(drop_order):
+        raise ManifestError(f"{where} names a model twice: {drop_order}")
+    if set(drop_order) == set(model_names):
+        raise ManifestError(f"{where} names every model; leave out at least one, which the kernel always keeps")

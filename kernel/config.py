@@ -9,10 +9,6 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.json")
-KAGGLE_INPUT = Path("/kaggle/input/deepfake-detection-challenge")
-KAGGLE_VIDEOS = KAGGLE_INPUT / "test_videos"
-KAGGLE_SAMPLE_SUBMISSION = KAGGLE_INPUT / "sample_submission.csv"
-KAGGLE_OUT = Path("/kaggle/working/submission.csv")
 
 
 class SettingsError(ValueError):

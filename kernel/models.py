@@ -65,6 +65,7 @@ class Manifest:
     models: tuple[ModelSpec, ...]
     stacker: Path | None
     path: Path
+    drop_order: tuple[str, ...] | None = None  # models the time budget may drop, most expendable first
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -103,7 +104,8 @@ def load_manifest(path: str | Path) -> Manifest:
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: model names must be unique, got {names}")
     stacker = path.parent / data["stacker"] if data.get("stacker") else None
-    return Manifest(models=tuple(specs), stacker=stacker, path=path)
+    drop_order = tuple(data["drop_order"]) if data.get("drop_order") is not None else None
+    return Manifest(models=tuple(specs), stacker=stacker, path=path, drop_order=drop_order)
 
 
 def class_keys(entry: dict, where: str) -> dict:

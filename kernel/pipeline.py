@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import numpy as np
 import pandas as pd
@@ -21,13 +21,16 @@ import torch
 from tqdm import tqdm
 
 from kernel.aggregate import Stacker, feature_name, video_features, video_score
+from kernel.budget import BudgetPlanner, drop_order
 from kernel.checks import check_config, check_device, check_manifest, check_paths
-from kernel.config import KAGGLE_OUT, KAGGLE_SAMPLE_SUBMISSION, KAGGLE_VIDEOS, load_config
+from kernel.config import SettingsError, load_config
+from kernel.device import DeviceChoice, choose_device
 from kernel.faces import Track, crop_face, detector_from_config, isotropic_resize_pad, normalise, person_tracks
 from kernel.models import (Manifest, ModelSpec, fake_probability, forward_logits, load_classifier, load_manifest,
                            verify_manifest)
-from kernel.submission import (CHECKPOINT_FORMAT, Checkpoint, Record, checkpoint_path, inside_folder,
-                               target_filenames, video_identity, write_submission)
+from kernel.kaggle import NotFoundOnKaggle, find_competition, kaggle_root
+from kernel.submission import (CHECKPOINT_FORMAT, Checkpoint, InFlight, Record, checkpoint_path, inside_folder,
+                               target_filenames, video_identity, write_atomic, write_submission)
 from kernel.video import MissingVideoError, VideoReadError, read_frames
 
 log = logging.getLogger("kernel")
@@ -77,6 +80,9 @@ class KernelRun:
     stage_seconds: dict[str, float]
     videos_scored: int
     seconds: dict[str, float] = field(default_factory=dict)  # per video: decode + score (0 for the prior)
+    device: DeviceChoice = DeviceChoice("cpu", "")
+    model_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scored video: the models dropped then
+    loop_seconds: float = 0.0  # wall time of this run's video loop
 
     @property
     def fallback_counts(self) -> Counter:
@@ -116,6 +122,7 @@ class Scorer:
         self.config = config
         self.device = device
         self.stacker = stacker
+        self.base_stacker = stacker  # the stacker of the whole manifest; `stacker` may be one of its variants
         self.detector = detector_from_config(config, device)
         self.detect_threads = detection_threads(config, device)
         self.timer = StageTimer()
@@ -137,7 +144,9 @@ class Scorer:
             size = model.spec.input_size
             if size not in resized:
                 resized[size] = np.stack([isotropic_resize_pad(crop, size) for crop in crops])
+            model_start = time.perf_counter()
             probs[model.spec.name] = self._forward(model, resized[size])
+            self.timer.add(model_stage(model.spec.name), time.perf_counter() - model_start)
         self.timer.add("classify", time.perf_counter() - start)
         return probs
 
@@ -183,12 +192,37 @@ class Scorer:
             score = self.stacker.predict_one(features)
         return VideoPrediction(score, model_scores, person_probs, tracks, features, crops, probs)
 
+    def drop_models(self, names: Collection[str]) -> str:
+        """Stop scoring with the models `names`; switch to the stacker (or variant) fitted on the groups left, else
+        the plain mean of their scores. Returns how scores are combined from now on."""
+        self.models = [model for model in self.models if model.spec.name not in names]
+        self.stacker, combiner = combiner_for(self.base_stacker, {model.spec.group for model in self.models})
+        if self.base_stacker is not None and self.stacker is None and self.base_stacker.aggregation:
+            self.config = dict(self.config, aggregation=self.base_stacker.aggregation)
+        return combiner
+
     def group_probs(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each model group's P(fake) per crop: the mean over its (fold) models."""
         members: dict[str, list[np.ndarray]] = defaultdict(list)
         for model in self.models:
             members[model.spec.group].append(probs[model.spec.name])
         return {group: np.mean(arrays, axis=0) for group, arrays in members.items()}
+
+
+def model_stage(name: str) -> str:
+    """The `StageTimer` key of one model's classify seconds."""
+    return f"model:{name}"
+
+
+def combiner_for(stacker: Stacker | None, groups: set[str]) -> tuple[Stacker | None, str]:
+    """The stacker (or variant) to use when only `groups` are scored, and how scores are then combined, in words."""
+    if stacker is None:
+        return None, "the mean of the groups' scores (no stacker)"
+    chosen = stacker.for_groups(groups)
+    if chosen is None:
+        return None, (f"the plain mean of the scores of groups {sorted(groups)}: the stacker has no variant for them "
+                      "(ensemble.stack exports variants)")
+    return chosen, "the stacker" if chosen is stacker else f"the stacker variant for groups {chosen.groups}"
 
 
 def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str = "cpu") -> Scorer:
@@ -210,9 +244,11 @@ def decode_video(path: Path, config: dict[str, Any]) -> tuple[np.ndarray, np.nda
     return read_frames(path, config["frames"], tuple(config["decode_backends"]), config["max_frame_side"])
 
 
-def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, Any],
-                    stop: threading.Event) -> Iterator[tuple[str, np.ndarray | Exception, float, dict | None]]:
-    """Decode videos in a background thread, `prefetch_videos` ahead of the consumer.
+def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, Any], stop: threading.Event,
+                    in_flight: InFlight | None = None
+                    ) -> Iterator[tuple[str, np.ndarray | Exception, float, dict | None]]:
+    """Decode videos in a background thread, `prefetch_videos` ahead of the consumer; `in_flight` is told which video
+    is being decoded.
 
     Yields `(filename, frames or the decode error, decode seconds, the file's identity before decoding)` in order.
     """
@@ -233,10 +269,14 @@ def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, An
                 return
             start = time.perf_counter()
             identity = video_identity(videos_dir / filename)
+            if in_flight is not None:
+                in_flight.mark("decode", filename)
             try:
                 item: np.ndarray | Exception = decode_video(videos_dir / filename, config)[0]
             except Exception as error:  # handed to the consumer, which logs it and uses the prior
                 item = error
+            if in_flight is not None:
+                in_flight.mark("decode", None)
             if not put((filename, item, time.perf_counter() - start, identity)):
                 return
         put(None)
@@ -265,11 +305,13 @@ def fallback_reason(error: Exception) -> str:
 
 
 def run_signature(manifest: Manifest, config: dict[str, Any]) -> str:
-    """Identifies a set-up (manifest, its stacker, config, checkpoint format), so only the same one resumes."""
+    """Identifies a set-up (manifest, its stacker, config, checkpoint format), so only the same one resumes. The time
+    budget is left out: a resumed run gets the time left, and a video's score does not depend on it."""
     digest = hashlib.sha256(manifest.path.read_bytes())
     if manifest.stacker is not None:
         digest.update(manifest.stacker.read_bytes())
-    digest.update(json.dumps(config, sort_keys=True).encode())
+    scoring = {key: value for key, value in config.items() if key != "time_budget_hours"}
+    digest.update(json.dumps(scoring, sort_keys=True).encode())
     digest.update(f"checkpoint format {CHECKPOINT_FORMAT}".encode())
     return digest.hexdigest()
 
@@ -292,15 +334,40 @@ def outside_names(filenames: list[str], videos_dir: Path) -> set[str]:
     return outside
 
 
+def crashed_names(filenames: list[str], crashed: Collection[str]) -> set[str]:
+    """Target names that crashed the kernel twice (the notebook's retry loop names them): never read, logged."""
+    names = set(filenames) & set(crashed)
+    for name in sorted(names):
+        log.warning("%s crashed the kernel twice: not read, it gets the prior", name)
+    return names
+
+
+def kaggle_inputs(videos_dir: str | Path | None, sample: str | Path | None) -> tuple[Path, Path | None]:
+    """`videos_dir` and `sample` as given, or, without a videos folder, the competition's data where Kaggle mounts
+    it (`kernel.kaggle.find_competition`; the sample submission beside it unless one is given)."""
+    if videos_dir is not None:
+        return Path(videos_dir), Path(sample) if sample else None
+    try:
+        found = find_competition()
+    except NotFoundOnKaggle as error:
+        raise SettingsError(f"--videos not given, and {error}") from error
+    log.info("competition data found: %s, %s", found.videos, found.sample_submission or "no sample submission")
+    return found.videos, Path(sample) if sample else found.sample_submission
+
+
 def checked_inputs(videos_dir: Path, sample: Path | None, manifest: Path, out: Path, device: str,
-                   config: dict[str, Any]) -> tuple[list[str], Manifest]:
-    """Check every setting, path, the sample submission, the manifest and its stacker before any video;
-    return the target names and the manifest. The weight files are checked as `load_scorer` loads them."""
+                   config: dict[str, Any]) -> tuple[list[str], Manifest, DeviceChoice]:
+    """Check every setting, path, the sample submission, the manifest and its stacker, and probe the device, before
+    any video; return the target names, the manifest and the device. The weight files are checked as `load_scorer`
+    loads them."""
     check_config(config)
     check_device(device)
     check_paths(videos_dir, sample, out)
     filenames = target_filenames(videos_dir, sample)
-    return filenames, check_manifest(manifest)
+    manifest_checked = check_manifest(manifest)
+    choice = choose_device(device)
+    log.info("device: %s (%s)", choice.device, choice.reason)
+    return filenames, manifest_checked, choice
 
 
 def open_checkpoint(out: Path, signature: str, videos_dir: Path, filenames: list[str]) -> Checkpoint:
@@ -316,39 +383,50 @@ def open_checkpoint(out: Path, signature: str, videos_dir: Path, filenames: list
     return checkpoint
 
 
-def predict(videos_dir: str | Path = KAGGLE_VIDEOS, sample_submission: str | Path | None = KAGGLE_SAMPLE_SUBMISSION,
-            manifest: str | Path = "weights_manifest.json", out: str | Path = KAGGLE_OUT, device: str = "cpu",
-            config: dict[str, Any] | None = None, progress: bool = True) -> KernelRun:
+def predict(videos_dir: str | Path | None = None, sample_submission: str | Path | None = None,
+            manifest: str | Path = "weights_manifest.json", out: str | Path | None = None, device: str = "auto",
+            config: dict[str, Any] | None = None, progress: bool = True, crashed: Collection[str] = ()) -> KernelRun:
     """Predict P(fake) for every target video and write the submission CSV.
 
-    Nothing is processed until every setting, path, the sample submission, the manifest, its stacker and every
-    weight file are checked (`SettingsError` or `ManifestError` otherwise). A video that fails in any way gets
-    the configured prior, with the reason logged; finished videos are checkpointed beside `out` so a rerun after
-    a crash resumes. Videos that cannot finish inside the time budget get the prior.
+    Without `videos_dir` the competition's data is found where Kaggle mounts it (`kernel.kaggle`), and `out` defaults
+    to `<Kaggle root>/working/submission.csv`. Nothing is processed until every setting, path, the sample submission,
+    the manifest, its stacker and every weight file are checked and the device probed (`SettingsError` or
+    `ManifestError` otherwise). A video that fails in any way gets the configured prior, with the reason logged;
+    finished videos are checkpointed beside `out` so a rerun after a crash resumes, and the videos in progress are
+    named in `<out>.inflight.json`. `crashed` names videos that get the prior unread. When the measured rate says the
+    videos left will not finish inside the time budget, models are dropped (`kernel.budget`); videos that still
+    cannot finish get the prior.
     """
     started = time.monotonic()
     config = config or load_config()
-    videos_dir, out = Path(videos_dir), Path(out)
-    sample = Path(sample_submission) if sample_submission else None
-    filenames, checked_manifest = checked_inputs(videos_dir, sample, Path(manifest), out, device, config)
-    scorer = load_scorer(manifest, config, device)
-    outside = outside_names(filenames, videos_dir)
+    videos_dir, sample = kaggle_inputs(videos_dir, sample_submission)
+    out = Path(out) if out is not None else kaggle_root() / "working" / "submission.csv"
+    filenames, checked_manifest, choice = checked_inputs(videos_dir, sample, Path(manifest), out, device, config)
+    scorer = load_scorer(manifest, config, choice.device)
+    skipped = {name: "outside_videos" for name in outside_names(filenames, videos_dir)}
+    skipped.update({name: "crashed" for name in crashed_names(filenames, crashed)})
     checkpoint = open_checkpoint(out, run_signature(checked_manifest, config), videos_dir, filenames)
-    todo = [name for name in filenames if name not in checkpoint.done and name not in outside]
-    budget_s = config["time_budget_hours"] * 3600.0
+    todo = [name for name in filenames if name not in checkpoint.done and name not in skipped]
+    models = [spec.name for spec in checked_manifest.models]
+    planner = BudgetPlanner(config["time_budget_hours"] * 3600.0, drop_order(checked_manifest), models)
     prior = float(config["prior"])
-    scored, first_scored_at = 0, None
+    in_flight = InFlight(out)
+    scored = 0
     stop = threading.Event()
     bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress)
+    loop_start = last_end = time.monotonic()
     try:
-        for filename, frames, decode_s, identity in prefetch_frames(videos_dir, todo, config, stop):
+        for position, (filename, frames, decode_s, identity) in enumerate(
+                prefetch_frames(videos_dir, todo, config, stop, in_flight)):
             scorer.timer.add("decode", decode_s)
             elapsed = time.monotonic() - started
-            per_video = (time.monotonic() - first_scored_at) / scored if scored else 0.0
-            if elapsed + per_video > budget_s:
+            if dropping := planner.to_drop(elapsed, len(todo) - position, choice.device):
+                planner.drop(dropping, elapsed, len(todo) - position)
+                log.warning("from %s on, scores combine by %s", filename, scorer.drop_models(dropping))
+            if not planner.fits_next(elapsed):
                 break
-            if scored == 0:
-                first_scored_at = time.monotonic()
+            in_flight.mark("score", filename)
+            models_before = dict(scorer.timer.seconds)
             start = time.perf_counter()
             try:
                 label, reason = score_video(scorer, frames), "ok"
@@ -356,23 +434,65 @@ def predict(videos_dir: str | Path = KAGGLE_VIDEOS, sample_submission: str | Pat
                 label, reason = prior, fallback_reason(error)
                 log.warning("%s: %s (%s): using %.2f", filename, reason, error, prior)
             scored += 1
-            checkpoint.add(filename, Record(label, reason, decode_s + time.perf_counter() - start, identity))
+            dropped = tuple(name for name in models if name not in planner.kept)
+            checkpoint.add(filename, Record(label, reason, decode_s + time.perf_counter() - start, identity, dropped))
+            in_flight.mark("score", None)
+            now = time.monotonic()
+            planner.record(now - last_end, decode_s, {
+                name: scorer.timer.seconds[model_stage(name)] - models_before.get(model_stage(name), 0.0)
+                for name in planner.kept})
+            last_end = now
             bar.update(1)
     finally:
         stop.set()
         bar.close()
         checkpoint.close()
-    late = [name for name in filenames if name not in checkpoint.done and name not in outside]
+    in_flight.clear()
+    late = [name for name in filenames if name not in checkpoint.done and name not in skipped]
     if late:
         log.warning("time budget of %.2f h reached: %d videos get the prior %.2f", config["time_budget_hours"],
                     len(late), prior)
-    records = {name: checkpoint.done.get(name) or Record(prior, "outside_videos" if name in outside else "time_budget",
-                                                         0.0, None) for name in filenames}
+    records = {name: checkpoint.done.get(name) or Record(prior, skipped.get(name, "time_budget"), 0.0, None)
+               for name in filenames}
     submission = write_submission(out, filenames, {name: r.label for name, r in records.items()}, tuple(config["clip"]))
     run = KernelRun(submission, {name: r.reason for name, r in records.items()}, dict(scorer.timer.seconds), scored,
-                    {name: r.seconds for name, r in records.items()})
+                    {name: r.seconds for name, r in records.items()}, choice,
+                    {name: r.dropped for name, r in records.items() if r.reason == "ok"}, last_end - loop_start)
     log_summary(run, out)
+    write_atomic(summary_path(out), json.dumps(run_summary(run, out, checked_manifest, scorer.base_stacker), indent=1))
     return run
+
+
+def summary_path(out: Path) -> Path:
+    """The run summary beside the submission `out`."""
+    return out.with_name(out.name + ".summary.json")
+
+
+def model_set_rows(run: KernelRun, manifest: Manifest, stacker: Stacker | None) -> list[dict[str, Any]]:
+    """One row per model set the scored videos were scored with: dropped and kept models, how scores were combined,
+    and the videos, in submission order."""
+    videos: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for name in run.submission["filename"]:
+        if name in run.model_sets:
+            videos[run.model_sets[name]].append(name)
+    rows = []
+    for dropped, names in sorted(videos.items(), key=lambda item: len(item[0])):
+        kept = [spec for spec in manifest.models if spec.name not in dropped]
+        rows.append({"dropped": list(dropped), "models": [spec.name for spec in kept],
+                     "combined_by": combiner_for(stacker, {spec.group for spec in kept})[1], "videos": names})
+    return rows
+
+
+def run_summary(run: KernelRun, out: Path, manifest: Manifest, stacker: Stacker | None) -> dict[str, Any]:
+    """What `<out>.summary.json` holds: device, timings, fallbacks and which videos each model set scored."""
+    per_video = max(1, run.videos_scored)
+    return {"submission": str(out), "device": run.device.device, "device_reason": run.device.reason,
+            "videos": len(run.submission), "scored_this_run": run.videos_scored,
+            "seconds_per_video": {"wall": run.loop_seconds / per_video,
+                                  **{stage: run.stage_seconds.get(stage, 0.0) / per_video
+                                     for stage in ("decode", "detect", "classify")}},
+            "fallbacks": dict(sorted(run.fallback_counts.items())),
+            "model_sets": model_set_rows(run, manifest, stacker)}
 
 
 def log_summary(run: KernelRun, out: Path) -> None:
@@ -383,3 +503,7 @@ def log_summary(run: KernelRun, out: Path) -> None:
     log.info("wrote %s: %d videos; s/video: %s", out, len(run.submission), stages)
     counts = run.fallback_counts
     log.info("fallbacks: %s", ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())) or "none")
+    sets = sorted(Counter(run.model_sets.values()).items(), key=lambda item: len(item[0]))
+    if any(dropped for dropped, _ in sets):
+        log.info("model sets: %s", "; ".join(f"{'without ' + ', '.join(dropped) if dropped else 'all models'}: "
+                                             f"{count} videos" for dropped, count in sets))

@@ -5,7 +5,7 @@ import json
 import logging
 import math
 import os
-import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from kernel.config import SettingsError
+from kernel.kaggle import VIDEO_SUFFIXES, checkpoint_path, in_flight_path, write_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def target_filenames(videos_dir: Path, sample_submission: Path | None) -> list[str]:
@@ -62,23 +62,6 @@ def clip_probs(probs, bounds: tuple[float, float]) -> np.ndarray:
     return np.clip(np.asarray(probs, dtype=np.float64), bounds[0], bounds[1])
 
 
-def write_atomic(path: str | Path, text: str | bytes) -> None:
-    """Write `text` (or bytes) to `path` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_submission(path: str | Path, filenames: list[str], labels: dict[str, float],
                      bounds: tuple[float, float]) -> pd.DataFrame:
     """Write `filename,label` for `filenames` in order, clipped, atomically; return the frame.
@@ -95,11 +78,6 @@ def write_submission(path: str | Path, filenames: list[str], labels: dict[str, f
 
 CHECKPOINT_FORMAT = 2
 RETRIED_ON_RESUME = ("missing_file", "decode_error", "error:")  # fallbacks the environment can cause
-
-
-def checkpoint_path(out: Path) -> Path:
-    """The crash checkpoint beside the submission `out`."""
-    return out.with_name(out.name + ".partial.jsonl")
 
 
 def video_identity(path: Path) -> dict | None:
@@ -119,6 +97,7 @@ class Record:
     reason: str
     seconds: float
     identity: dict | None
+    dropped: tuple[str, ...] = ()  # models the time budget had dropped when this video was scored
 
 
 class Checkpoint:
@@ -178,7 +157,7 @@ class Checkpoint:
             try:
                 row = json.loads(line)
                 records[row["filename"]] = Record(float(row["label"]), row["reason"], float(row["seconds"]),
-                                                  row["identity"])
+                                                  row["identity"], tuple(row.get("dropped", ())))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 log.warning("%s: line %d is damaged; that video is scored again", self.path, number)
         return records
@@ -207,3 +186,25 @@ class Checkpoint:
 
     def close(self) -> None:
         self._handle.close()
+
+
+class InFlight:
+    """`<out>.inflight.json`: the video being decoded and the one being scored, each with the thread working on it,
+    rewritten as each starts and ends, so that after a crash the notebook knows which videos were in progress
+    (`kernel.kaggle.crash_suspects`)."""
+
+    def __init__(self, out: Path):
+        self.path = in_flight_path(out)
+        self.marks: dict[str, dict | None] = {"decode": None, "score": None}
+        self.lock = threading.Lock()
+
+    def mark(self, stage: str, filename: str | None) -> None:
+        """The calling thread now works on `filename` in `stage` ('decode' or 'score'); None: that stage is idle."""
+        with self.lock:
+            self.marks[stage] = None if filename is None else {"video": filename, "thread": threading.get_ident()}
+            write_atomic(self.path, json.dumps(self.marks), durable=False)
+
+    def clear(self) -> None:
+        """The run finished: nothing is in progress."""
+        with self.lock:
+            self.path.unlink(missing_ok=True)

@@ -65,3 +65,35 @@ def faces_clip(n: int = 8, small_face: bool = False, swap_right: bool = False, s
     if small_face:
         canvas[10:70, 215:275] = lfw_face(20, 60)
     return np.stack([np.roll(canvas, shift=2 * t, axis=1) for t in range(n)])
+
+
+def grouped_manifest(folder: Path, groups: dict[str, int], stacker: dict | None = None, **extra) -> Path:
+    """A manifest of tiny random models, `groups[g]` fold models `g_0, g_1, ...` per group (listed in that order),
+    with `stacker` written beside it and named, and `extra` top-level keys."""
+    import json
+
+    from kernel.models import manifest_entry
+
+    source = tiny_manifest(folder / "source", models=(("test_efficientnet", 64),))
+    weights = source.parent / json.loads(source.read_text())["models"][0]["file"]
+    entries = []
+    for group, count in groups.items():
+        for fold in range(count):
+            copy = folder / f"{group}_{fold}.pth"
+            copy.write_bytes(weights.read_bytes())
+            entries.append(manifest_entry(f"{group}_{fold}", "test_efficientnet", copy, folder, 64, group=group))
+    if stacker is not None:
+        (folder / "stacker.json").write_text(json.dumps(stacker))
+    path = folder / "weights_manifest.json"
+    path.write_text(json.dumps({"models": entries, "stacker": "stacker.json" if stacker else None, **extra}))
+    return path
+
+
+def face_videos(folder: Path, count: int, frames: int = 4) -> Path:
+    """`count` small H.264 clips of the scikit-image astronaut's face, `face_0.mp4` ..., in `folder`."""
+    from kernel.selftest import with_face
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        with_face(180, 320, count=frames)(folder / f"face_{number}.mp4")
+    return folder

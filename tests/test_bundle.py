@@ -3,7 +3,9 @@ import shutil
 
 import pytest
 
-from ensemble.bundle import KAGGLE_LIMIT_BYTES, BundleError, build_bundle, main
+from ensemble.bundle import (KAGGLE_LIMIT_BYTES, KAGGLE_PLATFORMS, BundleError, build_bundle,
+                             kaggle_download_command, main, top_level_files, wheel_requirement)
+from kernel.kaggle import BUNDLE_MARKER
 from kernel.models import ManifestError, load_manifest, verify_manifest
 
 
@@ -18,19 +20,48 @@ def models(tiny_manifest_path, tmp_path):
     return folder / "weights_manifest.json"
 
 
-def test_bundle_holds_weights_stacker_wheels_and_notebook(models, tmp_path, capsys):
+def test_bundle_is_flat_with_weights_stacker_pinned_wheels_and_notebook(models, tmp_path, capsys):
     out = tmp_path / "bundle"
     assert main(["--manifest", str(models), "--out", str(out), "--dataset-id", "me/dfdc-test"]) == 0
+    assert all(path.is_file() for path in out.iterdir())  # kaggle datasets create skips folders by default
     manifest = load_manifest(out / "weights_manifest.json")
     verify_manifest(manifest)
     assert all(spec.file.parent == out for spec in manifest.models) and manifest.stacker == out / "stacker.json"
-    wheels = sorted(p.name.split("-")[0] for p in (out / "wheels").glob("*.whl"))
-    assert wheels == ["av", "decord", "dfdc_kit", "facenet_pytorch"]
+    wheels = sorted(p.name.split("-")[0] for p in out.glob("*.whl"))
+    assert sorted(set(wheels)) == ["av", "decord", "dfdc_kit", "facenet_pytorch"]
+    assert not [p.name for p in out.glob("*.whl") if "macosx" in p.name or "aarch64" in p.name or "win" in p.name]
+    marker = json.loads((out / BUNDLE_MARKER).read_text())
+    assert marker["requirements"] == ["av==18.1.0", "decord==0.6.0", "dfdc-kit==0.1.0", "facenet-pytorch==2.6.0"]
+    assert sorted(marker["wheels"]) == sorted(p.name for p in out.glob("*.whl"))
     assert json.loads((out / "dataset-metadata.json").read_text())["id"] == "me/dfdc-test"
     notebook = (out / "kernel_notebook.py").read_text()
-    assert "/kaggle/input/dfdc-test" in notebook and "--no-index" in notebook
+    assert "--no-index" in notebook and "--no-deps" in notebook and "def find_bundle" in notebook
     compile(notebook, "kernel_notebook.py", "exec")
-    assert "MB of 1000 MB" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "MB of 1000 MB" in printed and f"kaggle datasets create -p {out}" in printed
+
+
+def test_wheels_are_asked_for_kaggles_platform_whatever_builds_the_bundle(tmp_path):
+    command = kaggle_download_command("3.12", tmp_path, ("av==18.1.0",))
+    flags = list(zip(command, command[1:]))
+    assert ("--python-version", "3.12") in flags and ("--abi", "cp312") in flags and ("--implementation", "cp") in flags
+    assert "--only-binary=:all:" in command and "--no-deps" in command
+    assert {value for flag, value in flags if flag == "--platform"} == set(KAGGLE_PLATFORMS)
+    assert all(platform.endswith("x86_64") and platform.startswith("manylinux") for platform in KAGGLE_PLATFORMS)
+    assert wheel_requirement(tmp_path / "facenet_pytorch-2.6.0-py3-none-any.whl") == "facenet-pytorch==2.6.0"
+
+
+def test_a_folder_in_the_bundle_is_refused(models, tmp_path, monkeypatch):
+    import ensemble.bundle as bundle
+
+    def wheels_in_a_folder(folder, extra):
+        (folder / "wheels").mkdir()
+        return []
+
+    monkeypatch.setattr(bundle, "build_wheels", wheels_in_a_folder)
+    with pytest.raises(BundleError, match=r"\['wheels'\], which kaggle datasets create \(--dir-mode skip\)"):
+        build_bundle(models, tmp_path / "bundle")
+    assert "wheels" not in [p.name for p in top_level_files(tmp_path / "bundle")]
 
 
 def test_bundle_over_the_limit_is_refused_naming_the_largest_file(models, tmp_path):

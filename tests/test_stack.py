@@ -1,6 +1,7 @@
 """ensemble.stack: the calibrator/stacker fitted to the target prior, honest nested grouped CV, plain JSON."""
 import csv
 import json
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_json_applied_with_numpy_equals_sklearn(tmp_path):
 
 def test_cross_validation_never_trains_on_the_cluster_it_predicts(tmp_path, monkeypatch):
     """Every split of the nested CV and of the choice of C keeps each original cluster (from the folds CSV, not from
-    what the splitter was handed) on one side."""
+    what the splitter was handed) on one side, for the stacker and for its variants (a subset of the columns)."""
     oof, folds = write_oof(tmp_path, n_videos=60, cluster_size=4)
     cluster_of = stack.read_groups(folds)
     splits = []
@@ -106,8 +107,10 @@ def test_cross_validation_never_trains_on_the_cluster_it_predicts(tmp_path, monk
 
     monkeypatch.setattr(GroupKFold, "split", recording_split)
     _, _, table = stack.fit_stacker([oof], folds)
-    row_cluster = {tuple(row): cluster_of[video] for row, video in zip(table.features, table.videos)}
-    assert len(splits) > 20
+    columns = range(table.features.shape[1])
+    row_cluster = {tuple(row[list(kept)]): cluster_of[video] for row, video in zip(table.features, table.videos)
+                   for size in columns for kept in combinations(columns, size + 1)}
+    assert len(splits) > 20 and {x.shape[1] for x, _, _ in splits} == {1, 2}
     for x, train, test in splits:
         assert not {row_cluster[tuple(x[i])] for i in train} & {row_cluster[tuple(x[i])] for i in test}
 
@@ -138,3 +141,29 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     with pytest.raises(stack.OOFError, match="not in the folds CSV"):
         folds.write_text("video,label,original,group,fold\nother.mp4,1,,0,0\n")
         stack.fit_stacker([oof], folds)
+
+
+def test_variants_for_every_subset_of_the_groups_and_the_kernel_picks_the_one_left(tmp_path, capsys):
+    """Issue 11: with several groups the JSON carries a refit per proper subset, which `Stacker.for_groups` picks
+    when the kernel's time budget leaves only those groups."""
+    oof, folds = write_oof(tmp_path, n_videos=60, models=("good", "noise", "bad"))
+    out = tmp_path / "stacker.json"
+    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--splits", "3"]) == 0
+    assert "variant without ['noise']: log loss" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert [variant["groups"] for variant in data["variants"]] == [
+        ["bad", "good"], ["bad", "noise"], ["good", "noise"], ["bad"], ["good"], ["noise"]]
+    losses = {tuple(variant["groups"]): variant["log_loss"] for variant in data["variants"]}
+    assert losses[("good",)] < losses[("noise",)] and losses[("bad", "good")] < losses[("bad", "noise")]
+    stacker = Stacker.from_json(out)
+    assert stacker.for_groups(["bad", "good", "noise"]) is stacker
+    assert stacker.for_groups(["good", "noise"]).feature_names == ["good.logit", "noise.logit"]
+    assert stacker.for_groups(["good"]).groups == ["good"] and stacker.for_groups(["other"]) is None
+    scores, labels = stack.read_oof([oof])
+    table = stack.build_table(scores, labels, stack.read_groups(folds), ["good"], "mean")
+    refit = stack.export(stack.fit_regression(table.features, table.labels, data["variants"][4]["C"], 0.5),
+                         table.feature_names, (0.01, 0.99))
+    assert stacker.for_groups(["good"]).coef == pytest.approx(refit["coef"])  # the variant is that group's own fit
+    assert stack.main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--splits", "3",
+                       "--no-variants"]) == 0
+    assert "variants" not in json.loads(out.read_text()) and Stacker.from_json(out).variants == ()
