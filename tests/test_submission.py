@@ -184,8 +184,13 @@ def folder(tmp_path) -> Path:
     return make_videos(tmp_path / "videos", ["a.mp4", "b.mp4", "c.mp4", "d.mp4"])
 
 
-def record(folder: Path, name: str, label: float = 0.9, reason: str = "ok") -> Record:
-    return Record(label, reason, 1.5, video_identity(folder / name))
+def record(folder: Path, name: str, label: float = 0.9, reason: str = "ok", dropped: tuple[str, ...] = ()) -> Record:
+    return Record(label, reason, 1.5, video_identity(folder / name), dropped)
+
+
+def row(name: str, record: Record) -> dict:
+    """A record as its checkpoint line reads back (JSON has lists, not tuples)."""
+    return {"filename": name, **vars(record), "dropped": list(record.dropped)}
 
 
 def test_a_new_checkpoint_starts_with_its_signature_and_appends_each_video(folder, tmp_path):
@@ -193,11 +198,14 @@ def test_a_new_checkpoint_starts_with_its_signature_and_appends_each_video(folde
     checkpoint = Checkpoint(path, "sig", identities(folder))
     assert checkpoint.done == {} and checkpoint.retried == []
     assert lines_of(path) == [{"signature": "sig", "format": CHECKPOINT_FORMAT}]
-    checkpoint.add("a.mp4", record(folder, "a.mp4"))
+    checkpoint.add("a.mp4", record(folder, "a.mp4", dropped=("m2", "m3")))
     assert lines_of(path)[1] == {"filename": "a.mp4", "label": 0.9, "reason": "ok", "seconds": 1.5,
-                                 "identity": video_identity(folder / "a.mp4")}  # flushed at once
+                                 "identity": video_identity(folder / "a.mp4"), "dropped": ["m2", "m3"]}  # flushed
     checkpoint.close()
-    assert checkpoint.done == {"a.mp4": record(folder, "a.mp4")}
+    assert checkpoint.done == {"a.mp4": record(folder, "a.mp4", dropped=("m2", "m3"))}
+    resumed = Checkpoint(path, "sig", identities(folder))
+    resumed.close()
+    assert resumed.done == checkpoint.done  # the dropped models read back as they were written
 
 
 def test_resume_reuses_records_of_unchanged_videos_and_retries_environment_fallbacks(folder, tmp_path, caplog):
@@ -221,7 +229,7 @@ def test_resume_reuses_records_of_unchanged_videos_and_retries_environment_fallb
                                 "they were scored (['e.mp4']); they are scored again"]
     assert (tmp_path / "s.csv.partial.jsonl.stale-1").read_bytes() == before
     assert lines_of(path) == [{"signature": "sig", "format": CHECKPOINT_FORMAT},
-                              {"filename": "a.mp4", **vars(record(folder, "a.mp4", 0.7))}]
+                              row("a.mp4", record(folder, "a.mp4", 0.7))]
 
 
 def test_an_unchanged_checkpoint_is_appended_to_not_rewritten(folder, tmp_path, caplog):
@@ -270,7 +278,7 @@ def test_a_changed_video_is_scored_again(folder, tmp_path):
 @pytest.mark.parametrize("first_line", ['{"signature": "other", "format": 2}', "[1, 2]", "not json", '"sig"', ""])
 def test_a_checkpoint_of_another_set_up_is_set_aside_whole(folder, tmp_path, caplog, first_line):
     path = tmp_path / "s.csv.partial.jsonl"
-    text = "\n".join([first_line, json.dumps({"filename": "a.mp4", **vars(record(folder, "a.mp4"))})]) + "\n"
+    text = "\n".join([first_line, json.dumps(row("a.mp4", record(folder, "a.mp4")))]) + "\n"
     path.write_text(text)
     (tmp_path / "s.csv.partial.jsonl.foreign-1").write_text("an older one")
     with caplog.at_level(logging.WARNING):
@@ -294,7 +302,7 @@ def test_an_empty_checkpoint_file_is_set_aside(folder, tmp_path):
 
 def test_damaged_lines_are_skipped_and_their_videos_scored_again(folder, tmp_path, caplog):
     path = tmp_path / "s.csv.partial.jsonl"
-    good = {name: json.dumps({"filename": name, **vars(record(folder, name))}) for name in ("a.mp4", "d.mp4")}
+    good = {name: json.dumps(row(name, record(folder, name))) for name in ("a.mp4", "d.mp4")}
     damaged = ['{"filename": "b.mp4", "label": 0.5', '{"filename": "c.mp4", "label": "high", "reason": "ok", '
                '"seconds": 1, "identity": null}', '{"label": 0.5, "reason": "ok", "seconds": 1, "identity": null}',
                '{"filename": "c.mp4", "label": 0.5, "reason": "ok", "seconds": 1}', "[]",
