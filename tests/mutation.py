@@ -28,7 +28,8 @@ TARGET = 0.90
 
 # module of the contract → the mutant names (mutmut's `module.x_function__mutmut_N`, `module.xǁClassǁmethod__...`)
 MODULES: dict[str, tuple[str, ...]] = {
-    "submission writer (kernel/submission.py)": ("kernel.submission.*",),
+    "submission writer (kernel/submission.py, kernel/kaggle.py)": (
+        "kernel.submission.*", "kernel.kaggle.x_write_atomic__mutmut_*", "kernel.kaggle.x_checkpoint_path__mutmut_*"),
     "checkpoint signature and resume (kernel/pipeline.py)": ("kernel.pipeline.x_run_signature__mutmut_*",
                                                              "kernel.pipeline.x_open_checkpoint__mutmut_*"),
     "manifest loading and verification (kernel/models.py)": (

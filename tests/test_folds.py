@@ -85,12 +85,28 @@ def test_check_folds_rejects_a_split_group():
         check_folds(table)
 
 
-def test_check_folds_rejects_a_video_without_a_fold_and_an_original_apart_from_its_fake():
-    table = pd.DataFrame({"video": ["a", "b"], "label": [0, 1], "original": ["", "a"], "group": [0, 1], "fold": [0, -1]})
-    with pytest.raises(AssertionError, match="without a fold"):
+def fold_table(original: list[str], group: list[int], fold: list[int]) -> pd.DataFrame:
+    """Videos a, b, c, ... with these originals, groups and folds (label 1 where an original is named)."""
+    videos = [chr(ord("a") + i) for i in range(len(fold))]
+    return pd.DataFrame({"video": videos, "label": [int(bool(o)) for o in original], "original": original,
+                         "group": group, "fold": fold})
+
+
+def test_check_folds_rejects_a_video_without_a_fold():
+    table = fold_table(["", "a", "", "", "", "", ""], [0, 0, 1, 2, 3, 4, 5], [0, 0, -1, 1, -2, -1, 2])
+    with pytest.raises(AssertionError, match=r"^videos without a fold: \['c', 'e', 'f'\]$"):
         check_folds(table)
-    with pytest.raises(AssertionError, match="its original a in fold 0"):
-        check_folds(table.assign(fold=[0, 1]))
+    with pytest.raises(AssertionError, match=r"^videos without a fold: \['a', 'b', 'c', 'd', 'e'\]$"):
+        check_folds(table.assign(fold=-1))  # the first five named
+    check_folds(table.assign(fold=[0, 0, 1, 1, 2, 0, 1]))  # fold 0 is a fold
+
+
+def test_check_folds_rejects_an_original_apart_from_its_fake_whatever_the_group_column_says():
+    table = fold_table(["", "a", "a", ""], [0, 1, 2, 3], [0, 0, 1, 1])  # b and c wrongly in groups of their own
+    with pytest.raises(AssertionError, match=r"^c is in fold 1 but its original a in fold 0$"):
+        check_folds(table)
+    check_folds(table.assign(fold=[1, 1, 1, 0]))
+    check_folds(fold_table(["", "gone", "gone"], [0, 1, 1], [0, 1, 1]))  # an absent original has no fold
 
 
 def test_check_folds_rejects_videos_a_link_rule_joins_in_two_folds():
