@@ -126,10 +126,14 @@ def detector():
 def test_detector_finds_every_face_in_a_group_photo(dev_data, detector):
     image = cv2.cvtColor(cv2.imread(str(dev_data / "frames" / "multiface.jpg")), cv2.COLOR_BGR2RGB)
     faces = filter_detections(detector.detect(image[None]), 0.9, 24)[0]
-    assert len(faces) >= 3
+    centres = [(466, 190), (592, 101), (660, 250), (906, 500), (268, 305), (761, 525)]  # the six faces (box centres, px)
+    assert len(faces) == len(centres)
+    for x, y in centres:  # each face found once, its box around it
+        assert sum(abs((f.box[0] + f.box[2]) / 2 - x) < 20 and abs((f.box[1] + f.box[3]) / 2 - y) < 20
+                   for f in faces) == 1, (x, y)
     for face in faces:
         x1, y1, x2, y2 = face.box
-        assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0]
+        assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0] and 60 < x2 - x1 < 130
 
 
 def test_faces_found_in_95_percent_of_frames_of_labelled_full_frame_videos(dev_data, detector):
