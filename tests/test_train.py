@@ -16,7 +16,7 @@ import yaml
 
 from kernel.models import load_classifier, load_manifest, verify_manifest
 from tests.helpers import TINY_MODELS
-from training.data import BalancedSampler, build_augmentation
+from training.data import BalancedSampler, EpochSampler, build_augmentation
 from training.folds import assign_folds
 from training.pretrained import load_pretrained, map_lukemelas_keys
 from training.train_fold import main as train_main
@@ -140,6 +140,31 @@ def test_balanced_sampler_splits_one_draw_between_ranks():
     assert sorted(ranks[0] + ranks[1]) == sorted(single)  # one shared draw, each rank its own half of it
     assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
     assert 0.35 < labels[single].mean() < 0.65  # classes drawn equally, not at the data's 10 % fakes
+
+
+class Numbered(EpochSampler):
+    """Draws the positions 0..size-1 shuffled: every position once, so each rank's share can be told apart."""
+
+    def __init__(self, size: int, rank: int, world_size: int, block: int = 1):
+        super().__init__(rank, world_size, seed=3)
+        self.size, self.block = size, block
+
+    def draw(self, generator: np.random.Generator) -> np.ndarray:
+        return generator.permutation(self.size)
+
+
+@pytest.mark.parametrize("world_size,block", [(2, 1), (3, 1), (3, 2)])
+def test_ranks_take_disjoint_equal_slices_of_one_draw(world_size, block):
+    shares = [list(Numbered(20, rank, world_size, block)) for rank in range(world_size)]
+    whole = list(Numbered(20, 0, 1, block))
+    usable = (20 // block // world_size) * world_size * block  # the last incomplete round of blocks is left out
+    assert {len(share) for share in shares} == {usable // world_size}
+    assert len(set().union(*map(set, shares))) == usable  # no position on two ranks
+    assert sorted(sum(shares, [])) == sorted(whole[:usable])
+    if block == 2:  # a block (a fake-real pair) stays whole on one rank
+        for share in shares:
+            starts = [whole.index(share[i]) for i in range(0, len(share), 2)]
+            assert all(start % 2 == 0 and whole[start + 1] == share[i * 2 + 1] for i, start in enumerate(starts))
 
 
 def test_every_augmentation_runs_and_keeps_shape():
