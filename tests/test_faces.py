@@ -154,3 +154,45 @@ def test_faces_found_in_95_percent_of_frames_of_labelled_full_frame_videos(dev_d
             crop = isotropic_resize_pad(crop_face(frames[d.frame], d.box, config["crop_margin"]), 224)
             assert crop.shape == (224, 224, 3) and crop.std() > 5
     assert found / total >= 0.95, f"faces in {found}/{total} sampled frames"
+
+
+class ListedDetector:
+    """Stands in for MTCNN: the same detections, whatever the frames."""
+
+    def __init__(self, per_frame: list[list[Detection]]):
+        self.per_frame = per_frame
+
+    def detect(self, frames: np.ndarray) -> list[list[Detection]]:
+        return self.per_frame
+
+
+def test_at_most_max_persons_are_kept_the_longest_tracks_first():
+    persons = ((700, 80, 4), (100, 100, 6), (400, 90, 5))  # (x, face size, frames seen) of three persons
+    per_frame = [[_det(f, x, 100, side=side) for x, side, seen in persons if f < seen] for f in range(6)]
+
+    def kept(**settings) -> list[tuple[int, float]]:
+        tracks = person_tracks(ListedDetector(per_frame), np.zeros(1), dict(load_config(), **settings))
+        return [(t.person, t.detections[0].box[0]) for t in tracks]
+
+    assert kept() == [(0, 100), (1, 400), (2, 700)]  # max_persons 4
+    assert kept(max_persons=2) == [(0, 100), (1, 400)] and kept(max_persons=1) == [(0, 100)]
+
+
+def test_dark_frames_are_lifted_for_the_detector_only(monkeypatch, tiny_manifest_path):
+    """MTCNN sees a gamma-lifted copy of a night-time clip; the crops the models score keep its dark pixels."""
+    import kernel.faces as faces
+    from kernel.pipeline import load_scorer
+    from tests.helpers import faces_clip
+
+    seen = []
+    detect = faces.detect_faces
+    monkeypatch.setattr(faces, "detect_faces", lambda batch, *args: seen.append(batch.copy()) or detect(batch, *args))
+    dark = (faces_clip(4).astype(np.float32) * 0.2).astype(np.uint8)
+    before = dark.copy()
+    prediction = load_scorer(tiny_manifest_path, load_config(frames=4)).score(dark)
+    assert np.array_equal(dark, before) and dark.mean() < 30
+    assert len(seen) == 1 and 90 < seen[0].mean() < 130  # the detector's copy, lifted
+    assert len(prediction.tracks) == 2
+    detection = prediction.tracks[0].detections[0]
+    assert np.array_equal(prediction.crops[0], crop_face(dark[detection.frame], detection.box, 0.3))
+    assert prediction.crops[0].mean() < 35
