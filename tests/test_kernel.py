@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -250,3 +252,32 @@ def test_detection_leaves_a_core_to_the_decoder_and_restores_threads(monkeypatch
     with pipeline.torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_the_decoding_thread_works_ahead_and_starts_nothing_after_a_crash(monkeypatch, tmp_path):
+    """`prefetch_videos` decoded videos wait while one is scored; once the run dies no new decode starts."""
+    started = []
+
+    def decode(path: Path, config: dict) -> tuple[np.ndarray, np.ndarray]:
+        started.append(path.name)
+        return np.zeros((1, 2, 2, 3), np.uint8), np.zeros(1)
+
+    monkeypatch.setattr(pipeline, "decode_video", decode)
+    names = [f"v{i}.mp4" for i in range(10)]
+    stop = threading.Event()
+    videos = pipeline.prefetch_frames(tmp_path, names, dict(FAST, prefetch_videos=2), stop)
+    with pytest.raises(KeyboardInterrupt):
+        try:  # as `predict` runs it
+            for filename, frames, _, _ in videos:
+                assert filename == "v0.mp4" and frames.shape == (1, 2, 2, 3)
+                deadline = time.monotonic() + 30
+                while len(started) < 4 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.3)  # would it decode more?
+                assert started == names[:4]  # v0 in hand, v1 and v2 queued, v3 decoded and waiting for a slot
+                raise KeyboardInterrupt  # the scoring dies
+        finally:
+            stop.set()
+    time.sleep(0.3)
+    videos.close()  # joins the decoding thread
+    assert started == names[:4] and not [t for t in threading.enumerate() if t.name == "decode"]

@@ -93,6 +93,35 @@ def test_rerun_replaces_its_manifest_entry_and_keeps_others(tmp_path, crops):
     assert sorted(names) == [f"{ARCH}_fold0", f"{ARCH}_fold1"]
 
 
+def test_early_stopping_ends_training_after_that_many_epochs_without_a_better_val_log_loss(tmp_path, crops,
+                                                                                         monkeypatch):
+    import training.train_fold as train_fold
+
+    losses = iter([0.6, 0.5, 0.55, 0.52, 0.4, 0.3])  # best at epoch 2, then two epochs without a better one
+    real_metrics = train_fold.validation_metrics
+    monkeypatch.setattr(train_fold, "validation_metrics",
+                        lambda *args: dict(real_metrics(*args), val_log_loss=next(losses)))
+    train_main(["--config", str(write_config(tmp_path, crops, epochs=6, early_stopping=2, export="best")),
+                "--fold", "0"])
+    metrics = pd.read_csv(tmp_path / "runs" / f"{ARCH}_fold0" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2, 3, 4]
+    entry = json.loads((tmp_path / "runs" / "weights_manifest.json").read_text())["models"][0]
+    assert entry["val_log_loss"] == pytest.approx(0.5)  # the best epoch's weights exported
+
+
+def test_the_manifest_may_be_named_in_out_or_a_parent_of_it(tmp_path, crops):
+    out = tmp_path / "project" / "runs"
+    manifest = tmp_path / "project" / "models.json"
+    train_main(["--config", str(write_config(tmp_path, crops, out=str(out), manifest=str(manifest))), "--fold", "0"])
+    (spec,) = load_manifest(manifest).models
+    assert spec.file == out / f"{ARCH}_fold0" / "weights_fp16.pth"
+    assert json.loads(manifest.read_text())["models"][0]["file"] == f"runs/{ARCH}_fold0/weights_fp16.pth"
+    elsewhere = write_config(tmp_path, crops, out=str(out), manifest=str(tmp_path / "project" / "sub" / "m.json"))
+    with pytest.raises(ValueError, match=r"is not under the manifest's folder .*sub; set 'manifest' to a file in OUT "
+                                         r"or a parent of it$"):
+        train_main(["--config", str(elsewhere), "--fold", "0"])
+
+
 def test_resume_continues_from_the_saved_epoch(tmp_path, crops, caplog):
     config = write_config(tmp_path, crops, epochs=2, sampler="shuffle", class_weights=True, schedule="onecycle",
                           optimizer="sgd", label_smoothing=0.1, ema=0.9)
