@@ -155,3 +155,45 @@ def test_cli_writes_the_csv_training_reads(tmp_path):
                for v in linked["video"] if v.startswith("swap_"))
     assert list(table.columns) == ["video", "label", "original", "group", "fold"] and len(table) == len(videos)
     assert_leak_free(table)
+
+
+def write_index(path, rows: list[tuple[str, int, str]], crops_per_video: int = 2) -> None:
+    """An extract_faces.py index.csv: `crops_per_video` crops of each (video, label, original)."""
+    from training.extract_faces import INDEX_COLUMNS
+
+    lines = [{"video": video, "frame": frame, "person": 0, "label": label, "original": original, "part": "p",
+              "path": f"crops/{video}_{frame}.png", "box": "0 0 10 10", "score": 0.99, "landmarks": ""}
+             for video, label, original in rows for frame in range(crops_per_video)]
+    pd.DataFrame(lines, columns=INDEX_COLUMNS).to_csv(path, index=False)
+
+
+def test_cli_makes_folds_from_an_index(tmp_path):
+    """`training/folds.py --index`: one row per video of the crops' index, a fake with its original."""
+    rows = [(f"r{i}.mp4", 0, "") for i in range(6)] + [(f"f{i}.mp4", 1, f"r{i}.mp4") for i in range(6)]
+    write_index(tmp_path / "index.csv", rows)
+    folds_main(["--index", str(tmp_path / "index.csv"), "--k", "3", "--out", str(tmp_path / "folds.csv")])
+    table = pd.read_csv(tmp_path / "folds.csv", keep_default_na=False)
+    assert sorted(table["video"]) == sorted(video for video, _, _ in rows)  # one row per video, not per crop
+    fold = dict(zip(table["video"], table["fold"]))
+    assert all(fold[f"f{i}.mp4"] == fold[f"r{i}.mp4"] for i in range(6)) and set(fold.values()) == {0, 1, 2}
+    assert_leak_free(table)
+
+
+def test_methods_cli_writes_the_method_column_from_the_names(tmp_path):
+    """`python -m training.methods`: into the index itself by default, or `--out`; `--unmatched label`."""
+    from training.extract_faces import read_index
+    from training.methods import main as methods_main
+
+    rows = [("ffc40_yt_1.mp4", 0, ""), ("ffc40_df_1_2.mp4", 1, "ffc40_yt_1.mp4"), ("ffc40_f2f_1_2.mp4", 1, ""),
+            ("x_fs_3.mp4", 1, ""), ("nt_4.mp4", 1, ""), ("ffc40_actor_07.mp4", 0, ""), ("aabb.mp4", 1, "")]
+    index = tmp_path / "index.csv"
+    write_index(index, rows)
+    methods_main(["--index", str(index)])
+    methods = read_index(index).drop_duplicates("video").set_index("video")["method"].to_dict()
+    assert methods == {"ffc40_yt_1.mp4": "real", "ffc40_df_1_2.mp4": "Deepfakes", "ffc40_f2f_1_2.mp4": "Face2Face",
+                       "x_fs_3.mp4": "FaceSwap", "nt_4.mp4": "NeuralTextures", "ffc40_actor_07.mp4": "real",
+                       "aabb.mp4": ""}
+    methods_main(["--index", str(index), "--out", str(tmp_path / "other.csv"), "--unmatched", "label",
+                  "--column", "attribution"])
+    other = read_index(tmp_path / "other.csv")
+    assert len(other) == 2 * len(rows) and set(other.loc[other["video"] == "aabb.mp4", "attribution"]) == {"fake"}
