@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kernel.config import load_config
-from kernel.faces import (Detection, FaceDetector, brighten_dark, center_shift, crop_face, detection_scale,
-                          filter_detections, isotropic_resize_pad, link_tracks, normalise, person_tracks)
+from kernel.faces import (Detection, FaceDetector, brighten_dark, center_shift, crop_face, crop_window,
+                          detection_scale, filter_detections, isotropic_resize, isotropic_resize_pad, link_tracks,
+                          normalise, pad_square, person_tracks)
 from kernel.video import read_frames
 
 
@@ -23,6 +24,42 @@ def test_crop_adds_margin_and_pads_at_the_frame_edge():
     far = crop_face(frame, (250, 160, 300, 200), margin=0.3)  # bottom-right corner
     assert far.shape == (64, 80, 3) and not far[52:].any() and not far[:, 65:].any()
     assert np.array_equal(far[:52, :65], frame[148:, 235:])
+
+
+def test_crop_window_floors_the_near_edges_and_rounds_the_far_ones():
+    assert crop_window((10.5, 20.2, 30.5, 40.2), 0.25) == (5, 15, 36, 45)
+    assert crop_window((10.7, 20.2, 30.4, 40.6), 0.0) == (10, 20, 30, 41)
+    assert crop_window((0, 0, 10, 20), 0.5) == (-5, -10, 15, 30)
+
+
+def test_crop_face_keeps_dtype_defaults_to_a_30_percent_margin_and_is_never_empty():
+    frame = (np.arange(60 * 80 * 3).reshape(60, 80, 3) % 251).astype(np.uint8)
+    assert np.array_equal(crop_face(frame, (20, 10, 40, 30)), crop_face(frame, (20, 10, 40, 30), margin=0.3))
+    assert crop_face(frame, (20, 10, 40, 30)).shape == (32, 32, 3)
+    edge = crop_face(frame, (0, 0, 20, 20), margin=0.5)
+    assert edge.dtype == np.uint8 and edge.shape == (40, 40, 3) and np.array_equal(edge[10:, 10:], frame[:30, :30])
+    inside = crop_face(frame, (10, 10, 20, 20), margin=0.5)
+    assert np.array_equal(inside, frame[5:25, 5:25])  # touching no edge: the frame's own pixels
+    assert crop_face(frame, (-9, -9, -9, -9)).shape == (1, 1, 3)  # off the frame: one black pixel
+    assert not crop_face(frame, (-9, -9, -9, -9)).any()
+    top_left = crop_face(frame, (5, 5, 25, 25), margin=0.25)  # the window starts exactly at (0, 0)
+    assert np.array_equal(top_left, frame[:30, :30])
+
+
+def test_isotropic_resize_filters_area_down_cubic_up_and_pad_square_centres():
+    image = (np.arange(40 * 20 * 3).reshape(40, 20, 3) % 253).astype(np.uint8)
+    assert np.array_equal(isotropic_resize(image, 10), cv2.resize(image, (5, 10), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(isotropic_resize(image, 80), cv2.resize(image, (40, 80), interpolation=cv2.INTER_CUBIC))
+    assert isotropic_resize(image, 40) is image
+    assert isotropic_resize(np.zeros((40, 1, 3), np.uint8), 20).shape == (20, 1, 3)  # never under one pixel
+    assert isotropic_resize(np.zeros((1, 40, 3), np.uint8), 20).shape == (1, 20, 3)
+    small = np.full((2, 5, 3), 7, np.uint8)
+    padded = pad_square(small, 5)
+    assert padded.dtype == np.uint8 and padded.shape == (5, 5, 3)
+    assert (padded[1:3] == 7).all() and not padded[[0, 3, 4]].any()  # (5 - 2) // 2 = 1 row above
+    tall = pad_square(np.full((5, 2), 9, np.uint16), 5)
+    assert tall.dtype == np.uint16 and (tall[:, 1:3] == 9).all() and not tall[:, [0, 3, 4]].any()
+    assert np.array_equal(isotropic_resize_pad(image, 10), pad_square(isotropic_resize(image, 10), 10))
 
 
 def test_face_framing_is_the_same_at_the_edge_and_inside():

@@ -113,7 +113,8 @@ def test_check_folds_rejects_videos_a_link_rule_joins_in_two_folds():
     table = pd.DataFrame({"video": ["c_x_0.mp4", "c_x_1.mp4", "x.mp4"], "label": [1, 1, 0], "original": ["", "", ""],
                           "group": [0, 1, 2], "fold": [0, 1, 1]})
     links = name_links(table["video"], r"c_(?P<v>[a-z])_\d\.mp4", ["{v}.mp4"])
-    with pytest.raises(AssertionError, match="link rules"):
+    with pytest.raises(AssertionError, match=r"^c_x_0.mp4 \(fold 0\) and x.mp4 \(fold 1\) share a source by the "
+                                             r"link rules but sit in different folds$"):
         check_folds(table, links)
     with pytest.raises(AssertionError, match="linked to x.mp4 sit in different folds"):
         check_folds(table.iloc[:2], links)

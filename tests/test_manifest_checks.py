@@ -117,6 +117,13 @@ def test_paths_the_videos_folder_and_a_writable_out_file(tmp_path):
                                 "all get the prior; pass --videos DIR")
 
 
+def test_paths_refuse_an_out_in_a_folder_where_no_file_can_be_made(tmp_path):
+    out = Path("/proc/submission.csv")  # /proc takes no new file, even from root
+    with pytest.raises(SettingsError, match=r"^--out /proc/submission.csv: cannot write in /proc \(.*\); pick a "
+                                            r"writable folder$"):
+        checks.check_paths(tmp_path, None, out)
+
+
 def test_paths_refuse_an_out_that_is_a_folder_or_cannot_be_written(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -409,6 +416,9 @@ def test_verify_manifest_checks_presence_size_and_sha256_of_every_file(models):
         verify_manifest(manifest)
     assert str(error.value) == (f"weight file {second.file} has {len(data) - 10} bytes, manifest says {len(data)}; the "
                                 "file is truncated or the manifest is stale")
+    empty = Manifest((ModelSpec(**{**vars(second), "bytes": 0}),), None, models)
+    with pytest.raises(ManifestError, match=f"has {len(data) - 10} bytes, manifest says 0;"):  # 0 is a size
+        verify_manifest(empty)
     unsized = Manifest((ModelSpec(**{**vars(second), "bytes": -1}),), None, models)
     with pytest.raises(ManifestError, match="has sha256"):  # no size given: the sha256 still catches it
         verify_manifest(unsized)
@@ -444,3 +454,36 @@ def test_load_classifier_gives_an_eval_fp32_model_and_refuses_non_finite_weights
 def test_a_model_group_defaults_to_its_name():
     spec = ModelSpec("m", "test_resnet", Path("m.pth"), "0" * 64, 1, 8, IMAGENET_MEAN, IMAGENET_STD)
     assert spec.group == "m" and ModelSpec(**{**vars(spec), "group": "g"}).group == "g"
+
+
+def test_a_variant_of_the_stacker_is_checked_as_the_stacker_is():
+    good = Stacker(["a.logit"], [1.0], 0.0)
+    checks.check_stacker(Stacker(["a.logit", "b.logit"], [1.0, 1.0], 0.0, variants=(good,)), {"a", "b"})
+    bad = Stacker(["a.logit", "zz.logit"], [1.0, float("nan")], 0.0)
+    with pytest.raises(ManifestError) as error:
+        checks.check_stacker(Stacker(["a.logit", "b.logit"], [1.0, 1.0], 0.0, variants=(good, bad)), {"a", "b"})
+    assert str(error.value) == ("stacker: coefficients or intercept are not finite (NaN or inf); refit it with python "
+                                "-m ensemble.stack (intercept 0.0, 1 non-finite coefficients) (in its variant for "
+                                "groups ['a', 'zz'])")
+
+
+@pytest.mark.parametrize("drop_order,message", [
+    ("test_resnet", "is 'test_resnet'; it must be a list of model names, most expendable first"),
+    (["test_resnet", 3], "is ['test_resnet', 3]; it must be a list of model names, most expendable first"),
+    (["test_resnet", "nope", "gone"], "names ['gone', 'nope'], which are not models of the manifest "
+                                      "['test_efficientnet', 'test_resnet']"),
+    (["test_resnet", "test_resnet"], "names a model twice: ['test_resnet', 'test_resnet']"),
+    (["test_resnet", "test_efficientnet"], "names every model; leave out at least one, which the kernel always keeps"),
+])
+def test_a_bad_drop_order_is_named(models, drop_order, message):
+    edit(models, lambda data: data.update(drop_order=drop_order))
+    with pytest.raises(ManifestError) as error:
+        checks.check_manifest(models)
+    assert str(error.value) == f"{models}: 'drop_order' {message}"
+
+
+def test_a_drop_order_of_some_models_passes(models):
+    edit(models, lambda data: data.update(drop_order=["test_resnet"]))
+    checks.check_manifest(models)
+    edit(models, lambda data: data.update(drop_order=[]))
+    checks.check_manifest(models)

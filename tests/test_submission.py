@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import kernel.pipeline as pipeline
 import kernel.submission as submission
 from kernel.config import SettingsError, load_config
 from kernel.models import Manifest
-from kernel.submission import (CHECKPOINT_FORMAT, Checkpoint, Record, checkpoint_path, clip_probs, inside_folder,
+from kernel.submission import (CHECKPOINT_FORMAT, Checkpoint, InFlight, Record, checkpoint_path, clip_probs, inside_folder,
                                sample_filenames, target_filenames, video_identity, write_atomic, write_submission)
 
 BOUNDS = (0.01, 0.99)
@@ -352,6 +353,7 @@ def test_the_signature_changes_with_the_manifest_the_stacker_and_the_config(set_
     assert re.fullmatch(r"[0-9a-f]{64}", signature)
     assert pipeline.run_signature(manifest, dict(reversed(list(config.items())))) == signature  # key order is no change
     assert pipeline.run_signature(manifest, dict(config, frames=16)) != signature
+    assert pipeline.run_signature(manifest, dict(config, time_budget_hours=0.5)) == signature  # the budget aside
     assert pipeline.run_signature(Manifest((), None, manifest.path), config) != signature
     manifest.stacker.write_text('{"coef": [2.0]}')
     changed_stacker = pipeline.run_signature(manifest, config)
@@ -399,3 +401,24 @@ def test_open_checkpoint_names_the_first_five_videos_tried_again(tmp_path, caplo
         pipeline.open_checkpoint(tmp_path / "s.csv", "sig", folder, names).close()
     assert messages(caplog, logging.INFO) == ["trying again 6 videos whose earlier fallback the environment can cause "
                                               "(0.mp4, 1.mp4, 2.mp4, 3.mp4, 4.mp4)"]
+
+
+# ------------------------------------------------------------------------------------------ the in-flight marks
+
+def test_in_flight_marks_name_each_stages_video_and_thread(tmp_path):
+    marks = InFlight(tmp_path / "submission.csv")
+    assert marks.path == tmp_path / "submission.csv.inflight.json" and not marks.path.exists()
+    marks.mark("decode", "a.mp4")
+    me = threading.get_ident()
+    assert json.loads(marks.path.read_text()) == {"decode": {"video": "a.mp4", "thread": me}, "score": None}
+    worker = threading.Thread(target=marks.mark, args=("score", "b.mp4"))
+    worker.start()
+    worker.join()
+    assert json.loads(marks.path.read_text()) == {"decode": {"video": "a.mp4", "thread": me},
+                                                  "score": {"video": "b.mp4", "thread": worker.ident}}
+    marks.mark("decode", None)
+    assert json.loads(marks.path.read_text())["decode"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv.inflight.json"]  # no temporary left
+    marks.clear()
+    assert not marks.path.exists()
+    marks.clear()  # nothing to remove: no error
