@@ -15,9 +15,10 @@ import pytest
 
 import kernel.pipeline as pipeline
 from kernel import predict
+from kernel.aggregate import Stacker, logit, sigmoid
 from kernel.config import load_config
+from kernel.faces import Detection, Track
 from kernel.models import ManifestError
-from kernel.aggregate import logit, sigmoid
 from tests.helpers import DEV_DATA, face_videos, faceless_frames, faces_clip, write_h264
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,3 +282,16 @@ def test_the_decoding_thread_works_ahead_and_starts_nothing_after_a_crash(monkey
     time.sleep(0.3)
     videos.close()  # joins the decoding thread
     assert started == names[:4] and not [t for t in threading.enumerate() if t.name == "decode"]
+
+
+def test_the_aggregation_is_the_configs_unless_the_stacker_names_its_own(tiny_manifest_path, monkeypatch):
+    """`--aggregation` (the config's) turns frame scores into the video score; a stacker's own aggregation wins."""
+    scorer = pipeline.load_scorer(tiny_manifest_path, dict(FAST, aggregation="trimmed_mean"))
+    names = [model.spec.name for model in scorer.models]
+    probs = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0])
+    monkeypatch.setattr(scorer, "classify_crops", lambda crops: {name: probs for name in names})
+    track = Track(person=0, detections=[Detection(frame, (0, 0, 10, 10), 0.99) for frame in range(10)])
+    crops = [np.zeros((4, 4, 3), np.uint8)] * 10
+    assert scorer.score_crops(crops, [track]).score == pytest.approx(0.45)  # the mean of 0.2 ... 0.7
+    scorer.stacker = Stacker([f"{names[0]}.logit"], [1.0], 0.0, aggregation="mean")
+    assert scorer.score_crops(crops, [track]).score == pytest.approx(0.46)  # the plain mean, through logit/sigmoid
