@@ -1,6 +1,6 @@
 """`make mutation`: mutation testing of the kernel's contract with mutmut, and the killed share per module.
 
-    python -m tests.mutation [--module NAME ...] [--max-children 2] [--fresh] [--report-only]
+    python -m tests.mutation [--module NAME ...] [--max-children 2] [--fresh | --survivors | --report-only]
 
 mutmut (its settings: `[mutmut]` in `setup.cfg`) copies `kernel/` and `training/` into `mutants/`, makes one mutant
 per small change of the files named there (`<` for `<=`, `None` for a value, "XX" around a string, ...) and runs, for
@@ -8,8 +8,8 @@ each mutant, only those tests of the fast subset in `setup.cfg` that call the mu
 when a test fails. The modules of the contract are the functions named in `MODULES` below; each module should kill
 at least `TARGET` of its mutants once the survivors judged equivalent (`mutation_equivalents.txt` beside
 `setup.cfg`, one `mutant name  reason` per line) are set aside. Exit 0 when every module meets it, 1 when one does
-not, 2 when mutmut fails. Results are kept in `mutants/`: a rerun tests only the mutants of changed functions
-(`--fresh` starts over).
+not, 2 when mutmut fails. Results are kept in `mutants/`: `--report-only` prints them again, `--survivors` tests
+again only the mutants the last run left alive (after a test was added), `--fresh` deletes them first.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def report(results: dict[str, int | None], equivalents: dict[str, str], modules:
     """Print the killed share per module and every survivor; True when each module meets `TARGET`."""
     ok = True
     print(f"\n{'module':55s} {'mutants':>7s} {'killed':>6s} {'equiv.':>6s} {'other':>5s} {'killed share':>14s}")
-    survivors: dict[str, list[str]] = {}
+    alive: dict[str, list[str]] = {}
     for module in modules:
         names = sorted(name for name in results if module_of(name) == module)
         killed = [n for n in names if results[n] in KILLED]
@@ -93,8 +93,8 @@ def report(results: dict[str, int | None], equivalents: dict[str, str], modules:
         ok &= share >= TARGET and bool(names)
         print(f"{module:55s} {len(names):7d} {len(killed):6d} {len(equivalent):6d} {len(other):5d} "
               f"{share:8.1%} {'ok' if share >= TARGET else 'LOW':>5s}")
-        survivors[module] = other
-    for module, names in survivors.items():
+        alive[module] = other
+    for module, names in alive.items():
         for name in names:
             print(f"  not killed ({NAMES.get(results[name], results[name])}): {name}   (mutmut show '{name}')")
     stale = sorted(set(equivalents) - {n for n, code in results.items() if code not in KILLED})
@@ -103,6 +103,12 @@ def report(results: dict[str, int | None], equivalents: dict[str, str], modules:
             print(f"  listed as equivalent but killed now (remove it from {EQUIVALENTS.name}): {name}")
     print(f"\nkilled share = killed / (mutants - equivalent survivors); target {TARGET:.0%} per module")
     return ok
+
+
+def survivors(results: dict[str, int | None], equivalents: dict[str, str], modules: list[str]) -> list[str]:
+    """The mutants of `modules` not killed and not judged equivalent."""
+    return sorted(name for name, code in results.items()
+                  if module_of(name) in modules and code not in KILLED and name not in equivalents)
 
 
 def run_mutmut(patterns: list[str], max_children: int) -> int:
@@ -118,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", action="append", choices=list(MODULES), help="only this module (repeatable)")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--fresh", action="store_true", help="delete mutants/ first: test every mutant again")
+    parser.add_argument("--survivors", action="store_true", help="test again only the last run's survivors")
     parser.add_argument("--report-only", action="store_true", help="print the table of the last run, run nothing")
     args = parser.parse_args(argv)
     modules = args.module or list(MODULES)
     if args.fresh:
         shutil.rmtree(REPO / "mutants", ignore_errors=True)
-    if not args.report_only:
-        code = run_mutmut([pattern for module in modules for pattern in MODULES[module]], args.max_children)
+    patterns = [pattern for module in modules for pattern in MODULES[module]]
+    if args.survivors:
+        patterns = survivors(read_results(REPO / "mutants"), read_equivalents(), modules)
+    if not args.report_only and patterns:
+        code = run_mutmut(patterns, args.max_children)
         if code != 0:
             print(f"mutmut run exited with {code}", file=sys.stderr)
             return 2
