@@ -75,6 +75,7 @@ def test_logit_is_capped_and_sigmoid_inverts_it():
     assert logit(0.5) == 0.0 and logit(0.9) == pytest.approx(np.log(9.0))
     assert logit([0.0, 1.0]).tolist() == [-7.0, 7.0] and logit(0.9999, bound=2.0) == 2.0
     assert logit(1e-13, bound=40.0) == pytest.approx(np.log(1e-12), rel=1e-6)  # clipped at 1e-12 before the log
+    assert logit(1.0, bound=40.0) == pytest.approx(-np.log(1e-12), rel=1e-6)  # and at 1 - 1e-12
     assert sigmoid(0.0) == 0.5 and sigmoid(np.log(3.0)) == pytest.approx(0.75)
     assert sigmoid(np.array([1], dtype=np.int64)).dtype == np.float64
 
@@ -100,6 +101,13 @@ def test_confident_strategy_thresholds_at_32_frames():
     assert confident_strategy(at_threshold) == pytest.approx(at_threshold.mean())
     assert confident_strategy(frames(15, 0), min_fakes=20) == pytest.approx(frames(15, 0).mean())
     assert confident_strategy(frames(21, 0), min_fakes=20) == pytest.approx(0.9)
+    assert confident_strategy(frames(20, 0), min_fakes=20) == pytest.approx(frames(20, 0).mean())  # not over 20
+    with_threshold = np.array([0.9] * 13 + [0.8] * 5 + [0.5] * 14)  # 0.8 itself is not above the threshold
+    assert confident_strategy(with_threshold) == pytest.approx(0.9)
+    at_low_bound = np.array([0.25] * 29 + [0.5] * 3)  # 0.25 is not below 1 - 0.75
+    assert confident_strategy(at_low_bound, threshold=0.75) == pytest.approx(at_low_bound.mean())
+    ten = np.array([0.1] * 9 + [0.5])  # 9 low of 10 is not over 0.9 * 10
+    assert confident_strategy(ten) == pytest.approx(0.14)
     assert confident_strategy(frames(13, 0, 0.75), threshold=0.7) == pytest.approx((13 * 0.9 + 19 * 0.75) / 32)
 
 
@@ -121,6 +129,15 @@ def test_features_are_those_of_the_most_fake_person_by_the_aggregation():
                                        "mean": pytest.approx(0.5125), "std": pytest.approx(np.std([0.5, 0.5, 0.9, 0.15])),
                                        "share_above_0.8": 0.25, "share_below_0.2": 0.25}
     assert video_features(persons, "trimmed_mean")["mean"] == pytest.approx(0.5125)  # person 1 still the top
+    first_is_top = {0: np.array([0.9, 0.8]), 1: np.array([0.3, 0.5])}
+    assert video_features(first_is_top)["mean"] == pytest.approx(0.85)  # the most fake person, not the last
+    five = {0: np.array([0.0, 0.1, 0.5, 0.9, 1.0])}  # trimmed: 0.1, 0.5, 0.9
+    assert video_score(five, "trimmed_mean") == pytest.approx(0.5) and video_score(five) == pytest.approx(0.5)
+    assert video_score(five, "logit_mean") == pytest.approx(0.5) and video_score({0: np.array([0.9, 0.5, 0.4])},
+                                                                                 "trimmed_mean") == pytest.approx(0.6)
+    skewed = {0: np.array([0.0, 0.2, 0.3, 0.4, 1.0])}  # mean 0.38, trimmed mean 0.3
+    assert video_features(skewed, "trimmed_mean")["logit"] == pytest.approx(float(logit(0.3)))
+    assert video_score(skewed, "trimmed_mean") == pytest.approx(0.3)
     assert video_features({0: np.array([0.8, 0.2])})["share_above_0.8"] == 0.0  # strict bounds
     assert video_features({0: np.array([0.8, 0.2])})["share_below_0.2"] == 0.0
     assert feature_name("effb0", "logit") == "effb0.logit"
@@ -165,3 +182,14 @@ def test_the_variant_fitted_on_the_most_groups_left_is_chosen(tmp_path):
     with pytest.raises(ValueError, match=r"stacker JSON \(or one of its variants\) lacks 'intercept'"):
         Stacker.from_json(path)
     assert Stacker(["a.logit"], [1], 2).intercept == 2.0 and Stacker(["a.logit"], [1], 2).variants == ()
+
+
+def test_every_score_is_computed_in_float64_whatever_the_models_give():
+    """The models give float32 P(fake); each aggregation, feature and the stacker work on them in float64."""
+    probs = np.random.default_rng(3).uniform(0.05, 0.95, 32).astype(np.float32)
+    exact = probs.astype(np.float64)
+    assert np.mean(probs) != np.mean(exact)  # float32 arithmetic would show
+    assert trimmed_mean_strategy(probs) == trimmed_mean_strategy(exact)
+    assert confident_strategy(probs) == confident_strategy(exact) == np.mean(exact)
+    assert logit(probs).tolist() == logit(exact).tolist() and sigmoid(probs).tolist() == sigmoid(exact).tolist()
+    assert video_features({0: probs}) == video_features({0: exact})

@@ -50,6 +50,7 @@ def test_isotropic_resize_filters_area_down_cubic_up_and_pad_square_centres():
     image = (np.arange(40 * 20 * 3).reshape(40, 20, 3) % 253).astype(np.uint8)
     assert np.array_equal(isotropic_resize(image, 10), cv2.resize(image, (5, 10), interpolation=cv2.INTER_AREA))
     assert np.array_equal(isotropic_resize(image, 80), cv2.resize(image, (40, 80), interpolation=cv2.INTER_CUBIC))
+    assert np.array_equal(isotropic_resize(image, 60), cv2.resize(image, (30, 60), interpolation=cv2.INTER_CUBIC))
     assert isotropic_resize(image, 40) is image
     assert isotropic_resize(np.zeros((40, 1, 3), np.uint8), 20).shape == (20, 1, 3)  # never under one pixel
     assert isotropic_resize(np.zeros((1, 40, 3), np.uint8), 20).shape == (1, 20, 3)

@@ -79,6 +79,12 @@ def test_connected_groups_join_chains_and_absent_originals():
     assert len({groups[0], groups[2], groups[4]}) == 3
 
 
+def test_check_folds_names_the_first_five_split_groups():
+    table = fold_table([""] * 14, [g for g in range(7) for _ in range(2)], [0, 1] * 7)
+    with pytest.raises(AssertionError, match=r"^groups split across folds: \[0, 1, 2, 3, 4\]$"):
+        check_folds(table)
+
+
 def test_check_folds_rejects_a_split_group():
     table = pd.DataFrame({"video": ["a", "b"], "label": [0, 1], "original": ["", "a"], "group": [0, 0], "fold": [0, 1]})
     with pytest.raises(AssertionError, match="split across folds"):

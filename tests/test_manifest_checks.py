@@ -456,6 +456,12 @@ def test_a_model_group_defaults_to_its_name():
     assert spec.group == "m" and ModelSpec(**{**vars(spec), "group": "g"}).group == "g"
 
 
+def test_the_first_five_unknown_features_are_named():
+    with pytest.raises(ManifestError, match=r"^stacker: features \['x0.logit', 'x1.logit', 'x2.logit', 'x3.logit', "
+                                            r"'x4.logit'\] name no model"):
+        checks.check_stacker(Stacker([f"x{i}.logit" for i in range(6)], [1.0] * 6, 0.0), {"a"})
+
+
 def test_a_variant_of_the_stacker_is_checked_as_the_stacker_is():
     good = Stacker(["a.logit"], [1.0], 0.0)
     checks.check_stacker(Stacker(["a.logit", "b.logit"], [1.0, 1.0], 0.0, variants=(good,)), {"a", "b"})

@@ -405,7 +405,9 @@ def test_open_checkpoint_names_the_first_five_videos_tried_again(tmp_path, caplo
 
 # ------------------------------------------------------------------------------------------ the in-flight marks
 
-def test_in_flight_marks_name_each_stages_video_and_thread(tmp_path):
+def test_in_flight_marks_name_each_stages_video_and_thread(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(os, "fsync", synced.append)  # marks are rewritten twice a video: never waited on to disk
     marks = InFlight(tmp_path / "submission.csv")
     assert marks.path == tmp_path / "submission.csv.inflight.json" and not marks.path.exists()
     marks.mark("decode", "a.mp4")
@@ -420,5 +422,5 @@ def test_in_flight_marks_name_each_stages_video_and_thread(tmp_path):
     assert json.loads(marks.path.read_text())["decode"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv.inflight.json"]  # no temporary left
     marks.clear()
-    assert not marks.path.exists()
+    assert not marks.path.exists() and synced == []
     marks.clear()  # nothing to remove: no error
