@@ -18,7 +18,8 @@ import kernel.checks as checks
 from kernel.aggregate import STRATEGIES, Stacker
 from kernel.config import SettingsError, load_config
 from kernel.models import (IMAGENET_MEAN, IMAGENET_STD, Manifest, ManifestError, ModelSpec, class_keys,
-                           load_classifier, load_manifest, sha256_of, verify_manifest)
+                           create_classifier, load_classifier, load_manifest, save_fp16_state_dict, sha256_of,
+                           verify_manifest)
 
 FIX = "; fix it in the --config JSON or its command-line flag"
 
@@ -224,6 +225,8 @@ def test_the_manifest_shape_is_named(models):
                                              "file, sha256, bytes, input_size, mean, std)"),
                           ('{"stacker": null}', ": 'models' is empty or not a list; add at least one entry (name, "
                                                 "arch, file, sha256, bytes, input_size, mean, std)"),
+                          ('{"models": []}', ": 'models' is empty or not a list; add at least one entry (name, arch, "
+                                             "file, sha256, bytes, input_size, mean, std)"),
                           ('{"models": ["m.pth"]}', ": models[0] is a JSON str; each model is an object")]:
         models.write_text(text)
         with pytest.raises(ManifestError) as error:
@@ -347,14 +350,14 @@ def test_load_manifest_fills_defaults_and_resolves_files(tmp_path):
     path = tmp_path / "weights_manifest.json"
     path.write_text(json.dumps({"models": [
         {"arch": "test_resnet", "file": "sub/w.pth", "sha256": "AB" * 32, "input_size": "96"},
-        {"name": "b", "arch": "test_resnet", "file": "b.pth", "sha256": "cd" * 32, "input_size": 64, "bytes": 10,
+        {"name": "beta", "arch": "test_resnet", "file": "b.pth", "sha256": "cd" * 32, "input_size": 64, "bytes": 10,
          "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "group": "g", "num_classes": 3, "real_class": 2}],
         "stacker": "stacker.json"}))
     manifest = load_manifest(path)
     first, second = manifest.models
     assert first == ModelSpec(name="w", arch="test_resnet", file=tmp_path / "sub" / "w.pth", sha256="ab" * 32,
                               bytes=-1, input_size=96, mean=IMAGENET_MEAN, std=IMAGENET_STD, group="w")
-    assert second == ModelSpec(name="b", arch="test_resnet", file=tmp_path / "b.pth", sha256="cd" * 32, bytes=10,
+    assert second == ModelSpec(name="beta", arch="test_resnet", file=tmp_path / "b.pth", sha256="cd" * 32, bytes=10,
                                input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=3,
                                classes=None, real_index=2, group="g")
     assert manifest.stacker == tmp_path / "stacker.json" and manifest.path == path
@@ -369,6 +372,8 @@ def test_load_manifest_fills_defaults_and_resolves_files(tmp_path):
     ('{"models": []}', r": 'models' is empty; add at least one entry \(name, arch, file, sha256, bytes, input_size, "
                        r"mean, std\)$"),
     ('{"models": [{"arch": "a", "file": "f", "input_size": 8}]}', r": models\[0\] lacks \['sha256'\]$"),
+    ('{"models": [{"arch": "a", "file": "f", "sha256": "x", "input_size": 8, "num_classes": 3, "classes": ["a"]}]}',
+     r": models\[0\]: 'classes' has 1 names but num_classes is 3$"),
     ('{"models": [{"arch": "a", "file": "x/m.pth", "sha256": "x", "input_size": 8}, '
      '{"arch": "a", "file": "m.pth", "sha256": "y", "input_size": 8}]}',
      r": model names must be unique, got \['m', 'm'\]$"),
@@ -493,3 +498,55 @@ def test_a_drop_order_of_some_models_passes(models):
     checks.check_manifest(models)
     edit(models, lambda data: data.update(drop_order=[]))
     checks.check_manifest(models)
+
+
+def test_load_classifier_builds_the_entrys_class_count_and_names_a_mismatch(models, tmp_path):
+    spec = load_manifest(models).models[0]
+    weights = tmp_path / "five.pth"
+    save_fp16_state_dict(create_classifier(spec.arch, num_classes=5), weights)
+    five = ModelSpec(**{**vars(spec), "file": weights, "num_classes": 5, "classes": None, "real_index": 4})
+    assert load_classifier(five).get_classifier().out_features == 5
+    with pytest.raises(ManifestError, match=rf"^weight file {re.escape(str(weights))} does not fit arch "
+                                            rf"'{spec.arch}': Error\(s\) in loading state_dict"):
+        load_classifier(ModelSpec(**{**vars(five), "num_classes": 1}))
+
+
+def test_load_classifier_moves_the_model_to_its_device_in_fp16_on_cuda(models, monkeypatch):
+    """Without a GPU here: `Module.to` is recorded instead of moving, so the dtype and device asked can be seen."""
+    spec = load_manifest(models).models[0]
+    moved = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda module, device: moved.append(device) or module)
+    assert {p.dtype for p in load_classifier(spec, "cuda:1").parameters()} == {torch.float16}
+    assert {p.dtype for p in load_classifier(spec, "cpu").parameters()} == {torch.float32}
+    assert moved == ["cuda:1", "cpu"]
+
+
+def test_load_classifier_runs_no_code_from_a_pickle(models, tmp_path):
+    spec = load_manifest(models).models[0]
+    weights = tmp_path / "evil.pth"
+    torch.save({"conv_stem.weight": Payload(tmp_path / "ran")}, weights)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_classifier(ModelSpec(**{**vars(spec), "file": weights}))
+    assert not (tmp_path / "ran").exists()
+
+
+class Payload:
+    """Pickled, it would create the file `path` when loaded."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_the_first_five_non_finite_tensors_are_named(models):
+    spec = load_manifest(models).models[0]
+    state = torch.load(spec.file, weights_only=True)
+    floating = [key for key, value in state.items() if value.is_floating_point()][:6]
+    for key in floating:
+        state[key].view(-1)[0] = float("nan")
+    torch.save(state, spec.file)
+    with pytest.raises(ManifestError) as error:
+        load_classifier(spec)
+    assert f"has NaN or infinite values in {floating[:5]}; its training" in str(error.value)

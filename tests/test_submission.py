@@ -150,6 +150,26 @@ def test_write_atomic_goes_through_a_hidden_file_in_the_same_folder(tmp_path, mo
     assert out.read_bytes() == b"\x00bytes" and sorted(p.name for p in out.parent.iterdir()) == ["submission.csv"]
 
 
+def test_write_atomic_syncs_to_disk_unless_told_not_to(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    write_atomic(tmp_path / "a.csv", "a\n")
+    assert len(synced) == 1  # the submission survives a crash of the machine
+    write_atomic(tmp_path / "b.json", "{}", durable=False)
+    assert len(synced) == 1
+
+
+def test_write_atomic_raises_the_first_error_when_the_temporary_is_already_gone(tmp_path, monkeypatch):
+    def lose_it(source, target):
+        os.unlink(source)
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(os, "replace", lose_it)
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        write_atomic(tmp_path / "a.csv", "a\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_write_atomic_leaves_the_old_file_and_no_temporary_on_failure(tmp_path):
     out = tmp_path / "submission.csv"
     out.write_text("old\n")
@@ -299,6 +319,15 @@ def test_an_empty_checkpoint_file_is_set_aside(folder, tmp_path):
     Checkpoint(path, "sig", identities(folder)).close()
     assert (tmp_path / "s.csv.partial.jsonl.foreign-1").read_text() == ""
     assert lines_of(path) == [{"signature": "sig", "format": CHECKPOINT_FORMAT}]
+
+
+def test_a_record_without_dropped_models_is_read_as_none_dropped(folder, tmp_path):
+    path = tmp_path / "s.csv.partial.jsonl"
+    line = {key: value for key, value in row("a.mp4", record(folder, "a.mp4")).items() if key != "dropped"}
+    path.write_text(json.dumps({"signature": "sig", "format": CHECKPOINT_FORMAT}) + "\n" + json.dumps(line) + "\n")
+    checkpoint = Checkpoint(path, "sig", identities(folder))
+    checkpoint.close()
+    assert checkpoint.done == {"a.mp4": record(folder, "a.mp4")}
 
 
 def test_damaged_lines_are_skipped_and_their_videos_scored_again(folder, tmp_path, caplog):
