@@ -360,7 +360,11 @@ def test_load_manifest_fills_defaults_and_resolves_files(tmp_path):
     assert second == ModelSpec(name="beta", arch="test_resnet", file=tmp_path / "b.pth", sha256="cd" * 32, bytes=10,
                                input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=3,
                                classes=None, real_index=2, group="g")
-    assert manifest.stacker == tmp_path / "stacker.json" and manifest.path == path
+    assert manifest.stacker == tmp_path / "stacker.json" and manifest.path == path and manifest.drop_order is None
+    for drop_order in (["w"], []):
+        path.write_text(json.dumps({"models": [{"arch": "test_resnet", "file": "w.pth", "sha256": "ab" * 32,
+                                                "input_size": 8}], "drop_order": drop_order}))
+        assert load_manifest(path).drop_order == tuple(drop_order)
     path.write_text(json.dumps({"models": [{"arch": "test_resnet", "file": "w.pth", "sha256": "ab" * 32,
                                             "input_size": 8, "group": None}], "stacker": ""}))
     manifest = load_manifest(path)
