@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo
+.PHONY: install test demo mutation
 
 install: $(VENV)/.installed
 
@@ -20,3 +20,8 @@ test: install
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m demo
+
+# mutation testing of the kernel's contract (tests/mutation.py, [mutmut] in setup.cfg); not part of `make test`
+mutation: install
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	HF_HUB_OFFLINE=1 $(PY) -m tests.mutation $(MUTATION_ARGS)

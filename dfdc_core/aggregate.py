@@ -22,7 +22,7 @@ def sigmoid(logits) -> np.ndarray:
 
 
 def mean_strategy(probs: np.ndarray) -> float:
-    return float(np.mean(probs))
+    return float(np.mean(probs, dtype=np.float64))  # float64 like the other rules, whatever the models give
 
 
 def trimmed_mean_strategy(probs: np.ndarray, share: float = TRIM_SHARE) -> float:

@@ -213,7 +213,7 @@ def crop_face(frame: np.ndarray, box: tuple[float, float, float, float], margin:
     """
     left, top, right, bottom = crop_window(box, margin)
     height, width = frame.shape[:2]
-    inside = frame[max(0, top):min(height, bottom), max(0, left):min(width, right)]
+    inside = frame[max(0, top):max(0, min(height, bottom)), max(0, left):max(0, min(width, right))]  # no wrap-around
     if (left, top, right, bottom) == (max(0, left), max(0, top), min(width, right), min(height, bottom)):
         return inside
     crop = np.zeros((max(1, bottom - top), max(1, right - left)) + frame.shape[2:], dtype=frame.dtype)

@@ -1,6 +1,8 @@
 """Small data the suite makes itself: synthetic H.264 clips, tiny random models and their manifest."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +99,16 @@ def face_videos(folder: Path, count: int, frames: int = 4) -> Path:
     for number in range(count):
         with_face(180, 320, count=frames)(folder / f"face_{number}.mp4")
     return folder
+
+
+def registry_unreachable(folder: Path) -> str | None:
+    """Why the package registry cannot be used here (None if a small wheel downloads)."""
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest",
+               str(folder), "facenet-pytorch==2.6.0"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "package registry unreachable: pip download facenet-pytorch==2.6.0 took over 300 s"
+    if result.returncode != 0:
+        return f"package registry unreachable: pip download facenet-pytorch==2.6.0 failed: {result.stderr[-500:]}"
+    return None

@@ -16,6 +16,7 @@ from ensemble.bundle import (
     wheel_requirement,
 )
 from kernel.kaggle import BUNDLE_MARKER
+from tests.helpers import registry_unreachable
 
 
 @pytest.fixture()
@@ -29,7 +30,14 @@ def models(tiny_manifest_path, tmp_path):
     return folder / "weights_manifest.json"
 
 
-def test_bundle_is_flat_with_weights_stacker_pinned_wheels_and_notebook(models, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> None:
+    """Skip, saying why, where the package registry (the wheels for Kaggle's platform) cannot be reached."""
+    if why := registry_unreachable(tmp_path_factory.mktemp("registry_probe")):
+        pytest.skip(why)
+
+
+def test_bundle_is_flat_with_weights_stacker_pinned_wheels_and_notebook(registry, models, tmp_path, capsys):
     out = tmp_path / "bundle"
     assert main(["--manifest", str(models), "--out", str(out), "--dataset-id", "me/dfdc-test"]) == 0
     assert all(path.is_file() for path in out.iterdir())  # kaggle datasets create skips folders by default
@@ -87,6 +95,25 @@ def test_bundle_over_the_limit_is_refused_naming_the_largest_file(models, tmp_pa
     with pytest.raises(BundleError, match=r"over the 1.000 GB Kaggle limit; largest files: huge.pth 1000.0 MB"):
         build_bundle(models, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+
+
+def test_the_finished_bundle_is_measured_again_with_its_wheels(models, tmp_path, monkeypatch):
+    import ensemble.bundle as bundle
+
+    weights = sum(path.stat().st_size for path in models.parent.glob("*.pth"))
+    limit = weights + 2_000_000  # the weights pass the first check
+
+    def big_wheel(folder, extra):
+        with open(folder / "big-1.0-py3-none-any.whl", "wb") as handle:  # sparse: no disk used
+            handle.truncate(limit)
+        return sorted(folder.glob("*.whl"))
+
+    monkeypatch.setattr(bundle, "build_wheels", big_wheel)
+    out = tmp_path / "bundle"
+    with pytest.raises(BundleError, match=rf"^bundle {out} holds .* GB, over the .* GB Kaggle limit; largest files: "
+                                          rf"big-1.0-py3-none-any.whl {limit / 1e6:.1f} MB; "):
+        build_bundle(models, out, limit=limit)
+    assert build_bundle(models, tmp_path / "fits", limit=3 * limit) > limit
 
 
 def test_weight_with_another_sha256_is_refused(models, tmp_path, capsys):

@@ -1,17 +1,18 @@
-"""kernel.explain: PNG + JSON for a real video whose score is the kernel's, a face crop image, clear errors."""
+"""kernel.explain: PNG + JSON for a video whose score is the kernel's, a face crop image, clear errors."""
 import json
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
+from dfdc_core.video import decode_video
 from kernel import predict
 from kernel.config import load_config
 from kernel.explain import main as explain_main
-from tests.helpers import faceless_frames
+from kernel.explain import shown_samples
+from kernel.pipeline import load_scorer
+from tests.helpers import faceless_frames, faces_clip, write_h264
 
-VIDEO = "ffc40_nt_720_672.mp4"
 FRAMES = 8
 
 
@@ -19,34 +20,49 @@ def explain_json(out) -> dict:
     return json.loads(next(out.glob("*_explain.json")).read_text())
 
 
-def test_video_explanation_has_the_kernels_score(dev_data, tiny_manifest_path, tmp_path):
-    sample = tmp_path / "sample_submission.csv"
-    pd.DataFrame({"filename": [VIDEO], "label": 0.5}).to_csv(sample, index=False)
-    run = predict(dev_data / "videos", sample, tiny_manifest_path, tmp_path / "submission.csv",
-                  config=load_config(frames=FRAMES), progress=False)
-    assert run.reasons == {VIDEO: "ok"}
-    out = tmp_path / "explain"
-    assert explain_main([str(dev_data / "videos" / VIDEO), "--manifest", str(tiny_manifest_path), "--out", str(out),
-                         "--frames", str(FRAMES), "--rows", "2"]) == 0
-    assert (out / "ffc40_nt_720_672_explain.png").read_bytes()[:4] == b"\x89PNG"
-    data = explain_json(out)
+def test_video_explanation_has_the_kernels_score(tiny_manifest_path, tmp_path):
+    """The JSON's scores are those the kernel's scorer gives the same frames, and its label the submission's."""
+    video = write_h264(tmp_path / "videos" / "two_faces.mp4", faces_clip(40, swap_right=True))
+    config = load_config(frames=FRAMES)
+    run = predict(video.parent, None, tiny_manifest_path, tmp_path / "submission.csv", config=config, progress=False)
+    assert run.reasons == {video.name: "ok"}
+    expected = load_scorer(tiny_manifest_path, config).score(decode_video(video, config)[0])
+    heights = {}
+    for rows in (1, 3):
+        out = tmp_path / f"explain_{rows}"
+        assert explain_main([str(video), "--manifest", str(tiny_manifest_path), "--out", str(out),
+                             "--frames", str(FRAMES), "--rows", str(rows)]) == 0
+        heights[rows] = cv2.imread(str(out / "two_faces_explain.png")).shape[0]
+        assert not list(out.glob(".*tmp"))
+    assert heights[1] < heights[3]  # one row of the PNG per shown frame
+    data = explain_json(tmp_path / "explain_3")
     assert data["label"] == run.submission["label"].iloc[0]
+    assert data["score"] == pytest.approx(expected.score, abs=1e-6)
+    assert data["model_scores"] == pytest.approx(expected.model_scores, abs=1e-6)
     assert data["kind"] == "video" and data["frames_sampled"] == FRAMES and data["combined_by"] == "mean of models"
-    assert len(data["faces"]) >= FRAMES // 2 and {f["person"] for f in data["faces"]} == {0}
-    assert data["score"] == pytest.approx(np.mean(list(data["model_scores"].values())))
+    assert len(data["faces"]) == len(expected.crops) >= FRAMES and {f["person"] for f in data["faces"]} == {0, 1}
     assert [m["cam_layer"] for m in data["models"]] == ["bn2", "layer4"]
-    assert not list(out.glob(".*tmp"))
+
+
+def test_shown_frames_are_spread_over_the_frames_with_faces():
+    faces = [{"sample": sample} for sample in (0, 0, 2, 3, 5, 7, 7, 9)]
+    assert shown_samples(faces, 8) == [0, 2, 3, 5, 7, 9]
+    assert shown_samples(faces, 3) == [0, 3, 9] and shown_samples(faces, 1) == [0]
 
 
 def test_image_as_face_crop(tiny_manifest_path, tmp_path):
+    """A face crop is scored whole: the JSON holds what the models give that image, not what the JSON says."""
+    pixels = np.random.default_rng(0).integers(0, 255, (90, 70, 3), dtype=np.uint8)
     image = tmp_path / "face.png"
-    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (90, 70, 3), dtype=np.uint8))
+    cv2.imwrite(str(image), pixels)
     out = tmp_path / "explain"
     assert explain_main([str(image), "--crop", "--manifest", str(tiny_manifest_path), "--out", str(out)]) == 0
     data = explain_json(out)
     (face,) = data["faces"]
+    probs = load_scorer(tiny_manifest_path, load_config()).classify_crops([cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)])
+    assert face["probs"] == pytest.approx({name: float(p[0]) for name, p in probs.items()}, abs=1e-5)
+    assert data["score"] == pytest.approx(np.mean([p[0] for p in probs.values()]), abs=1e-5)
     assert data["kind"] == "crop" and face["box"] == [0.0, 0.0, 70.0, 90.0]
-    assert data["score"] == pytest.approx(np.mean(list(face["probs"].values())))
     assert (out / "face_explain.png").read_bytes()[:4] == b"\x89PNG"
 
 

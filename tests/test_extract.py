@@ -69,16 +69,24 @@ def test_rerun_skips_finished_videos(dev_data, dev_extraction, caplog):
     assert len(again) == len(index)
 
 
-def test_image_folder_dataset(dev_data, tmp_path):
+def test_image_folder_dataset(tmp_path):
+    """real/ and fake/ folders of face images: every image gives its faces' crops, labelled by its folder."""
     root = tmp_path / "images"
-    for folder in ("real", "fake"):
+    for folder, swap in (("real", False), ("fake", True)):
         (root / folder).mkdir(parents=True)
-        for source in sorted((dev_data / "faces" / folder).glob("rff_*"))[:2]:
-            (root / folder / source.name).symlink_to(source)
+        for seed in range(2):
+            frame = faces_clip(1, swap_right=swap, seed=seed)[0]
+            cv2.imwrite(str(root / folder / f"{folder}_{seed}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     index, problems = run_extraction(root, tmp_path / "out", progress=False)
-    assert len(index) + len(problems) >= 4
-    assert (index["label"] == index["part"].map({"real": 0, "fake": 1})).all()
+    assert problems.empty, problems
+    assert sorted(set(index["video"])) == ["fake_0.png", "fake_1.png", "real_0.png", "real_1.png"]
+    assert (index.groupby("video").size() >= 1).all() and len(index) >= 4
+    assert (index["label"] == index["part"].map({"real": 0, "fake": 1})).all() and set(index["part"]) == {"real", "fake"}
     assert (index["frame"] == 0).all()
+    for row in index.itertuples():
+        left, top, right, bottom = crop_window(tuple(map(float, row.box.split())), 0.3)
+        height, width = cv2.imread(str(tmp_path / "out" / row.path)).shape[:2]
+        assert abs(height - (bottom - top)) <= 1 and abs(width - (right - left)) <= 1
 
 
 def write_part(part: Path, entries: dict[str, dict], videos: list[str], seed: int = 0) -> None:

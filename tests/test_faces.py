@@ -11,11 +11,14 @@ from dfdc_core.faces import (
     brighten_dark,
     center_shift,
     crop_face,
+    crop_window,
     detection_scale,
     filter_detections,
+    isotropic_resize,
     isotropic_resize_pad,
     link_tracks,
     normalise,
+    pad_square,
     person_tracks,
 )
 from dfdc_core.video import read_frames
@@ -34,6 +37,43 @@ def test_crop_adds_margin_and_pads_at_the_frame_edge():
     far = crop_face(frame, (250, 160, 300, 200), margin=0.3)  # bottom-right corner
     assert far.shape == (64, 80, 3) and not far[52:].any() and not far[:, 65:].any()
     assert np.array_equal(far[:52, :65], frame[148:, 235:])
+
+
+def test_crop_window_floors_the_near_edges_and_rounds_the_far_ones():
+    assert crop_window((10.5, 20.2, 30.5, 40.2), 0.25) == (5, 15, 36, 45)
+    assert crop_window((10.7, 20.2, 30.4, 40.6), 0.0) == (10, 20, 30, 41)
+    assert crop_window((0, 0, 10, 20), 0.5) == (-5, -10, 15, 30)
+
+
+def test_crop_face_keeps_dtype_defaults_to_a_30_percent_margin_and_is_never_empty():
+    frame = (np.arange(60 * 80 * 3).reshape(60, 80, 3) % 251).astype(np.uint8)
+    assert np.array_equal(crop_face(frame, (20, 10, 40, 30)), crop_face(frame, (20, 10, 40, 30), margin=0.3))
+    assert crop_face(frame, (20, 10, 40, 30)).shape == (32, 32, 3)
+    edge = crop_face(frame, (0, 0, 20, 20), margin=0.5)
+    assert edge.dtype == np.uint8 and edge.shape == (40, 40, 3) and np.array_equal(edge[10:, 10:], frame[:30, :30])
+    inside = crop_face(frame, (10, 10, 20, 20), margin=0.5)
+    assert np.array_equal(inside, frame[5:25, 5:25])  # touching no edge: the frame's own pixels
+    assert crop_face(frame, (-9, -9, -9, -9)).shape == (1, 1, 3)  # off the frame: one black pixel
+    assert not crop_face(frame, (-9, -9, -9, -9)).any()
+    top_left = crop_face(frame, (5, 5, 25, 25), margin=0.25)  # the window starts exactly at (0, 0)
+    assert np.array_equal(top_left, frame[:30, :30])
+
+
+def test_isotropic_resize_filters_area_down_cubic_up_and_pad_square_centres():
+    image = (np.arange(40 * 20 * 3).reshape(40, 20, 3) % 253).astype(np.uint8)
+    assert np.array_equal(isotropic_resize(image, 10), cv2.resize(image, (5, 10), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(isotropic_resize(image, 80), cv2.resize(image, (40, 80), interpolation=cv2.INTER_CUBIC))
+    assert np.array_equal(isotropic_resize(image, 60), cv2.resize(image, (30, 60), interpolation=cv2.INTER_CUBIC))
+    assert isotropic_resize(image, 40) is image
+    assert isotropic_resize(np.zeros((40, 1, 3), np.uint8), 20).shape == (20, 1, 3)  # never under one pixel
+    assert isotropic_resize(np.zeros((1, 40, 3), np.uint8), 20).shape == (1, 20, 3)
+    small = np.full((2, 5, 3), 7, np.uint8)
+    padded = pad_square(small, 5)
+    assert padded.dtype == np.uint8 and padded.shape == (5, 5, 3)
+    assert (padded[1:3] == 7).all() and not padded[[0, 3, 4]].any()  # (5 - 2) // 2 = 1 row above
+    tall = pad_square(np.full((5, 2), 9, np.uint16), 5)
+    assert tall.dtype == np.uint16 and (tall[:, 1:3] == 9).all() and not tall[:, [0, 3, 4]].any()
+    assert np.array_equal(isotropic_resize_pad(image, 10), pad_square(isotropic_resize(image, 10), 10))
 
 
 def test_face_framing_is_the_same_at_the_edge_and_inside():
@@ -137,10 +177,14 @@ def detector():
 def test_detector_finds_every_face_in_a_group_photo(dev_data, detector):
     image = cv2.cvtColor(cv2.imread(str(dev_data / "frames" / "multiface.jpg")), cv2.COLOR_BGR2RGB)
     faces = filter_detections(detector.detect(image[None]), 0.9, 24)[0]
-    assert len(faces) >= 3
+    centres = [(466, 190), (592, 101), (660, 250), (906, 500), (268, 305), (761, 525)]  # the six faces (box centres, px)
+    assert len(faces) == len(centres)
+    for x, y in centres:  # each face found once, its box around it
+        assert sum(abs((f.box[0] + f.box[2]) / 2 - x) < 20 and abs((f.box[1] + f.box[3]) / 2 - y) < 20
+                   for f in faces) == 1, (x, y)
     for face in faces:
         x1, y1, x2, y2 = face.box
-        assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0]
+        assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0] and 60 < x2 - x1 < 130
 
 
 def test_faces_found_in_95_percent_of_frames_of_labelled_full_frame_videos(dev_data, detector):
@@ -161,3 +205,45 @@ def test_faces_found_in_95_percent_of_frames_of_labelled_full_frame_videos(dev_d
             crop = isotropic_resize_pad(crop_face(frames[d.frame], d.box, config["crop_margin"]), 224)
             assert crop.shape == (224, 224, 3) and crop.std() > 5
     assert found / total >= 0.95, f"faces in {found}/{total} sampled frames"
+
+
+class ListedDetector:
+    """Stands in for MTCNN: the same detections, whatever the frames."""
+
+    def __init__(self, per_frame: list[list[Detection]]):
+        self.per_frame = per_frame
+
+    def detect(self, frames: np.ndarray) -> list[list[Detection]]:
+        return self.per_frame
+
+
+def test_at_most_max_persons_are_kept_the_longest_tracks_first():
+    persons = ((700, 80, 4), (100, 100, 6), (400, 90, 5))  # (x, face size, frames seen) of three persons
+    per_frame = [[_det(f, x, 100, side=side) for x, side, seen in persons if f < seen] for f in range(6)]
+
+    def kept(**settings) -> list[tuple[int, float]]:
+        tracks = person_tracks(ListedDetector(per_frame), np.zeros(1), dict(load_config(), **settings))
+        return [(t.person, t.detections[0].box[0]) for t in tracks]
+
+    assert kept() == [(0, 100), (1, 400), (2, 700)]  # max_persons 4
+    assert kept(max_persons=2) == [(0, 100), (1, 400)] and kept(max_persons=1) == [(0, 100)]
+
+
+def test_dark_frames_are_lifted_for_the_detector_only(monkeypatch, tiny_manifest_path):
+    """MTCNN sees a gamma-lifted copy of a night-time clip; the crops the models score keep its dark pixels."""
+    import dfdc_core.faces as faces
+    from kernel.pipeline import load_scorer
+    from tests.helpers import faces_clip
+
+    seen = []
+    detect = faces.detect_faces
+    monkeypatch.setattr(faces, "detect_faces", lambda batch, *args: seen.append(batch.copy()) or detect(batch, *args))
+    dark = (faces_clip(4).astype(np.float32) * 0.2).astype(np.uint8)
+    before = dark.copy()
+    prediction = load_scorer(tiny_manifest_path, load_config(frames=4)).score(dark)
+    assert np.array_equal(dark, before) and dark.mean() < 30
+    assert len(seen) == 1 and 90 < seen[0].mean() < 130  # the detector's copy, lifted
+    assert len(prediction.tracks) == 2
+    detection = prediction.tracks[0].detections[0]
+    assert np.array_equal(prediction.crops[0], crop_face(dark[detection.frame], detection.box, 0.3))
+    assert prediction.crops[0].mean() < 35

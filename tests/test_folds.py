@@ -88,25 +88,48 @@ def test_connected_groups_join_chains_and_absent_originals():
     assert len({groups[0], groups[2], groups[4]}) == 3
 
 
+def test_check_folds_names_the_first_five_split_groups():
+    table = fold_table([""] * 14, [g for g in range(7) for _ in range(2)], [0, 1] * 7)
+    with pytest.raises(AssertionError, match=r"^groups split across folds: \[0, 1, 2, 3, 4\]$"):
+        check_folds(table)
+
+
 def test_check_folds_rejects_a_split_group():
     table = pd.DataFrame({"video": ["a", "b"], "label": [0, 1], "original": ["", "a"], "group": [0, 0], "fold": [0, 1]})
     with pytest.raises(AssertionError, match="split across folds"):
         check_folds(table)
 
 
-def test_check_folds_rejects_a_video_without_a_fold_and_an_original_apart_from_its_fake():
-    table = pd.DataFrame({"video": ["a", "b"], "label": [0, 1], "original": ["", "a"], "group": [0, 1], "fold": [0, -1]})
-    with pytest.raises(AssertionError, match="without a fold"):
+def fold_table(original: list[str], group: list[int], fold: list[int]) -> pd.DataFrame:
+    """Videos a, b, c, ... with these originals, groups and folds (label 1 where an original is named)."""
+    videos = [chr(ord("a") + i) for i in range(len(fold))]
+    return pd.DataFrame({"video": videos, "label": [int(bool(o)) for o in original], "original": original,
+                         "group": group, "fold": fold})
+
+
+def test_check_folds_rejects_a_video_without_a_fold():
+    table = fold_table(["", "a", "", "", "", "", ""], [0, 0, 1, 2, 3, 4, 5], [0, 0, -1, 1, -2, -1, 2])
+    with pytest.raises(AssertionError, match=r"^videos without a fold: \['c', 'e', 'f'\]$"):
         check_folds(table)
-    with pytest.raises(AssertionError, match="its original a in fold 0"):
-        check_folds(table.assign(fold=[0, 1]))
+    with pytest.raises(AssertionError, match=r"^videos without a fold: \['a', 'b', 'c', 'd', 'e'\]$"):
+        check_folds(table.assign(fold=-1))  # the first five named
+    check_folds(table.assign(fold=[0, 0, 1, 1, 2, 0, 1]))  # fold 0 is a fold
+
+
+def test_check_folds_rejects_an_original_apart_from_its_fake_whatever_the_group_column_says():
+    table = fold_table(["", "a", "a", ""], [0, 1, 2, 3], [0, 0, 1, 1])  # b and c wrongly in groups of their own
+    with pytest.raises(AssertionError, match=r"^c is in fold 1 but its original a in fold 0$"):
+        check_folds(table)
+    check_folds(table.assign(fold=[1, 1, 1, 0]))
+    check_folds(fold_table(["", "gone", "gone"], [0, 1, 1], [0, 1, 1]))  # an absent original has no fold
 
 
 def test_check_folds_rejects_videos_a_link_rule_joins_in_two_folds():
     table = pd.DataFrame({"video": ["c_x_0.mp4", "c_x_1.mp4", "x.mp4"], "label": [1, 1, 0], "original": ["", "", ""],
                           "group": [0, 1, 2], "fold": [0, 1, 1]})
     links = name_links(table["video"], r"c_(?P<v>[a-z])_\d\.mp4", ["{v}.mp4"])
-    with pytest.raises(AssertionError, match="link rules"):
+    with pytest.raises(AssertionError, match=r"^c_x_0.mp4 \(fold 0\) and x.mp4 \(fold 1\) share a source by the "
+                                             r"link rules but sit in different folds$"):
         check_folds(table, links)
     with pytest.raises(AssertionError, match="linked to x.mp4 sit in different folds"):
         check_folds(table.iloc[:2], links)
@@ -148,3 +171,45 @@ def test_cli_writes_the_csv_training_reads(tmp_path):
                for v in linked["video"] if v.startswith("swap_"))
     assert list(table.columns) == ["video", "label", "original", "group", "fold"] and len(table) == len(videos)
     assert_leak_free(table)
+
+
+def write_index(path, rows: list[tuple[str, int, str]], crops_per_video: int = 2) -> None:
+    """An extract_faces.py index.csv: `crops_per_video` crops of each (video, label, original)."""
+    from training.index import INDEX_COLUMNS
+
+    lines = [{"video": video, "frame": frame, "person": 0, "label": label, "original": original, "part": "p",
+              "path": f"crops/{video}_{frame}.png", "box": "0 0 10 10", "score": 0.99, "landmarks": ""}
+             for video, label, original in rows for frame in range(crops_per_video)]
+    pd.DataFrame(lines, columns=INDEX_COLUMNS).to_csv(path, index=False)
+
+
+def test_cli_makes_folds_from_an_index(tmp_path):
+    """`training/folds.py --index`: one row per video of the crops' index, a fake with its original."""
+    rows = [(f"r{i}.mp4", 0, "") for i in range(6)] + [(f"f{i}.mp4", 1, f"r{i}.mp4") for i in range(6)]
+    write_index(tmp_path / "index.csv", rows)
+    folds_main(["--index", str(tmp_path / "index.csv"), "--k", "3", "--out", str(tmp_path / "folds.csv")])
+    table = pd.read_csv(tmp_path / "folds.csv", keep_default_na=False)
+    assert sorted(table["video"]) == sorted(video for video, _, _ in rows)  # one row per video, not per crop
+    fold = dict(zip(table["video"], table["fold"]))
+    assert all(fold[f"f{i}.mp4"] == fold[f"r{i}.mp4"] for i in range(6)) and set(fold.values()) == {0, 1, 2}
+    assert_leak_free(table)
+
+
+def test_methods_cli_writes_the_method_column_from_the_names(tmp_path):
+    """`python -m training.methods`: into the index itself by default, or `--out`; `--unmatched label`."""
+    from training.index import read_index
+    from training.methods import main as methods_main
+
+    rows = [("ffc40_yt_1.mp4", 0, ""), ("ffc40_df_1_2.mp4", 1, "ffc40_yt_1.mp4"), ("ffc40_f2f_1_2.mp4", 1, ""),
+            ("x_fs_3.mp4", 1, ""), ("nt_4.mp4", 1, ""), ("ffc40_actor_07.mp4", 0, ""), ("aabb.mp4", 1, "")]
+    index = tmp_path / "index.csv"
+    write_index(index, rows)
+    methods_main(["--index", str(index)])
+    methods = read_index(index).drop_duplicates("video").set_index("video")["method"].to_dict()
+    assert methods == {"ffc40_yt_1.mp4": "real", "ffc40_df_1_2.mp4": "Deepfakes", "ffc40_f2f_1_2.mp4": "Face2Face",
+                       "x_fs_3.mp4": "FaceSwap", "nt_4.mp4": "NeuralTextures", "ffc40_actor_07.mp4": "real",
+                       "aabb.mp4": ""}
+    methods_main(["--index", str(index), "--out", str(tmp_path / "other.csv"), "--unmatched", "label",
+                  "--column", "attribution"])
+    other = read_index(tmp_path / "other.csv")
+    assert len(other) == 2 * len(rows) and set(other.loc[other["video"] == "aabb.mp4", "attribution"]) == {"fake"}

@@ -23,7 +23,7 @@ import pytest
 
 from ensemble.bundle import build_bundle, top_level_files
 from kernel.kaggle import BUNDLE_MARKER, COMPETITION
-from tests.helpers import face_videos
+from tests.helpers import face_videos, registry_unreachable
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_SITE = Path(sysconfig.get_paths()["purelib"])
@@ -38,19 +38,6 @@ spec.loader.exec_module(offline)
 print("[launcher]", offline.block_network().describe(), flush=True)
 runpy.run_path(sys.argv[2], run_name="__main__")
 """
-
-
-def registry_unreachable(folder: Path) -> str | None:
-    """Why the package registry cannot be used here (None if a small wheel downloads)."""
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest",
-               str(folder), "facenet-pytorch==2.6.0"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        return "package registry unreachable: pip download facenet-pytorch==2.6.0 took over 300 s"
-    if result.returncode != 0:
-        return f"package registry unreachable: pip download facenet-pytorch==2.6.0 failed: {result.stderr[-500:]}"
-    return None
 
 
 @pytest.fixture(scope="module")

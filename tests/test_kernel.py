@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -12,10 +14,12 @@ import pandas as pd
 import pytest
 
 import kernel.pipeline as pipeline
+from dfdc_core.aggregate import Stacker, logit, sigmoid
+from dfdc_core.faces import Detection, Track
 from dfdc_core.models import ManifestError
 from kernel import predict
 from kernel.config import load_config
-from tests.helpers import faceless_frames, write_h264
+from tests.helpers import DEV_DATA, face_videos, faceless_frames, faces_clip, write_h264
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = load_config(frames=8)
@@ -76,11 +80,13 @@ def test_weights_are_checked_before_the_first_video(monkeypatch, tiny_manifest_p
     else:
         weights.write_bytes(weights.read_bytes()[:-10])
     (folder / "weights_manifest.json").write_text(json.dumps(manifest))
-    monkeypatch.setattr(pipeline, "decode_video", lambda *a, **k: pytest.fail("a video was read"))
+    videos = face_videos(tmp_path / "videos", 2)
+    read = []
+    monkeypatch.setattr(pipeline, "decode_video", lambda path, *a, **k: read.append(path.name) or 1 / 0)
     with pytest.raises(ManifestError, match=message) as error:
-        predict(tmp_path, None, folder / "weights_manifest.json", tmp_path / "s.csv", config=FAST, progress=False)
+        predict(videos, None, folder / "weights_manifest.json", tmp_path / "s.csv", config=FAST, progress=False)
     assert weights.name in str(error.value)
-    assert not (tmp_path / "s.csv").exists()
+    assert read == [] and sorted(p.name for p in tmp_path.iterdir()) == ["models", "videos"]  # not even a checkpoint
 
 
 def test_time_budget_gives_the_rest_the_prior(monkeypatch, bad_videos, tiny_manifest_path, tmp_path):
@@ -132,56 +138,78 @@ def test_a_crash_loses_nothing_already_predicted(monkeypatch, bad_videos, tiny_m
     assert len(read_submission(out)) == len(expected) and run.videos_scored == len(seen)
 
 
-def test_stacker_from_the_manifest_is_applied(tiny_manifest_path, tmp_path, dev_data):
+def test_stacker_from_the_manifest_is_applied(tiny_manifest_path, tmp_path):
+    """Each coefficient meets its own group's feature (names listed against sorted order), then the clip."""
+    videos = face_videos(tmp_path / "videos", 2)
+    frames = pipeline.decode_video(videos / "face_0.mp4", FAST)[0]
+    scores = pipeline.load_scorer(tiny_manifest_path, FAST).score(frames).model_scores  # no stacker: raw scores
     folder = tmp_path / "models"
     shutil.copytree(tiny_manifest_path.parent, folder)
     manifest = json.loads((folder / "weights_manifest.json").read_text())
-    names = [m["name"] for m in manifest["models"]]
-    stacker = {"feature_names": [f"{names[0]}.mean", f"{names[1]}.std"], "coef": [0.0, 0.0], "intercept": 2.0}
+    names = sorted((m["name"] for m in manifest["models"]), reverse=True)
+    stacker = {"feature_names": [f"{name}.logit" for name in names], "coef": [1.5, -0.7], "intercept": 0.3}
     (folder / "stacker.json").write_text(json.dumps(stacker))
     manifest["stacker"] = "stacker.json"
     (folder / "weights_manifest.json").write_text(json.dumps(manifest))
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    shutil.copy(dev_data / "videos" / "ffc23_yt_519.mp4", videos)
-    run = predict(videos, None, folder / "weights_manifest.json", tmp_path / "s.csv", config=FAST, progress=False)
-    assert run.reasons == {"ffc23_yt_519.mp4": "ok"}
-    assert read_submission(tmp_path / "s.csv")["label"][0] == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-6)
+    config = dict(FAST, clip=[0.001, 0.999])
+    run = predict(videos, None, folder / "weights_manifest.json", tmp_path / "s.csv", config=config, progress=False)
+    assert run.reasons == {"face_0.mp4": "ok", "face_1.mp4": "ok"}
+    assert abs(logit(scores[names[0]]) - logit(scores[names[1]])) > 1e-3  # swapped coefficients would show
+    expected = sigmoid(1.5 * logit(scores[names[0]]) - 0.7 * logit(scores[names[1]]) + 0.3)
+    assert read_submission(tmp_path / "s.csv")["label"][0] == pytest.approx(expected, abs=2e-6)
+    stacker["intercept"] = 30.0  # far past the upper clip
+    (folder / "stacker.json").write_text(json.dumps(stacker))
+    predict(videos, None, folder / "weights_manifest.json", tmp_path / "s.csv", config=config, progress=False)
+    assert read_submission(tmp_path / "s.csv")["label"].tolist() == [0.999, 0.999]
 
 
 REAL_VIDEOS = ["abofeumbvv.mp4", "brtujopkby.mp4", "ffc23_yt_519.mp4", "ffc40_df_183_253.mp4",
                "ffc40_actor_07__talking_against_wall.mp4", "dfdccrop_0_aayrffkzxn_0_0.mp4"]
 
 
-def test_real_videos_give_a_valid_submission_offline(dev_data, tiny_manifest_path, tmp_path):
-    """`python -m kernel --block-network` on real dev videos with two tiny random models, then validate."""
+@pytest.fixture()
+def labelled_videos(tmp_path) -> tuple[Path, list[str], Path]:
+    """Videos with a DFDC metadata.json: real dev videos (linked, never copied), else generated face clips."""
     videos = tmp_path / "videos"
     videos.mkdir()
-    for name in REAL_VIDEOS:
-        os.symlink(dev_data / "videos" / name, videos / name)
+    if (DEV_DATA / "videos" / "metadata.json").is_file():
+        for name in REAL_VIDEOS:
+            os.symlink(DEV_DATA / "videos" / name, videos / name)
+        return videos, REAL_VIDEOS, DEV_DATA / "videos" / "metadata.json"
+    names = [write_h264(videos / f"clip_{i}.mp4", faces_clip(8, swap_right=bool(i % 2), seed=i)).name for i in range(4)]
+    metadata = tmp_path / "metadata.json"
+    metadata.write_text(json.dumps({name: {"label": "FAKE" if i % 2 else "REAL"} for i, name in enumerate(names)}))
+    return videos, names, metadata
+
+
+def test_real_videos_give_a_valid_submission_offline(labelled_videos, tiny_manifest_path, tmp_path):
+    """`python -m kernel --block-network` with two tiny random models, a --config file and --prior, then validate."""
+    videos, names, metadata = labelled_videos
     (videos / "broken.mp4").write_bytes(b"\x00" * 100)
     sample = tmp_path / "sample_submission.csv"
-    pd.DataFrame({"filename": ["broken.mp4"] + REAL_VIDEOS, "label": 0.5}).to_csv(sample, index=False)
+    pd.DataFrame({"filename": ["broken.mp4"] + names, "label": 0.5}).to_csv(sample, index=False)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"clip": [0.02, 0.98], "frames": 16}))
     out = tmp_path / "working" / "submission.csv"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     result = subprocess.run(
         [sys.executable, "-m", "kernel", "--block-network", "--videos", str(videos), "--sample-submission",
          str(sample), "--manifest", str(tiny_manifest_path), "--out", str(out), "--device", "cpu", "--frames", "8",
-         "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+         "--config", str(config), "--prior", "0.004", "--no-progress"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     submission = read_submission(out)
-    assert submission["filename"].tolist() == ["broken.mp4"] + REAL_VIDEOS
-    assert submission["label"].between(0.01, 0.99).all()
-    assert submission["label"][0] == 0.5 and submission["label"][1:].nunique() > 1
-    assert "broken.mp4: decode_error" in result.stderr
+    assert submission["filename"].tolist() == ["broken.mp4"] + names
+    assert submission["label"][0] == 0.02  # the prior 0.004, clipped to the config's bounds
+    assert submission["label"].between(0.02, 0.98).all() and submission["label"][1:].nunique() > 1
+    assert "broken.mp4: decode_error" in result.stderr and "using 0.00" in result.stderr
     assert "fallbacks: decode_error 1" in result.stderr and "s/video: decode" in result.stderr
-    metadata = dev_data / "videos" / "metadata.json"
     plots = tmp_path / "plots"
     validated = subprocess.run([sys.executable, "-m", "kernel.validate", "--submission", str(out), "--metadata",
                                 str(metadata), "--plots", str(plots), "--allow-partial"], cwd=REPO,
                                capture_output=True, text=True)
     assert validated.returncode == 0, validated.stderr
-    assert "log loss:" in validated.stdout and "videos scored: 6" in validated.stdout
+    assert "log loss:" in validated.stdout and f"videos scored: {len(names)}" in validated.stdout
     assert (plots / "confusion_matrix.png").stat().st_size > 1000 and (plots / "roc.png").stat().st_size > 1000
 
 
@@ -210,13 +238,60 @@ def test_cli_reports_a_bad_manifest_clearly(tmp_path):
     assert result.returncode == 2 and "'models' is empty" in result.stderr
 
 
-def test_detection_leaves_a_core_to_the_decoder_and_restores_threads():
+def test_detection_leaves_a_core_to_the_decoder_and_restores_threads(monkeypatch):
     import torch
 
-    assert pipeline.detection_threads({"detect_threads": None}, "cpu") == max(1, (os.cpu_count() or 1) - 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's cores; the process may run on fewer
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 5, 7})  # as under taskset or a container CPU set
+    assert pipeline.available_cores() == 3
+    assert pipeline.detection_threads({"detect_threads": None}, "cpu") == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert pipeline.detection_threads({"detect_threads": None}, "cpu") == 1
     assert pipeline.detection_threads({"detect_threads": 3}, "cpu") == 3
     assert pipeline.detection_threads({"detect_threads": None}, "cuda") is None
     before = torch.get_num_threads()
     with pipeline.torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_the_decoding_thread_works_ahead_and_starts_nothing_after_a_crash(monkeypatch, tmp_path):
+    """`prefetch_videos` decoded videos wait while one is scored; once the run dies no new decode starts."""
+    started = []
+
+    def decode(path: Path, config: dict) -> tuple[np.ndarray, np.ndarray]:
+        started.append(path.name)
+        return np.zeros((1, 2, 2, 3), np.uint8), np.zeros(1)
+
+    monkeypatch.setattr(pipeline, "decode_video", decode)
+    names = [f"v{i}.mp4" for i in range(10)]
+    stop = threading.Event()
+    videos = pipeline.prefetch_frames(tmp_path, names, dict(FAST, prefetch_videos=2), stop)
+    with pytest.raises(KeyboardInterrupt):
+        try:  # as `predict` runs it
+            for filename, frames, _, _ in videos:
+                assert filename == "v0.mp4" and frames.shape == (1, 2, 2, 3)
+                deadline = time.monotonic() + 30
+                while len(started) < 4 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.3)  # would it decode more?
+                assert started == names[:4]  # v0 in hand, v1 and v2 queued, v3 decoded and waiting for a slot
+                raise KeyboardInterrupt  # the scoring dies
+        finally:
+            stop.set()
+    time.sleep(0.3)
+    videos.close()  # joins the decoding thread
+    assert started == names[:4] and not [t for t in threading.enumerate() if t.name == "decode"]
+
+
+def test_the_aggregation_is_the_configs_unless_the_stacker_names_its_own(tiny_manifest_path, monkeypatch):
+    """`--aggregation` (the config's) turns frame scores into the video score; a stacker's own aggregation wins."""
+    scorer = pipeline.load_scorer(tiny_manifest_path, dict(FAST, aggregation="trimmed_mean"))
+    names = [model.spec.name for model in scorer.models]
+    probs = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0])
+    monkeypatch.setattr(scorer, "classify_crops", lambda crops: {name: probs for name in names})
+    track = Track(person=0, detections=[Detection(frame, (0, 0, 10, 10), 0.99) for frame in range(10)])
+    crops = [np.zeros((4, 4, 3), np.uint8)] * 10
+    assert scorer.score_crops(crops, [track]).score == pytest.approx(0.45)  # the mean of 0.2 ... 0.7
+    scorer.stacker = Stacker([f"{names[0]}.logit"], [1.0], 0.0, aggregation="mean")
+    assert scorer.score_crops(crops, [track]).score == pytest.approx(0.46)  # the plain mean, through logit/sigmoid

@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
+import training.robustness as robustness
 from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict
 from kernel.config import load_config
-from tests.helpers import TINY_MODELS
+from tests.helpers import TINY_MODELS, faces_clip, write_h264
 from tests.test_train import write_config, write_synthetic_crops
 from training.attacks import PixelModel, attack_toward
 from training.data import CropDataset
@@ -261,11 +262,31 @@ def test_faces_lost_counts_clean_faces_without_a_match():
     assert faces_lost(clean, perturbed) == 2
 
 
-def test_faces_lost_on_dev_videos(dev_data):
-    videos = [dev_data / "videos" / "dfdccrop_0_aaqaifqrwn_0_0.mp4"]
-    settings = {"video_frames": 2, "seed": 0, "perturbations": ["gauss_noise", "blur"]}
-    frame = video_face_loss(videos, settings, load_config(), "cpu")
-    assert len(frame) == 2 * 3 and (frame["frames"] == 2).all()
-    assert (frame["faces_clean"] > 0).all() and frame["lost"].between(0, frame["faces_clean"]).all()
-    strong_blur = frame[(frame["perturbation"] == "blur") & (frame["strength"] == "strong")]
-    assert strong_blur["lost_share"].notna().all()
+def test_faces_lost_are_counted_per_perturbation(tmp_path, monkeypatch):
+    """A 'strong blur' that blanks the right half of each frame loses the right person's faces, and only those."""
+    video = write_h264(tmp_path / "two_faces.mp4", faces_clip(40))
+
+    def perturb(transform: tuple[str, str], frame: np.ndarray, seed: int) -> np.ndarray:
+        blanked = frame.copy()
+        blanked[:, frame.shape[1] // 2:] = 0
+        return blanked if transform == ("blur", "strong") else frame
+
+    monkeypatch.setattr(robustness, "fixed", lambda name, level: (name, level))
+    monkeypatch.setattr(robustness, "apply", perturb)
+    settings = {"video_frames": 4, "seed": 0, "perturbations": ["gauss_noise", "blur"]}
+    frame = video_face_loss([video], settings, load_config(), "cpu").set_index(["perturbation", "strength"])
+    assert len(frame) == 2 * 3 and (frame["frames"] == 4).all() and (frame["persons_clean"] == 2).all()
+    clean = frame["faces_clean"].iloc[0]
+    assert (frame["faces_clean"] == clean).all() and clean >= 7  # two persons in (nearly) every frame
+    strong_blur = frame.loc[("blur", "strong")]
+    assert strong_blur["persons"] == 1 and 3 <= strong_blur["lost"] == clean - strong_blur["faces"]
+    assert strong_blur["lost_share"] == strong_blur["lost"] / clean
+    assert (frame.drop(index=[("blur", "strong")])["lost"] == 0).all()
+
+
+def test_a_face_is_lost_when_no_perturbed_face_overlaps_it_enough():
+    clean = [[(0, 0, 10, 10), (50, 50, 60, 60)], [(0, 0, 10, 10)]]
+    assert faces_lost(clean, [[(0, 0, 10, 10)], []]) == 2
+    assert faces_lost(clean, [[(0, 0, 10, 10), (50, 50, 60, 60)], [(0, 0, 10, 5)]]) == 0  # IoU 0.5 is found
+    assert faces_lost(clean, [[(0, 0, 10, 10), (50, 50, 60, 60)], [(0, 0, 10, 4)]]) == 1  # IoU 0.4 is lost
+    assert faces_lost(clean, [[], [(0, 0, 10, 4)]], iou=0.3) == 2

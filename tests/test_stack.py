@@ -97,7 +97,8 @@ def test_cross_validation_never_trains_on_the_cluster_it_predicts(tmp_path, monk
     """Every split of the nested CV and of the choice of C keeps each original cluster (from the folds CSV, not from
     what the splitter was handed) on one side, for the stacker and for its variants (a subset of the columns)."""
     oof, folds = write_oof(tmp_path, n_videos=60, cluster_size=4)
-    cluster_of = stack.read_groups(folds)
+    with open(folds, newline="") as handle:  # the clusters as written, not as ensemble.stack reads them
+        cluster_of = {row["video"]: row["group"] for row in csv.DictReader(handle)}
     splits = []
     real_split = GroupKFold.split
 
@@ -168,3 +169,22 @@ def test_variants_for_every_subset_of_the_groups_and_the_kernel_picks_the_one_le
     assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--splits", "3",
                        "--no-variants"]) == 0
     assert "variants" not in json.loads(out.read_text()) and Stacker.from_json(out).variants == ()
+
+
+def test_c_is_the_one_with_the_lowest_grouped_cv_log_loss(monkeypatch):
+    """Every C of the grid is tried on the original clusters (as many splits as there are, at most `splits`); the
+    one whose out-of-cluster predictions have the lowest log loss wins."""
+    y = np.array([0, 1] * 6)
+    clusters = np.repeat(np.arange(4), 3)
+    best = stack.C_GRID[len(stack.C_GRID) // 2]
+    tried = []
+
+    def predictions(x, labels, groups, c, splits, target_prior):
+        tried.append((c, splits, groups.tolist()))
+        return np.where(labels == 1, 0.8, 0.2) if c == best else np.where(labels == 1, 0.6, 0.4)
+
+    monkeypatch.setattr(stack, "grouped_predictions", predictions)
+    assert stack.choose_c(np.zeros((12, 1)), y, clusters, 5, 0.5, (0.01, 0.99)) == best
+    assert [c for c, _, _ in tried] == list(stack.C_GRID)
+    assert {(splits, tuple(groups)) for _, splits, groups in tried} == {(4, tuple(clusters))}
+    assert stack.choose_c(np.zeros((12, 1)), y, np.zeros(12), 5, 0.5, (0.01, 0.99)) == 1.0  # one cluster: no CV

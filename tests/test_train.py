@@ -16,7 +16,7 @@ import yaml
 
 from dfdc_core.models import load_classifier, load_manifest, verify_manifest
 from tests.helpers import TINY_MODELS
-from training.data import BalancedSampler, build_augmentation
+from training.data import BalancedSampler, EpochSampler, build_augmentation
 from training.grouping import assign_folds
 from training.pretrained import load_pretrained, map_lukemelas_keys
 from training.train_fold import main as train_main
@@ -93,6 +93,35 @@ def test_rerun_replaces_its_manifest_entry_and_keeps_others(tmp_path, crops):
     assert sorted(names) == [f"{ARCH}_fold0", f"{ARCH}_fold1"]
 
 
+def test_early_stopping_ends_training_after_that_many_epochs_without_a_better_val_log_loss(tmp_path, crops,
+                                                                                         monkeypatch):
+    import training.trainer as trainer
+
+    losses = iter([0.6, 0.5, 0.55, 0.52, 0.4, 0.3])  # best at epoch 2, then two epochs without a better one
+    real_metrics = trainer.validation_metrics
+    monkeypatch.setattr(trainer, "validation_metrics",
+                        lambda *args: dict(real_metrics(*args), val_log_loss=next(losses)))
+    train_main(["--config", str(write_config(tmp_path, crops, epochs=6, early_stopping=2, export="best")),
+                "--fold", "0"])
+    metrics = pd.read_csv(tmp_path / "runs" / f"{ARCH}_fold0" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2, 3, 4]
+    entry = json.loads((tmp_path / "runs" / "weights_manifest.json").read_text())["models"][0]
+    assert entry["val_log_loss"] == pytest.approx(0.5)  # the best epoch's weights exported
+
+
+def test_the_manifest_may_be_named_in_out_or_a_parent_of_it(tmp_path, crops):
+    out = tmp_path / "project" / "runs"
+    manifest = tmp_path / "project" / "models.json"
+    train_main(["--config", str(write_config(tmp_path, crops, out=str(out), manifest=str(manifest))), "--fold", "0"])
+    (spec,) = load_manifest(manifest).models
+    assert spec.file == out / f"{ARCH}_fold0" / "weights_fp16.pth"
+    assert json.loads(manifest.read_text())["models"][0]["file"] == f"runs/{ARCH}_fold0/weights_fp16.pth"
+    elsewhere = write_config(tmp_path, crops, out=str(out), manifest=str(tmp_path / "project" / "sub" / "m.json"))
+    with pytest.raises(ValueError, match=r"is not under the manifest's folder .*sub; set 'manifest' to a file in OUT "
+                                         r"or a parent of it$"):
+        train_main(["--config", str(elsewhere), "--fold", "0"])
+
+
 def test_resume_continues_from_the_saved_epoch(tmp_path, crops, caplog):
     config = write_config(tmp_path, crops, epochs=2, sampler="shuffle", class_weights=True, schedule="onecycle",
                           optimizer="sgd", label_smoothing=0.1, ema=0.9)
@@ -140,6 +169,31 @@ def test_balanced_sampler_splits_one_draw_between_ranks():
     assert sorted(ranks[0] + ranks[1]) == sorted(single)  # one shared draw, each rank its own half of it
     assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
     assert 0.35 < labels[single].mean() < 0.65  # classes drawn equally, not at the data's 10 % fakes
+
+
+class Numbered(EpochSampler):
+    """Draws the positions 0..size-1 shuffled: every position once, so each rank's share can be told apart."""
+
+    def __init__(self, size: int, rank: int, world_size: int, block: int = 1):
+        super().__init__(rank, world_size, seed=3)
+        self.size, self.block = size, block
+
+    def draw(self, generator: np.random.Generator) -> np.ndarray:
+        return generator.permutation(self.size)
+
+
+@pytest.mark.parametrize("world_size,block", [(2, 1), (3, 1), (3, 2)])
+def test_ranks_take_disjoint_equal_slices_of_one_draw(world_size, block):
+    shares = [list(Numbered(20, rank, world_size, block)) for rank in range(world_size)]
+    whole = list(Numbered(20, 0, 1, block))
+    usable = (20 // block // world_size) * world_size * block  # the last incomplete round of blocks is left out
+    assert {len(share) for share in shares} == {usable // world_size}
+    assert len(set().union(*map(set, shares))) == usable  # no position on two ranks
+    assert sorted(sum(shares, [])) == sorted(whole[:usable])
+    if block == 2:  # a block (a fake-real pair) stays whole on one rank
+        for share in shares:
+            starts = [whole.index(share[i]) for i in range(0, len(share), 2)]
+            assert all(start % 2 == 0 and whole[start + 1] == share[i * 2 + 1] for i, start in enumerate(starts))
 
 
 def test_every_augmentation_runs_and_keeps_shape():

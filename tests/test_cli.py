@@ -1,0 +1,61 @@
+"""`python -m kernel`'s flags and `--config`: what reaches `predict`, and a bad config key exits 2 naming it."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+import kernel.cli as cli
+import kernel.pipeline as pipeline
+from kernel.config import DEFAULT_CONFIG_PATH, load_config
+
+
+def config_given(monkeypatch, tmp_path: Path, *flags: str) -> dict:
+    """The config `python -m kernel FLAGS` hands to `predict` (which is not run)."""
+    calls = []
+    monkeypatch.setattr(pipeline, "predict", lambda *args, **kwargs: calls.append(args))
+    assert cli.main(["--videos", str(tmp_path), "--out", str(tmp_path / "s.csv"), *flags]) == 0
+    (args,) = calls
+    return args[5]
+
+
+def test_without_flags_the_defaults(monkeypatch, tmp_path):
+    assert config_given(monkeypatch, tmp_path) == load_config()
+
+
+def test_flags_override_the_config_file_which_overrides_the_defaults(monkeypatch, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"prior": 0.3, "aggregation": "confident", "detect_long_side": 640, "frames": 12,
+                                "tta_hflip": True}))
+    config = config_given(monkeypatch, tmp_path, "--config", str(path), "--aggregation", "trimmed_mean",
+                          "--prior", "0.2", "--detect-batch-size", "8", "--detect-long-side", "320",
+                          "--classify-batch-size", "16", "--max-frame-side", "1080", "--time-budget-hours", "2.5")
+    assert config == dict(load_config(), prior=0.2, aggregation="trimmed_mean", detect_long_side=320, frames=12,
+                          tta_hflip=True, detect_batch_size=8, classify_batch_size=16, max_frame_side=1080,
+                          time_budget_hours=2.5)
+    assert config_given(monkeypatch, tmp_path, "--config", str(path))["aggregation"] == "confident"
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"frames": 8, "framez": 9, "Prior": 0.5}',
+     "--config {path}: unknown keys ['Prior', 'framez']; the known keys are those of " + str(DEFAULT_CONFIG_PATH)),
+    ("[1, 2]", "--config {path}: expected a mapping of settings, got list"),
+    ("{frames: 8}", "--config {path}: not valid JSON"),
+])
+def test_a_bad_config_file_exits_2_naming_it(monkeypatch, tmp_path, caplog, text, message):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    monkeypatch.setattr(pipeline, "predict", lambda *args, **kwargs: pytest.fail("predict was called"))
+    with caplog.at_level(logging.ERROR, logger="kernel"):
+        assert cli.main(["--videos", str(tmp_path), "--out", str(tmp_path / "s.csv"), "--config", str(path)]) == 2
+    (error,) = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert error.startswith(message.format(path=path))
+    assert cli.main(["--videos", str(tmp_path), "--out", str(tmp_path / "s.csv"), "--config",
+                     str(tmp_path / "absent.json")]) == 2
+
+
+def test_an_unknown_key_from_python_is_refused_too():
+    with pytest.raises(ValueError, match=r"^overrides: unknown keys \['framez'\]; the known keys are those of .*json"):
+        load_config(framez=3)

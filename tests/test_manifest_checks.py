@@ -1,0 +1,568 @@
+"""Settings, manifest and weight checks (`kernel/checks.py`, the load/verify parts of `dfdc_core/models.py`) on crafted
+inputs: each bad value refused with the message naming it and the fix, each good value accepted.
+
+Fast unit tests: `make mutation` runs them against mutants of these modules (see "Tests" in the README).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernel.checks as checks
+from dfdc_core.aggregate import STRATEGIES, Stacker
+from dfdc_core.config import SettingsError
+from dfdc_core.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Manifest,
+    ManifestError,
+    ModelSpec,
+    class_keys,
+    create_classifier,
+    load_classifier,
+    load_manifest,
+    save_fp16_state_dict,
+    sha256_of,
+    verify_manifest,
+)
+from kernel.config import load_config
+
+FIX = "; fix it in the --config JSON or its command-line flag"
+
+
+def refused(config: dict, key: str, value, wanted: str) -> None:
+    """`check_config` refuses `key` = `value` with the whole message naming the key, the value and what it must be."""
+    with pytest.raises(SettingsError) as error:
+        checks.check_config(dict(config, **{key: value}))
+    assert str(error.value) == f"kernel setting '{key}' is {value!r}: it must be {wanted}{FIX}"
+
+
+# ------------------------------------------------------------------------------------------ the config
+
+def test_the_default_config_and_the_edge_values_pass():
+    config = load_config()
+    checks.check_config(config)
+    edges = dict(config, prior=0, min_face_score=1, track_iou=0.0, min_track_share=1.0, min_track_size_ratio=0,
+                 min_face_px=0, track_max_shift=0, crop_margin=0.0, time_budget_hours=0, detect_threads=1,
+                 mtcnn_thresholds=[0, 1, 0.5], clip=[0, 1], tta_hflip=True, decode_backends=["opencv"],
+                 **{key: 1 for key in checks.POSITIVE_INTEGERS})
+    checks.check_config(edges)
+    for name in STRATEGIES:
+        checks.check_config(dict(config, aggregation=name))
+
+
+@pytest.mark.parametrize("key", checks.POSITIVE_INTEGERS)
+def test_counts_must_be_whole_numbers_above_zero(key):
+    for value in (0, -1, 2.0, True, "8", None):
+        refused(load_config(), key, value, "a whole number above 0")
+
+
+@pytest.mark.parametrize("key", checks.SHARES)
+def test_shares_must_be_from_zero_to_one(key):
+    for value in (-0.01, 1.01, float("nan"), True, "0.5", None):
+        refused(load_config(), key, value, "a number from 0 to 1")
+
+
+@pytest.mark.parametrize("key", checks.NON_NEGATIVE)
+def test_sizes_and_times_must_be_finite_and_not_negative(key):
+    for value in (-0.5, float("inf"), float("nan"), False, "1"):
+        refused(load_config(), key, value, "a finite number of 0 or more")
+
+
+def test_the_other_settings_are_refused_with_what_they_must_be():
+    config = load_config()
+    for value in (0, -2, 1.5, True):
+        refused(config, "detect_threads", value, "null (all cores but one) or a whole number above 0")
+    for value in ([0.7, 0.8], [0.7, 0.8, 1.1], [-0.1, 0.8, 0.9], [0.7, 0.8, float("nan")], "0.7 0.8 0.9",
+                  [0.7, 0.8, 0.9, 0.9], [0.7, True, 0.9]):
+        refused(config, "mtcnn_thresholds", value, "3 numbers from 0 to 1, one per MTCNN stage")
+    for value in ([0.5, 0.5], [0.99, 0.01], [-0.1, 0.5], [0.1, 1.1], [0.1], (0.01,), None, [0.01, None]):
+        refused(config, "clip", value, "[low, high] with 0 <= low < high <= 1")
+    for value in (1, "true", None):
+        refused(config, "tta_hflip", value, "true or false")
+    for value in ("median", "", None):
+        refused(config, "aggregation", value, f"one of {sorted(STRATEGIES)}")
+    for value in ([], ["pyav", "ffmpeg"], "pyav", None, ("pyav",)):
+        refused(config, "decode_backends", value, "a non-empty list of ['decord', 'opencv', 'pyav']")
+
+
+def test_the_first_bad_setting_is_named():
+    config = dict(load_config(), frames=0, prior=2.0, clip=[1, 0])
+    with pytest.raises(SettingsError, match="'frames'"):
+        checks.check_config(config)
+
+
+# ------------------------------------------------------------------------------------------ device and paths
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_a_device_name_is_auto_cpu_cuda_or_cuda_n(device):
+    checks.check_device(device)  # whether the GPU is usable is the probe's question (tests/test_device.py)
+
+
+@pytest.mark.parametrize("device", ["meta", "gpu please", "cuda:", "cuda:x", "CPU", " cpu", "cpu\n", None, 0])
+def test_any_other_device_is_refused_with_the_choices(device):
+    with pytest.raises(SettingsError) as error:
+        checks.check_device(device)
+    assert str(error.value) == (f"--device {device!r}: the kernel runs on auto (a GPU that passes a probe, else the "
+                                "CPU), cpu, cuda or cuda:N")
+
+
+def test_paths_the_videos_folder_and_a_writable_out_file(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    out = tmp_path / "new" / "deeper" / "submission.csv"
+    checks.check_paths(videos, None, out)
+    assert out.parent.is_dir() and list(out.parent.iterdir()) == []  # the write probe leaves nothing
+    sample = tmp_path / "sample.csv"
+    with pytest.raises(SettingsError) as error:
+        checks.check_paths(tmp_path / "absent", sample, out)
+    assert str(error.value) == f"--videos {tmp_path / 'absent'}: no such folder; pass --videos DIR"
+    sample.write_text("filename\na.mp4\n")
+    with pytest.raises(SettingsError) as error:
+        checks.check_paths(tmp_path / "absent", sample, out)
+    assert str(error.value) == (f"--videos {tmp_path / 'absent'}: no such folder; {sample} lists videos that would "
+                                "all get the prior; pass --videos DIR")
+
+
+def test_paths_refuse_an_out_in_a_folder_where_no_file_can_be_made(tmp_path):
+    out = Path("/proc/submission.csv")  # /proc takes no new file, even from root
+    with pytest.raises(SettingsError, match=r"^--out /proc/submission.csv: cannot write in /proc \(.*\); pick a "
+                                            r"writable folder$"):
+        checks.check_paths(tmp_path, None, out)
+
+
+def test_paths_refuse_an_out_that_is_a_folder_or_cannot_be_written(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    with pytest.raises(SettingsError) as error:
+        checks.check_paths(videos, None, videos)
+    assert str(error.value) == f"--out {videos}: {videos} is a folder; name a file, e.g. --out {videos / 'submission.csv'}"
+    out = tmp_path / "s.csv"
+    (tmp_path / "s.csv.partial.jsonl").mkdir()
+    with pytest.raises(SettingsError, match=re.escape(f"--out {out}: {tmp_path / 's.csv.partial.jsonl'} is a folder")):
+        checks.check_paths(videos, None, out)
+    (tmp_path / "a_file").write_text("")
+    under_a_file = tmp_path / "a_file" / "s.csv"
+    with pytest.raises(SettingsError, match=re.escape(f"--out {under_a_file}: cannot write in {under_a_file.parent} (")
+                       + r".*\); pick a writable folder$"):
+        checks.check_paths(videos, None, under_a_file)
+
+
+# ------------------------------------------------------------------------------------------ the manifest
+
+@pytest.fixture()
+def models(tiny_manifest_path, tmp_path) -> Path:
+    """A copy of the tiny models and their manifest, to damage."""
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_manifest_path.parent, folder)
+    return folder / "weights_manifest.json"
+
+
+def edit(path: Path, change) -> Path:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def entry_refused(manifest: Path, key: str, value, message: str) -> None:
+    """The first entry with `key` = `value` (absent for `...`) is refused with `message` (after 'models[0]')."""
+    def change(data):
+        if value is ...:
+            del data["models"][0][key]
+        else:
+            data["models"][0][key] = value
+    original = manifest.read_text()
+    edit(manifest, change)
+    with pytest.raises(ManifestError) as error:
+        checks.check_manifest(manifest)
+    assert str(error.value) == f"{manifest}: models[0]{message}", key
+    manifest.write_text(original)
+
+
+def test_a_good_manifest_is_parsed(models):
+    manifest = checks.check_manifest(models)
+    assert isinstance(manifest, Manifest) and manifest.path == models and manifest.stacker is None
+    assert [spec.arch for spec in manifest.models] == ["test_efficientnet", "test_resnet"]
+
+
+def test_each_bad_entry_value_is_named(models):
+    sha = "Ab" * 32  # upper-case hex is fine
+    edit(models, lambda data: data["models"][0].update(sha256=sha))
+    checks.check_manifest(models)
+    for key in ("arch", "file", "sha256", "input_size"):
+        entry_refused(models, key, ..., f" lacks ['{key}']")
+    cases = [
+        ("name", "", ": 'name' is ''; it must be a non-empty string"),
+        ("name", 7, ": 'name' is 7; it must be a non-empty string"),
+        ("file", "", ": 'file' is ''; name the weight file beside the manifest"),
+        ("file", ["a.pth"], ": 'file' is ['a.pth']; name the weight file beside the manifest"),
+        ("sha256", sha[:-1], f": 'sha256' is '{sha[:-1]}'; it must be the file's 64 hex digit SHA-256 "
+                             "(dfdc_core.models.manifest_entry computes it)"),
+        ("sha256", sha[:-1] + "g", f": 'sha256' is '{sha[:-1]}g'; it must be the file's 64 hex digit SHA-256 "
+                                   "(dfdc_core.models.manifest_entry computes it)"),
+        ("sha256", sha + "0", f": 'sha256' is '{sha}0'; it must be the file's 64 hex digit SHA-256 "
+                              "(dfdc_core.models.manifest_entry computes it)"),
+        ("input_size", 0, ": 'input_size' is 0; it must be a whole number of pixels above 0 (the size the model was "
+                          "trained at)"),
+        ("input_size", 64.0, ": 'input_size' is 64.0; it must be a whole number of pixels above 0 (the size the model "
+                             "was trained at)"),
+        ("mean", [0.5, 0.5], ": 'mean' is [0.5, 0.5]; it must be 3 numbers, one per RGB channel"),
+        ("std", [0.5, "x", 0.5], ": 'std' is [0.5, 'x', 0.5]; it must be 3 numbers, one per RGB channel"),
+        ("std", [0.5, 0.0, 0.5], ": 'std' is [0.5, 0.0, 0.5]; every value must be above 0 (it divides)"),
+        ("std", [0.5, -1, 0.5], ": 'std' is [0.5, -1, 0.5]; every value must be above 0 (it divides)"),
+        ("bytes", 0, ": 'bytes' is 0; it must be a whole number above 0"),
+        ("num_classes", "3", ": 'num_classes' is '3'; it must be a whole number above 0"),
+        ("arch", 5, ": 'arch' is 5; it must be a timm model name"),
+        ("arch", "resnet_no_such_model", ": 'arch' 'resnet_no_such_model' is not a model of timm "
+                                         f"{__import__('timm').__version__}; see timm.list_models('resnet*')"),
+    ]
+    for key, value, message in cases:
+        entry_refused(models, key, value, message)
+    with pytest.raises(ManifestError, match=r"models\[0\]: model 'vit_base_patch16_224' is not in a supported family"):
+        edit(models, lambda data: data["models"][0].update(arch="vit_base_patch16_224"))
+        checks.check_manifest(models)
+
+
+def test_the_manifest_shape_is_named(models):
+    for text, message in [("[]", ": the top level is a JSON list; a manifest is an object "
+                                 '{"models": [...], "stacker": null}'),
+                          ('{"models": {}}', ": 'models' is empty or not a list; add at least one entry (name, arch, "
+                                             "file, sha256, bytes, input_size, mean, std)"),
+                          ('{"stacker": null}', ": 'models' is empty or not a list; add at least one entry (name, "
+                                                "arch, file, sha256, bytes, input_size, mean, std)"),
+                          ('{"models": []}', ": 'models' is empty or not a list; add at least one entry (name, arch, "
+                                             "file, sha256, bytes, input_size, mean, std)"),
+                          ('{"models": ["m.pth"]}', ": models[0] is a JSON str; each model is an object")]:
+        models.write_text(text)
+        with pytest.raises(ManifestError) as error:
+            checks.check_manifest(models)
+        assert str(error.value) == f"{models}{message}"
+
+
+def test_a_missing_or_unreadable_manifest_is_named(tmp_path):
+    fix = "pass --manifest PATH to a weights_manifest.json"
+    for path in (tmp_path / "absent.json", tmp_path):
+        with pytest.raises(ManifestError) as error:
+            checks.check_manifest(path)
+        assert str(error.value) == f"{path}: manifest not found; {fix}"
+    for content in (b"{", b"\xff\xfe{}"):
+        (tmp_path / "m.json").write_bytes(content)
+        with pytest.raises(ManifestError, match=re.escape(f"{tmp_path / 'm.json'}: manifest is not valid JSON (") +
+                           f".*\\); {fix}$"):
+            checks.check_manifest(tmp_path / "m.json")
+
+
+# ------------------------------------------------------------------------------------------ the stacker
+
+def with_stacker(manifest: Path, stacker, groups: dict[int, str] | None = None) -> Path:
+    """The manifest naming `stacker.json` (a dict as JSON, or text as is), its entries in `groups`."""
+    path = manifest.parent / "stacker.json"
+    path.write_text(stacker if isinstance(stacker, str) else json.dumps(stacker))
+
+    def change(data):
+        data["stacker"] = "stacker.json"
+        for index, group in (groups or {}).items():
+            data["models"][index]["group"] = group
+    return edit(manifest, change)
+
+
+def test_a_stacker_may_name_models_and_groups(models):
+    with_stacker(models, {"feature_names": ["test_resnet.logit", "tiny.mean"], "coef": [1.0, -2.0], "intercept": 0.5,
+                          "aggregation": "confident"}, {0: "tiny"})
+    manifest = checks.check_manifest(models)
+    assert manifest.stacker == models.parent / "stacker.json"
+    with_stacker(models, {"feature_names": ["test_efficientnet.logit"], "coef": [1.0], "intercept": 0.0})
+    checks.check_manifest(models)  # a name stays usable beside its group
+
+
+@pytest.mark.parametrize("stacker,message", [
+    ({"feature_names": ["test_resnet.logit"], "coef": [float("nan")], "intercept": 0.0},
+     "stacker: coefficients or intercept are not finite (NaN or inf); refit it with python -m ensemble.stack "
+     "(intercept 0.0, 1 non-finite coefficients)"),
+    ({"feature_names": ["test_resnet.logit", "test_resnet.std"], "coef": [1.0, float("inf")], "intercept": 1.0},
+     "stacker: coefficients or intercept are not finite (NaN or inf); refit it with python -m ensemble.stack "
+     "(intercept 1.0, 1 non-finite coefficients)"),
+    ({"feature_names": ["test_resnet.logit"], "coef": [1.0], "intercept": float("-inf")},
+     "stacker: coefficients or intercept are not finite (NaN or inf); refit it with python -m ensemble.stack "
+     "(intercept -inf, 0 non-finite coefficients)"),
+    ({"feature_names": ["test_resnet.logit", "test_resnetx.logit", "test_resnet", "other.mean"], "coef": [1.0] * 4,
+      "intercept": 0.0},
+     "stacker: features ['test_resnetx.logit', 'test_resnet', 'other.mean'] name no model of the manifest "
+     "['test_efficientnet', 'test_resnet']; fit the stacker on these models' predictions"),
+    ({"feature_names": ["test_resnet.logit"], "coef": [1.0], "intercept": 0.0, "aggregation": "median"},
+     f"stacker: aggregation 'median' is not one of {sorted(STRATEGIES)}"),
+])
+def test_a_bad_stacker_is_named(models, stacker, message):
+    with_stacker(models, stacker)
+    with pytest.raises(ManifestError) as error:
+        checks.check_manifest(models)
+    assert str(error.value) == message
+
+
+def test_a_stacker_with_more_names_than_coefficients_is_refused():
+    stacker = Stacker(["a.logit"], [1.0], 0.0)
+    stacker.feature_names = ["a.logit", "a.std"]
+    with pytest.raises(ManifestError) as error:
+        checks.check_stacker(stacker, {"a"})
+    assert str(error.value) == "stacker: 2 feature names but 1 coefficients"
+    checks.check_stacker(Stacker(["a.logit"], [1.0], 0.0, aggregation=None), {"a"})
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"coef": [1,', r": not valid JSON \(.*\); rebuild it with python -m ensemble\.stack$"),
+    (b"\xff\xfe", r": not valid JSON \(.*\); rebuild it with python -m ensemble\.stack$"),
+    ('{"coef": [1.0], "intercept": 0}', r": unusable \(.*stacker\.json: stacker JSON \(or one of its variants\) lacks 'feature_names'; it needs "
+                                        r"feature_names, coef, intercept\); rebuild it with python -m ensemble\.stack$"),
+    ('{"feature_names": ["a.logit"], "coef": [1.0, 2.0], "intercept": 0}',
+     r": unusable \(stacker has 1 feature names but 2 coefficients\); rebuild it with python -m ensemble\.stack$"),
+    ("[1, 2]", r": unusable \(.*\); rebuild it with python -m ensemble\.stack$"),
+])
+def test_an_unreadable_stacker_is_named(tmp_path, text, message):
+    path = tmp_path / "stacker.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ManifestError, match="^" + re.escape(f"stacker {path}") + message):
+        checks.read_stacker(path)
+
+
+def test_a_missing_stacker_file_and_a_bad_stacker_entry_are_named(models, tmp_path):
+    with pytest.raises(ManifestError, match="^" + re.escape(f"stacker {tmp_path / 'none.json'}: cannot read it (") +
+                       r".*\); put it beside the manifest$"):
+        checks.read_stacker(tmp_path / "none.json")
+    for value in ("", 3, ["s.json"]):
+        edit(models, lambda data: data.update(stacker=value))
+        with pytest.raises(ManifestError) as error:
+            checks.check_manifest(models)
+        assert str(error.value) == (f"{models}: 'stacker' is {value!r}; name the stacker JSON beside the manifest or "
+                                    "set it to null")
+    edit(models, lambda data: data.update(stacker="absent.json"))
+    with pytest.raises(ManifestError, match="cannot read it"):
+        checks.check_manifest(models)
+
+
+# ------------------------------------------------------------------------------------------ dfdc_core.models
+
+def test_sha256_of_reads_the_whole_file_in_chunks(tmp_path):
+    data = bytes(range(256)) * 5000  # 1.28 MB: more than one default chunk
+    (tmp_path / "w.pth").write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert sha256_of(tmp_path / "w.pth") == expected == sha256_of(tmp_path / "w.pth", chunk=7)
+    (tmp_path / "empty").write_bytes(b"")
+    assert sha256_of(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+
+
+def test_load_manifest_fills_defaults_and_resolves_files(tmp_path):
+    (tmp_path / "stacker.json").write_text("{}")
+    path = tmp_path / "weights_manifest.json"
+    path.write_text(json.dumps({"models": [
+        {"arch": "test_resnet", "file": "sub/w.pth", "sha256": "AB" * 32, "input_size": "96"},
+        {"name": "beta", "arch": "test_resnet", "file": "b.pth", "sha256": "cd" * 32, "input_size": 64, "bytes": 10,
+         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "group": "g", "num_classes": 3, "real_class": 2}],
+        "stacker": "stacker.json"}))
+    manifest = load_manifest(path)
+    first, second = manifest.models
+    assert first == ModelSpec(name="w", arch="test_resnet", file=tmp_path / "sub" / "w.pth", sha256="ab" * 32,
+                              bytes=-1, input_size=96, mean=IMAGENET_MEAN, std=IMAGENET_STD, group="w")
+    assert second == ModelSpec(name="beta", arch="test_resnet", file=tmp_path / "b.pth", sha256="cd" * 32, bytes=10,
+                               input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=3,
+                               classes=None, real_index=2, group="g")
+    assert manifest.stacker == tmp_path / "stacker.json" and manifest.path == path and manifest.drop_order is None
+    for drop_order in (["w"], []):
+        path.write_text(json.dumps({"models": [{"arch": "test_resnet", "file": "w.pth", "sha256": "ab" * 32,
+                                                "input_size": 8}], "drop_order": drop_order}))
+        assert load_manifest(path).drop_order == tuple(drop_order)
+    path.write_text(json.dumps({"models": [{"arch": "test_resnet", "file": "w.pth", "sha256": "ab" * 32,
+                                            "input_size": 8, "group": None}], "stacker": ""}))
+    manifest = load_manifest(path)
+    assert manifest.stacker is None and manifest.models[0].group == "w"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{", r": not valid JSON \(.*\)$"),
+    ('{"models": []}', r": 'models' is empty; add at least one entry \(name, arch, file, sha256, bytes, input_size, "
+                       r"mean, std\)$"),
+    ('{"models": [{"arch": "a", "file": "f", "input_size": 8}]}', r": models\[0\] lacks \['sha256'\]$"),
+    ('{"models": [{"arch": "a", "file": "f", "sha256": "x", "input_size": 8, "num_classes": 3, "classes": ["a"]}]}',
+     r": models\[0\]: 'classes' has 1 names but num_classes is 3$"),
+    ('{"models": [{"arch": "a", "file": "x/m.pth", "sha256": "x", "input_size": 8}, '
+     '{"arch": "a", "file": "m.pth", "sha256": "y", "input_size": 8}]}',
+     r": model names must be unique, got \['m', 'm'\]$"),
+])
+def test_load_manifest_names_the_problem(tmp_path, text, message):
+    path = tmp_path / "weights_manifest.json"
+    path.write_text(text)
+    with pytest.raises(ManifestError, match="^" + re.escape(str(path)) + message):
+        load_manifest(path)
+    with pytest.raises(ManifestError, match=r"absent.json: manifest not found; pass --manifest PATH to a "
+                                            r"weights_manifest\.json$"):
+        load_manifest(tmp_path / "absent.json")
+
+
+def test_class_keys_of_multi_class_entries():
+    assert class_keys({"num_classes": 1, "classes": ["a"]}, "m") == {}
+    assert class_keys({"num_classes": 3, "classes": ["a", "real", "b"], "real_class": "real"}, "m") == {
+        "num_classes": 3, "classes": ("a", "real", "b"), "real_index": 1}
+    assert class_keys({"num_classes": "2"}, "m") == {"num_classes": 2, "classes": None, "real_index": 0}
+    assert class_keys({"num_classes": 4, "real_class": 3}, "m")["real_index"] == 3
+    for entry, message in [
+        ({"num_classes": 3, "classes": ["a", "b"]}, "m: 'classes' has 2 names but num_classes is 3"),
+        ({"num_classes": 2, "classes": ["a", "b"], "real_class": "c"}, "m: real_class 'c' is not one of classes "
+                                                                       "('a', 'b')"),
+        ({"num_classes": 2, "real_class": "real"}, "m: real_class 'real' is not one of classes None"),
+        ({"num_classes": 2, "real_class": 2}, "m: real_class 2 is not an index below num_classes 2"),
+        ({"num_classes": 2, "real_class": -1}, "m: real_class -1 is not an index below num_classes 2")]:
+        with pytest.raises(ManifestError) as error:
+            class_keys(entry, "m")
+        assert str(error.value) == message
+
+
+def test_verify_manifest_checks_presence_size_and_sha256_of_every_file(models):
+    manifest = load_manifest(models)
+    verify_manifest(manifest)
+    second = manifest.models[1]
+    data = second.file.read_bytes()
+    second.file.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, one bit changed
+    with pytest.raises(ManifestError) as error:
+        verify_manifest(manifest)
+    assert str(error.value) == (f"weight file {second.file} has sha256 {sha256_of(second.file)}, manifest {models} says "
+                                f"{second.sha256}; re-copy the file or regenerate the manifest")
+    second.file.write_bytes(data[:-10])
+    with pytest.raises(ManifestError) as error:
+        verify_manifest(manifest)
+    assert str(error.value) == (f"weight file {second.file} has {len(data) - 10} bytes, manifest says {len(data)}; the "
+                                "file is truncated or the manifest is stale")
+    empty = Manifest((ModelSpec(**{**vars(second), "bytes": 0}),), None, models)
+    with pytest.raises(ManifestError, match=f"has {len(data) - 10} bytes, manifest says 0;"):  # 0 is a size
+        verify_manifest(empty)
+    unsized = Manifest((ModelSpec(**{**vars(second), "bytes": -1}),), None, models)
+    with pytest.raises(ManifestError, match="has sha256"):  # no size given: the sha256 still catches it
+        verify_manifest(unsized)
+    second.file.unlink()
+    with pytest.raises(ManifestError) as error:
+        verify_manifest(manifest)
+    assert str(error.value) == (f"weight file {second.file} (model '{second.name}') is missing; attach it beside "
+                                f"weights_manifest.json or fix 'file' in {models}")
+    second.file.write_bytes(data)
+    (models.parent / "stacker.json").write_text("{}")
+    verify_manifest(Manifest(manifest.models, models.parent / "stacker.json", models))
+    (models.parent / "stacker.json").unlink()
+    with pytest.raises(ManifestError) as error:
+        verify_manifest(Manifest(manifest.models, models.parent / "stacker.json", models))
+    assert str(error.value) == f"stacker {models.parent / 'stacker.json'} named in {models} is missing"
+
+
+def test_load_classifier_gives_an_eval_fp32_model_and_refuses_non_finite_weights(models):
+    spec = load_manifest(models).models[0]
+    model = load_classifier(spec)
+    assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
+    state = torch.load(spec.file, weights_only=True)
+    assert torch.equal(model.state_dict()["conv_stem.weight"], state["conv_stem.weight"].float())
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[key].view(-1)[0] = float("nan")
+    torch.save(state, spec.file)
+    with pytest.raises(ManifestError) as error:
+        load_classifier(spec)
+    assert str(error.value) == (f"weight file {spec.file} (model '{spec.name}') has NaN or infinite values in "
+                                f"['{key}']; its training diverged or the file is damaged: re-export or retrain it")
+
+
+def test_a_model_group_defaults_to_its_name():
+    spec = ModelSpec("m", "test_resnet", Path("m.pth"), "0" * 64, 1, 8, IMAGENET_MEAN, IMAGENET_STD)
+    assert spec.group == "m" and ModelSpec(**{**vars(spec), "group": "g"}).group == "g"
+
+
+def test_the_first_five_unknown_features_are_named():
+    with pytest.raises(ManifestError, match=r"^stacker: features \['x0.logit', 'x1.logit', 'x2.logit', 'x3.logit', "
+                                            r"'x4.logit'\] name no model"):
+        checks.check_stacker(Stacker([f"x{i}.logit" for i in range(6)], [1.0] * 6, 0.0), {"a"})
+
+
+def test_a_variant_of_the_stacker_is_checked_as_the_stacker_is():
+    good = Stacker(["a.logit"], [1.0], 0.0)
+    checks.check_stacker(Stacker(["a.logit", "b.logit"], [1.0, 1.0], 0.0, variants=(good,)), {"a", "b"})
+    bad = Stacker(["a.logit", "zz.logit"], [1.0, float("nan")], 0.0)
+    with pytest.raises(ManifestError) as error:
+        checks.check_stacker(Stacker(["a.logit", "b.logit"], [1.0, 1.0], 0.0, variants=(good, bad)), {"a", "b"})
+    assert str(error.value) == ("stacker: coefficients or intercept are not finite (NaN or inf); refit it with python "
+                                "-m ensemble.stack (intercept 0.0, 1 non-finite coefficients) (in its variant for "
+                                "groups ['a', 'zz'])")
+
+
+@pytest.mark.parametrize("drop_order,message", [
+    ("test_resnet", "is 'test_resnet'; it must be a list of model names, most expendable first"),
+    (["test_resnet", 3], "is ['test_resnet', 3]; it must be a list of model names, most expendable first"),
+    (["test_resnet", "nope", "gone"], "names ['gone', 'nope'], which are not models of the manifest "
+                                      "['test_efficientnet', 'test_resnet']"),
+    (["test_resnet", "test_resnet"], "names a model twice: ['test_resnet', 'test_resnet']"),
+    (["test_resnet", "test_efficientnet"], "names every model; leave out at least one, which the kernel always keeps"),
+])
+def test_a_bad_drop_order_is_named(models, drop_order, message):
+    edit(models, lambda data: data.update(drop_order=drop_order))
+    with pytest.raises(ManifestError) as error:
+        checks.check_manifest(models)
+    assert str(error.value) == f"{models}: 'drop_order' {message}"
+
+
+def test_a_drop_order_of_some_models_passes(models):
+    edit(models, lambda data: data.update(drop_order=["test_resnet"]))
+    checks.check_manifest(models)
+    edit(models, lambda data: data.update(drop_order=[]))
+    checks.check_manifest(models)
+
+
+def test_load_classifier_builds_the_entrys_class_count_and_names_a_mismatch(models, tmp_path):
+    spec = load_manifest(models).models[0]
+    weights = tmp_path / "five.pth"
+    save_fp16_state_dict(create_classifier(spec.arch, num_classes=5), weights)
+    five = ModelSpec(**{**vars(spec), "file": weights, "num_classes": 5, "classes": None, "real_index": 4})
+    assert load_classifier(five).get_classifier().out_features == 5
+    with pytest.raises(ManifestError, match=rf"^weight file {re.escape(str(weights))} does not fit arch "
+                                            rf"'{spec.arch}': Error\(s\) in loading state_dict"):
+        load_classifier(ModelSpec(**{**vars(five), "num_classes": 1}))
+
+
+def test_load_classifier_moves_the_model_to_its_device_in_fp16_on_cuda(models, monkeypatch):
+    """Without a GPU here: `Module.to` is recorded instead of moving, so the dtype and device asked can be seen."""
+    spec = load_manifest(models).models[0]
+    moved = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda module, device: moved.append(device) or module)
+    assert {p.dtype for p in load_classifier(spec, "cuda:1").parameters()} == {torch.float16}
+    assert {p.dtype for p in load_classifier(spec, "cpu").parameters()} == {torch.float32}
+    assert moved == ["cuda:1", "cpu"]
+
+
+def test_load_classifier_runs_no_code_from_a_pickle(models, tmp_path):
+    spec = load_manifest(models).models[0]
+    weights = tmp_path / "evil.pth"
+    torch.save({"conv_stem.weight": Payload(tmp_path / "ran")}, weights)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_classifier(ModelSpec(**{**vars(spec), "file": weights}))
+    assert not (tmp_path / "ran").exists()
+
+
+class Payload:
+    """Pickled, it would create the file `path` when loaded."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_the_first_five_non_finite_tensors_are_named(models):
+    spec = load_manifest(models).models[0]
+    state = torch.load(spec.file, weights_only=True)
+    floating = [key for key, value in state.items() if value.is_floating_point()][:6]
+    for key in floating:
+        state[key].view(-1)[0] = float("nan")
+    torch.save(state, spec.file)
+    with pytest.raises(ManifestError) as error:
+        load_classifier(spec)
+    assert f"has NaN or infinite values in {floating[:5]}; its training" in str(error.value)
