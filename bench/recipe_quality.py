@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
           .round(4).to_string())
     print("\nmean over seeds:")
     print(means.round(4).to_string(index=False))
-    print("\nwall time (minutes) per seed: " + ", ".join(f"{s}: {m:.1f}" for s, m in
-                                                          table.groupby("seed")["minutes"].first().items()))
+    minutes = table.groupby("seed")["minutes"].first()
+    print("\nwall time (minutes over every run of the recipe in the seed's folder) per seed: "
+          + ", ".join(f"{seed}: {value:.1f}" for seed, value in minutes.items()))
     return 0
 
 

@@ -80,11 +80,15 @@ def test_recipe_writes_a_calibrated_manifest_the_kernel_scores(recipe_run, face_
 def test_recipe_resumes_without_training_again(recipe_run, face_videos, caplog):
     weights = sorted((recipe_run / "runs").glob("*/weights_fp16.pth"))
     before = [p.stat().st_mtime_ns for p in weights]
+    first = json.loads((recipe_run / "report.json").read_text())
     caplog.set_level("INFO")
     recipe = recipe_run.parent / "tiny_recipe.yaml"
     assert recipe_main(["--data", str(face_videos), "--out", str(recipe_run), "--recipe", str(recipe),
                         "--device", "cpu"]) == 0
     assert [p.stat().st_mtime_ns for p in weights] == before
+    second = json.loads((recipe_run / "report.json").read_text())
+    assert first["minutes"] == first["minutes_this_run"] > 0  # the wall time of a resumed run adds to the first's
+    assert second["minutes"] == pytest.approx(first["minutes"] + second["minutes_this_run"], abs=0.011)
     assert "training tiny" not in caplog.text and "8 already done, 0 to extract" in caplog.text
 
 

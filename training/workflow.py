@@ -151,6 +151,14 @@ def plot_report(videos: pd.DataFrame, groups: list[str], path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def run_minutes(report_path: Path, started: float) -> dict[str, float]:
+    """This invocation's wall minutes and `minutes`, the total over every invocation on this OUT (a resumed run
+    adds to what the earlier report says)."""
+    this_run = (time.monotonic() - started) / 60
+    earlier = json.loads(report_path.read_text()).get("minutes", 0.0) if report_path.is_file() else 0.0
+    return {"minutes": round(earlier + this_run, 2), "minutes_this_run": round(this_run, 2)}
+
+
 def run_recipe(data: Path, out: Path, recipe_name: str = "cpu", seed: int = 0, crops: Path | None = None,
                device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """The whole recipe; returns the report (also written to OUT/report.json)."""
@@ -171,10 +179,10 @@ def run_recipe(data: Path, out: Path, recipe_name: str = "cpu", seed: int = 0, c
     plot_report(videos, table.groups, out / "report.png")
     report = {"recipe": recipe_name, "seed": seed, "videos": len(table.videos), "oof_prior": stacker["oof_prior"],
               "target_prior": recipe["target_prior"], "rows": rows, "verdict": verdict(rows),
-              "minutes": round((time.monotonic() - started) / 60, 2), "manifest": str(manifest)}
+              **run_minutes(out / "report.json", started), "manifest": str(manifest)}
     write_atomic(out / "report.json", json.dumps(report, indent=1))
     print(f"\n{len(table.videos)} OOF videos ({stacker['oof_prior']:.1%} fake), recipe {recipe_name}, seed {seed}, "
-          f"{report['minutes']:.1f} min")
+          f"{report['minutes_this_run']:.1f} min ({report['minutes']:.1f} min over every run on {out})")
     print(format_report(rows, recipe["target_prior"], stacker["oof_prior"]))
     print(f"{report['verdict']}\nready: python -m kernel --manifest {manifest}; plots: {out / 'report.png'}")
     return report
