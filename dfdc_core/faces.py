@@ -1,8 +1,9 @@
 """Faces: batched MTCNN detection on a downscaled copy, IoU person tracks, the one crop and the one model input.
 
 Every path (the kernel, extraction, training, explain, the benchmarks) goes decoded frames → `person_tracks` →
-`face_crops` (`crop_face` per detection) → `model_input` (`isotropic_resize`, training's augmentation, `pad_square`,
-`normalise`).
+`face_crops` (`crop_face` per detection) → `model_input` (`model_images`: `isotropic_resize`, training's augmentation,
+`pad_square`; then `normalise`). The kernel calls the two halves itself, to resize once for all models of one input
+size.
 """
 from __future__ import annotations
 

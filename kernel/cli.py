@@ -111,4 +111,3 @@ def open_crash_log(out: Path) -> IO | None:
         return None
     faulthandler.enable(handle, all_threads=True)
     return handle
-

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dfdc_core.aggregate import person_scores
-from dfdc_core.faces import Detection, Track, model_images, model_input
+from dfdc_core.faces import Detection, Track, model_images, normalise
 from dfdc_core.io import write_atomic
 from dfdc_core.models import ManifestError, fake_logit, model_family
 from dfdc_core.plots import pyplot, save_figure
@@ -109,11 +109,11 @@ def cam_overlays(model: LoadedModel, crops: list[np.ndarray]) -> list[np.ndarray
     overlays = []
     with GradCAM(model=model.module, target_layers=[cam_layer(model)]) as cam:
         for start in range(0, len(crops), CAM_BATCH):
-            batch = crops[start:start + CAM_BATCH]
-            tensor = model_input(batch, spec.input_size, spec.mean, spec.std).to(dtype)
-            masks = cam(input_tensor=tensor, targets=[FakeLogitTarget(spec.real_index)] * len(batch))
+            images = model_images(crops[start:start + CAM_BATCH], spec.input_size)
+            tensor = normalise(images, spec.mean, spec.std).to(dtype)
+            masks = cam(input_tensor=tensor, targets=[FakeLogitTarget(spec.real_index)] * len(images))
             overlays += [show_cam_on_image(image.astype(np.float32) / 255.0, mask, use_rgb=True)
-                         for image, mask in zip(model_images(batch, spec.input_size), masks)]
+                         for image, mask in zip(images, masks)]
     return overlays
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from dfdc_core.aggregate import Stacker, feature_name, video_features, video_score
 from dfdc_core.config import SettingsError
-from dfdc_core.faces import Track, detector_from_config, face_crops, model_input, person_tracks
+from dfdc_core.faces import Track, detector_from_config, face_crops, model_images, normalise, person_tracks
 from dfdc_core.models import (
     Manifest,
     ModelSpec,
@@ -156,21 +156,26 @@ class Scorer:
     def classify_crops(self, crops: list[np.ndarray]) -> dict[str, np.ndarray]:
         """P(fake) of each face crop under each model."""
         start = time.perf_counter()
+        images: dict[int, np.ndarray] = {}  # resized once per input size, shared by the models of that size
         probs = {}
         for model in self.models:
+            size = model.spec.input_size
+            if size not in images:
+                images[size] = model_images(crops, size)
             model_start = time.perf_counter()
-            probs[model.spec.name] = self._forward(model, crops)
+            probs[model.spec.name] = self._forward(model, images[size])
             self.timer.add(model_stage(model.spec.name), time.perf_counter() - model_start)
         self.timer.add("classify", time.perf_counter() - start)
         return probs
 
-    def _forward(self, model: LoadedModel, crops: list[np.ndarray]) -> np.ndarray:
+    def _forward(self, model: LoadedModel, images: np.ndarray) -> np.ndarray:
+        """P(fake) of uint8 model images (`model_images`) under `model`, normalised batch by batch."""
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         batch_size, spec = self.config["classify_batch_size"], model.spec
         out = []
         with torch.inference_mode():
-            for start in range(0, len(crops), batch_size):
-                batch = model_input(crops[start:start + batch_size], spec.input_size, spec.mean, spec.std)
+            for start in range(0, len(images), batch_size):
+                batch = normalise(images[start:start + batch_size], spec.mean, spec.std)
                 logits = forward_logits(model.module, batch.to(self.device, dtype=dtype), self.config["tta_hflip"])
                 out.append(fake_probability(logits, spec.real_index).cpu().numpy())
         return np.concatenate(out).astype(np.float64)

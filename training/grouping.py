@@ -13,12 +13,10 @@ import pandas as pd
 import yaml
 from sklearn.model_selection import StratifiedGroupKFold
 
-from training.index import read_index
+from training.index import LABELS, read_index
 
 log = logging.getLogger("folds")
 
-
-LABELS = {"REAL": 0, "FAKE": 1}
 FOLD_COLUMNS = ["video", "label", "original", "group", "fold"]
 DEFAULT_LINK_RULES = Path(__file__).with_name("configs") / "link_rules.yaml"
 
