@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from bench.shortcut_baseline import main as shortcut_main
+from bench.shortcut_baseline import probe_oof
 from dfdc_core.aggregate import logit, sigmoid
+from dfdc_core.metrics import auc, log_loss
 from dfdc_core.video import decode_video
 from kernel import predict
 from kernel.config import load_config
@@ -120,3 +123,32 @@ def test_shipped_recipes_are_valid():
         assert recipe["target_prior"] == 0.5 and recipe["frames"] == load_config()["frames"]
     with pytest.raises(FileNotFoundError, match="no such recipe"):
         read_recipe("tpu")
+
+
+def test_shortcut_baseline_probes_the_untrained_backbone_beside_the_stacker(recipe_run, tmp_path, capsys):
+    out = tmp_path / "shortcut"
+    args = ["--runs", str(recipe_run), "--out", str(out), "--subset", r"(real|fake)[01]\.mp4"]
+    assert shortcut_main(args) == 0
+    table = pd.read_csv(out / "shortcut.csv")
+    assert set(zip(table["videos"], table["name"], table["n"])) == {
+        (part, name, n) for part, n in (("all", 8), ("subset", 4))
+        for name in ("frozen probe", "stacker (nested CV)", "constant prior")}
+    videos = pd.read_csv(recipe_run / "oof_videos.csv")
+    stacker = table[(table["videos"] == "all") & (table["name"] == "stacker (nested CV)")].iloc[0]
+    assert stacker["log_loss"] == pytest.approx(log_loss(videos["label"], videos["calibrated"]), abs=1e-4)
+    assert (out / "shortcut.png").stat().st_size > 0 and "frozen probe" in capsys.readouterr().out
+    cached = sorted(out.glob("features_test_efficientnet_64_*.npz"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert shortcut_main(args) == 0 and cached[0].stat().st_mtime_ns == stamp  # features computed once
+
+
+def test_shortcut_probe_never_sees_the_fold_it_scores():
+    """Fold 0's videos have the feature = label, fold 1's the opposite: a probe fitted on the other fold must get
+    every video wrong (AUC 0); one that saw its own fold would not."""
+    labels = np.array([0, 1] * 6)
+    folds = pd.DataFrame({"video": [f"v{i}" for i in range(12)], "label": labels, "fold": np.repeat([0, 1], 6)})
+    sign = np.where(folds["fold"] == 0, 1.0, -1.0)
+    features = pd.DataFrame({"x": sign * (labels - 0.5)}, index=folds["video"])
+    probs = probe_oof(features, folds, c=1.0, target_prior=0.5)
+    assert auc(labels, probs) == 0.0
