@@ -40,11 +40,16 @@ def subset_rows(videos: pd.DataFrame, target_prior: float) -> list[dict[str, flo
             for name, probs in columns.items()]
 
 
+def in_subset(names: pd.Series, subset: str) -> np.ndarray:
+    """Which video names the `subset` regex matches whole."""
+    return names.map(lambda name: re.fullmatch(subset, name) is not None).to_numpy(dtype=bool)
+
+
 def seed_results(out: Path, seed: int, subset: str) -> list[dict]:
     """One seed's rows: all OOF videos (the recipe's report) and the subset."""
     report = json.loads((out / "report.json").read_text())
     videos = pd.read_csv(out / "oof_videos.csv")
-    chosen = videos[videos["video"].map(lambda v: re.fullmatch(subset, v) is not None)].reset_index(drop=True)
+    chosen = videos[in_subset(videos["video"], subset)].reset_index(drop=True)
     rows = [{"seed": seed, "videos": "all", "n": report["videos"], "minutes": report["minutes"], **row}
             for row in report["rows"]]
     rows += [{"seed": seed, "videos": "subset", "n": len(chosen), "minutes": report["minutes"], **row}

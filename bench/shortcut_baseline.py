@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -31,8 +30,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from bench.recipe_quality import FFPP_PAIRS, subset_rows
+from bench.recipe_quality import FFPP_PAIRS, in_subset, subset_rows
 from dfdc_core.io import write_atomic
+from dfdc_core.metrics import prior_weights
 from dfdc_core.models import create_classifier
 from dfdc_core.plots import pyplot, save_figure
 from training.data import CropDataset
@@ -92,10 +92,8 @@ def probe_oof(features: pd.DataFrame, folds: pd.DataFrame, c: float, target_prio
     probs = np.zeros(len(folds))
     for k in np.unique(fold):
         held = fold == k
-        shares = np.bincount(y[~held], minlength=2) / (~held).sum()
-        weights = {0: (1 - target_prior) / shares[0], 1: target_prior / shares[1]}
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight=weights, max_iter=5000))
-        probe.fit(x[~held], y[~held])
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+        probe.fit(x[~held], y[~held], logisticregression__sample_weight=prior_weights(y[~held], target_prior))
         probs[held] = probe.predict_proba(x[held])[:, 1]
     return probs
 
@@ -110,7 +108,7 @@ def run_rows(run: Path, model: str | None, c: float, subset: str, cache: Path) -
                           "score_probe": probe_oof(video_features(settings, cache), folds, c,
                                                    report["target_prior"]),
                           "calibrated": videos["calibrated"]})
-    chosen = table["video"].map(lambda name: re.fullmatch(subset, name) is not None).to_numpy()
+    chosen = in_subset(table["video"], subset)
     rows = []
     for part, frame in (("all", table), ("subset", table[chosen])):
         for row in subset_rows(frame.reset_index(drop=True), report["target_prior"]):
