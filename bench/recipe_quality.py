@@ -7,7 +7,10 @@ are shared), then prints per seed and as the mean over seeds: the log loss (weig
 prior, 0.5) and AUC of each model group, the plain mean of groups, the calibrated stacker (nested grouped CV)
 and the constant prior, on all OOF videos and on the subset matched by `--subset` (default: the FaceForensics++
 YouTube originals with their manipulations, where the same faces appear as real and fake and identity cannot
-help), with each seed's wall time. Writes `OUT/quality.json` and `OUT/quality.csv`. Re-running resumes each seed.
+help), with each seed's wall time. Then, per manipulation method (`training.methods`: the FF++ method a name
+carries, else the video's label), the stacker's log loss on that method's videos and the AUC of its fakes against
+every real video: which manipulations the detector misses. Writes `OUT/quality.json` and `OUT/quality.csv`.
+Re-running resumes each seed.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import pandas as pd
 
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
+from training.methods import REAL, method_of
 from training.workflow import run_recipe
 
 FFPP_PAIRS = r"ffc\d+_(yt|df|f2f|fs|nt)_.*"
@@ -40,13 +44,29 @@ def subset_rows(videos: pd.DataFrame, target_prior: float) -> list[dict[str, flo
             for name, probs in columns.items()]
 
 
+def method_rows(videos: pd.DataFrame) -> list[dict[str, float | str]]:
+    """Per method of `oof_videos.csv` rows: the stacker's log loss on its videos and, for a fake method, the AUC
+    of its videos against every real one (NaN without reals)."""
+    methods = pd.Series([method_of(video, label, unmatched="label")
+                         for video, label in zip(videos["video"], videos["label"])])
+    reals = videos[methods.eq(REAL).to_numpy()]
+    rows = []
+    for method in sorted(methods.unique(), key=lambda name: (name != REAL, name)):
+        chosen = videos[methods.eq(method).to_numpy()]
+        scored = chosen if method == REAL else pd.concat([reals, chosen])
+        rows.append({"name": method, "n": len(chosen),
+                     "log_loss": log_loss(chosen["label"], chosen["calibrated"]),
+                     "auc": auc(scored["label"], scored["calibrated"])})
+    return rows
+
+
 def in_subset(names: pd.Series, subset: str) -> np.ndarray:
     """Which video names the `subset` regex matches whole."""
     return names.map(lambda name: re.fullmatch(subset, name) is not None).to_numpy(dtype=bool)
 
 
 def seed_results(out: Path, seed: int, subset: str) -> list[dict]:
-    """One seed's rows: all OOF videos (the recipe's report) and the subset."""
+    """One seed's rows: all OOF videos (the recipe's report), the subset and each method (the stacker's)."""
     report = json.loads((out / "report.json").read_text())
     videos = pd.read_csv(out / "oof_videos.csv")
     chosen = videos[in_subset(videos["video"], subset)].reset_index(drop=True)
@@ -54,6 +74,7 @@ def seed_results(out: Path, seed: int, subset: str) -> list[dict]:
             for row in report["rows"]]
     rows += [{"seed": seed, "videos": "subset", "n": len(chosen), "minutes": report["minutes"], **row}
              for row in subset_rows(chosen, report["target_prior"])]
+    rows += [{"seed": seed, "videos": "by method", "minutes": report["minutes"], **row} for row in method_rows(videos)]
     return rows
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from bench.recipe_quality import method_rows, seed_results
 from bench.shortcut_baseline import main as shortcut_main
 from bench.shortcut_baseline import probe_oof
 from dfdc_core.aggregate import logit, sigmoid
@@ -141,6 +142,31 @@ def test_shortcut_baseline_probes_the_untrained_backbone_beside_the_stacker(reci
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     assert shortcut_main(args) == 0 and cached[0].stat().st_mtime_ns == stamp  # features computed once
+
+
+def test_quality_rows_of_a_run_cover_all_videos_the_subset_and_each_method(recipe_run):
+    videos = pd.read_csv(recipe_run / "oof_videos.csv")
+    rows = pd.DataFrame(seed_results(recipe_run, 3, r"(real|fake)[01]\.mp4"))
+    assert set(rows["seed"]) == {3} and rows.groupby("videos")["n"].max().to_dict() == {
+        "all": 8, "subset": 4, "by method": 4}
+    by_method = rows[rows["videos"] == "by method"].set_index("name")
+    assert list(by_method.index) == ["real", "fake"]  # no FF++ names here: methods from the labels
+    fakes = videos[videos["label"] == 1]
+    assert by_method.loc["fake", "log_loss"] == pytest.approx(log_loss(fakes["label"], fakes["calibrated"]))
+    assert by_method.loc["fake", "auc"] == pytest.approx(auc(videos["label"], videos["calibrated"]))
+    assert np.isnan(by_method.loc["real", "auc"])
+
+
+def test_method_rows_score_each_manipulation_against_the_reals():
+    videos = pd.DataFrame({"video": ["ffc40_yt_001.mp4", "ffc40_yt_002.mp4", "ffc40_df_001_002.mp4",
+                                     "ffc40_df_002_001.mp4", "ffc40_nt_001_002.mp4", "dfdc_a.mp4"],
+                           "label": [0, 0, 1, 1, 1, 1], "calibrated": [0.2, 0.4, 0.9, 0.6, 0.3, 0.5]})
+    rows = {row["name"]: row for row in method_rows(videos)}
+    assert {name: row["n"] for name, row in rows.items()} == {"real": 2, "Deepfakes": 2, "NeuralTextures": 1,
+                                                              "fake": 1}
+    assert rows["Deepfakes"]["auc"] == 1.0 and rows["NeuralTextures"]["auc"] == 0.5
+    assert rows["real"]["log_loss"] == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
+    assert rows["Deepfakes"]["log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.6)) / 2)
 
 
 def test_shortcut_probe_never_sees_the_fold_it_scores():
