@@ -109,6 +109,18 @@ def test_pair_sampler_with_sbi_and_real_crops_only(tmp_path):
     assert [float(dataset[i][1]) for i in fakes] == [1.0] * 5
 
 
+def test_pair_sampler_at_sbi_1_blends_every_fake_and_fills_the_epoch(tmp_path):
+    specs = [(f"r{i}.mp4", 0, "", 0) for i in range(5)] + [(f"f{i}.mp4", 1, f"r{i}.mp4", 0) for i in range(5)]
+    rows = crop_rows(tmp_path, specs)
+    blendable = CropDataset(rows, tmp_path, 48, MEAN, STD, sbi_margin=0.3).blendable()
+    order = np.array(list(PairSampler(rows, seed=0, size=24, sbi=1.0, blendable=blendable)))
+    fakes, reals = order[0::2], order[1::2]
+    assert len(order) == 24 and (fakes == reals + len(rows)).all()  # only blends: no fake crop of the data
+    assert set(reals.tolist()) == set(range(5))  # the real crops in turn, repeated to fill the epoch
+    with pytest.raises(ValueError, match="sbi with landmarks"):
+        PairSampler(rows, seed=0, sbi=1.0, blendable=np.zeros(0, np.int64))
+
+
 def test_balanced_sampler_blends_its_share_of_the_fakes(tmp_path):
     labels = np.array([0] * 50 + [1] * 50)
     blendable = np.arange(50)

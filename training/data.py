@@ -254,8 +254,9 @@ class PairSampler(EpochSampler):
 
     Every fake crop comes with a crop of its own original (`partner_rows`: time-aligned where both exist), or a
     random real crop when its original is not in the training data. With `sbi` > 0, that share of the pairs are
-    a real crop and its self-blended fake; with no fakes at all, every real crop makes one such pair. Pairs are
-    consecutive items, so an even batch size keeps each pair in one batch.
+    a real crop and its self-blended fake; with `sbi` 1 or no fakes at all, every pair is one (each real crop once,
+    in turn, until the epoch holds `size` items). Pairs are consecutive items, so an even batch size keeps each
+    pair in one batch.
     """
 
     block = 2
@@ -268,20 +269,30 @@ class PairSampler(EpochSampler):
         self.fakes, self.reals = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
         self.partners = partner_rows(rows.reset_index(drop=True))[self.fakes]
         self.blendable = blendable if blendable is not None else np.zeros(0, np.int64)
-        if not len(self.reals) or not (len(self.fakes) or (sbi > 0 and len(self.blendable))):
+        blends_only = sbi >= 1.0 or not len(self.fakes)
+        if not len(self.reals) or (blends_only and not (sbi > 0 and len(self.blendable))):
             raise ValueError("sampler: pairs needs real crops and fake crops (or sbi with landmarks)")
 
     def draw(self, generator: np.random.Generator) -> np.ndarray:
-        partners = np.where(self.partners >= 0, self.partners, generator.choice(self.reals, len(self.fakes)))
-        pairs = [np.stack([self.fakes, partners], axis=1)]
-        if self.sbi > 0 and len(self.blendable):
-            if len(self.fakes):
-                count = int(round(len(self.fakes) * self.sbi / max(1e-6, 1.0 - self.sbi)))
-                chosen = generator.choice(self.blendable, count)
-            else:
-                chosen = generator.permutation(self.blendable)
-            pairs.append(np.stack([self.count + chosen, chosen], axis=1))
+        if self.sbi >= 1.0 or not len(self.fakes):
+            pairs = [self.blended_pairs(self.blends_only_choice(generator))]
+        else:
+            partners = np.where(self.partners >= 0, self.partners, generator.choice(self.reals, len(self.fakes)))
+            pairs = [np.stack([self.fakes, partners], axis=1)]
+            if self.sbi > 0 and len(self.blendable):
+                count = int(round(len(self.fakes) * self.sbi / (1.0 - self.sbi)))
+                pairs.append(self.blended_pairs(generator.choice(self.blendable, count)))
         pairs = np.concatenate(pairs)[generator.permutation(sum(len(p) for p in pairs))]
         if self.size:
             pairs = pairs[:max(1, self.size // 2)]
         return pairs.reshape(-1)
+
+    def blended_pairs(self, chosen: np.ndarray) -> np.ndarray:
+        """(self-blended fake, its real crop) rows for the real crops `chosen`."""
+        return np.stack([self.count + chosen, chosen], axis=1)
+
+    def blends_only_choice(self, generator: np.random.Generator) -> np.ndarray:
+        """The real crops to blend when every fake is self-blended: each once, and repeated in turn until the
+        epoch holds `size` items."""
+        rounds = -(-(self.size or 0) // (2 * len(self.blendable))) if len(self.blendable) else 0
+        return np.concatenate([generator.permutation(self.blendable) for _ in range(max(1, rounds))])
