@@ -269,12 +269,12 @@ class PairSampler(EpochSampler):
         self.fakes, self.reals = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
         self.partners = partner_rows(rows.reset_index(drop=True))[self.fakes]
         self.blendable = blendable if blendable is not None else np.zeros(0, np.int64)
-        blends_only = sbi >= 1.0 or not len(self.fakes)
-        if not len(self.reals) or (blends_only and not (sbi > 0 and len(self.blendable))):
+        self.blends_only = sbi >= 1.0 or not len(self.fakes)
+        if not len(self.reals) or (self.blends_only and not (sbi > 0 and len(self.blendable))):
             raise ValueError("sampler: pairs needs real crops and fake crops (or sbi with landmarks)")
 
     def draw(self, generator: np.random.Generator) -> np.ndarray:
-        if self.sbi >= 1.0 or not len(self.fakes):
+        if self.blends_only:
             pairs = [self.blended_pairs(self.blends_only_choice(generator))]
         else:
             partners = np.where(self.partners >= 0, self.partners, generator.choice(self.reals, len(self.fakes)))
@@ -294,5 +294,5 @@ class PairSampler(EpochSampler):
     def blends_only_choice(self, generator: np.random.Generator) -> np.ndarray:
         """The real crops to blend when every fake is self-blended: each once, and repeated in turn until the
         epoch holds `size` items."""
-        rounds = -(-(self.size or 0) // (2 * len(self.blendable))) if len(self.blendable) else 0
+        rounds = -(-(self.size or 0) // (2 * len(self.blendable)))
         return np.concatenate([generator.permutation(self.blendable) for _ in range(max(1, rounds))])
