@@ -66,14 +66,31 @@ def evenly_spaced_indices(frame_count: int, num_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, frame_count - 1, num_frames).round().astype(np.int64))
 
 
+def coded_size(path: Path) -> tuple[int, int]:
+    """`(width, height)` of the first video stream, read from the container's header (nothing decoded);
+    `(0, 0)` when PyAV cannot open it."""
+    import av
+
+    try:
+        with av.open(local_file(path)) as container:
+            context = container.streams.video[0].codec_context
+            return context.width, context.height
+    except (av.error.FFmpegError, IndexError) as error:
+        log.debug("%s: no frame size from the header (%s); frames are shrunk after decoding", path.name, error)
+        return 0, 0
+
+
 def _read_decord(path: Path, choose: Chooser, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     import decord
 
-    reader = decord.VideoReader(local_file(path), ctx=decord.cpu(0), num_threads=1)
+    size = fitted_size(*coded_size(path), max_side) if max_side else None
+    scaled = {} if size is None else {"width": size[0], "height": size[1]}  # decord scales before its RGB copy
+    reader = decord.VideoReader(local_file(path), ctx=decord.cpu(0), num_threads=1, **scaled)
     indices = choose(len(reader))
     if len(indices) == 0:
         raise VideoReadError(f"{path}: decord found no frames")
-    # one frame at a time (the reader keeps its place, so this decodes what one batch would), each shrunk at once
+    # one frame at a time (the reader keeps its place, so this decodes what one batch would); `fit_frame` shrinks
+    # any frame the decoder did not (its size unknown before opening)
     frames = [fit_frame(reader.get_batch([index]).asnumpy()[0], max_side) for index in indices.tolist()]
     return np.stack(frames), indices
 
