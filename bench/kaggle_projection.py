@@ -102,7 +102,7 @@ def one_thread_cpu(manifest: Path, videos: list[Path], config: dict[str, Any]) -
             decoded = time.thread_time()
             tracks = scorer.find_tracks(frames)
             detected = time.thread_time()
-            crops = face_crops(frames, tracks, config["crop_margin"])
+            crops = face_crops(frames, tracks, scorer.config["crop_margin"])
             if crops:
                 scorer.classify_crops(crops)
             width, height, _ = frame_size(path)

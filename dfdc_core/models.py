@@ -59,6 +59,7 @@ class ModelSpec:
     classes: tuple[str, ...] | None = None
     real_index: int = 0  # multi-class models: the output that means "real"
     group: str = ""      # fold models of one group are averaged; the stacker has one input per group
+    crop_margin: float | None = None  # the margin of the crops it was trained on (None: not recorded)
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -71,6 +72,7 @@ class Manifest:
     stacker: Path | None
     path: Path
     drop_order: tuple[str, ...] | None = None  # models the time budget may drop, most expendable first
+    crop_margin: float | None = None  # the one margin every model was trained with (None: not recorded)
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -104,13 +106,31 @@ def load_manifest(path: str | Path) -> Manifest:
             file=path.parent / entry["file"], sha256=entry["sha256"].lower(), bytes=int(entry.get("bytes", -1)),
             input_size=int(entry["input_size"]), mean=tuple(entry.get("mean", IMAGENET_MEAN)),
             std=tuple(entry.get("std", IMAGENET_STD)), group=str(entry.get("group") or ""),
+            crop_margin=float(entry["crop_margin"]) if entry.get("crop_margin") is not None else None,
             **class_keys(entry, f"{path}: models[{index}]")))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: model names must be unique, got {names}")
     stacker = path.parent / data["stacker"] if data.get("stacker") else None
     drop_order = tuple(data["drop_order"]) if data.get("drop_order") is not None else None
-    return Manifest(models=tuple(specs), stacker=stacker, path=path, drop_order=drop_order)
+    return Manifest(models=tuple(specs), stacker=stacker, path=path, drop_order=drop_order,
+                    crop_margin=common_crop_margin(specs, path))
+
+
+def common_crop_margin(specs: list[ModelSpec], path: Path) -> float | None:
+    """The crop margin all models were trained with, or None when no entry records one.
+
+    The kernel cuts one crop per face for every model, so models trained on crops of different margins (or some
+    with a recorded margin and some without) cannot share a manifest.
+    """
+    margins = {spec.name: spec.crop_margin for spec in specs}
+    if set(margins.values()) == {None}:
+        return None
+    if len(set(margins.values())) > 1:
+        raise ManifestError(f"{path}: its models were trained on crops of different margins ({margins}; None: not "
+                            "recorded), but the kernel cuts one crop per face for all of them; keep models of one "
+                            "crop_margin in a manifest, or retrain on crops of one margin")
+    return next(iter(margins.values()))
 
 
 def class_keys(entry: dict, where: str) -> dict:
@@ -223,12 +243,18 @@ def write_manifest(path: Path, entries: list[dict], stacker: str | None = None) 
 
 def update_manifest(path: Path, entries: list[dict] = (), stacker: str | None = None) -> None:
     """Add `entries` to the manifest at `path` (created if missing), replacing entries of the same names, and name
-    `stacker` as its stacker when given; under `manifest_lock`, atomic."""
+    `stacker` as its stacker when given; its other keys (`drop_order`) are kept; under `manifest_lock`, atomic."""
     with manifest_lock(path):
         data = json.loads(path.read_text()) if path.is_file() else {"models": [], "stacker": None}
         names = {entry["name"] for entry in entries}
         models = [m for m in data.get("models", []) if m.get("name") not in names] + list(entries)
-        write_manifest(path, models, stacker or data.get("stacker"))
+        margins = {m.get("crop_margin") for m in models}
+        if len(margins) > 1:
+            raise ManifestError(f"{path}: adding {sorted(names)} would mix models trained on crops of margins "
+                                f"{sorted(margins, key=str)} (None: not recorded); the kernel cuts one crop per face, "
+                                "so write them to another manifest (`manifest:` in the training config)")
+        write_atomic(path, json.dumps(dict(data, models=models, stacker=stacker or data.get("stacker")),
+                                      indent=1) + "\n")
 
 
 def save_fp16_state_dict(model: torch.nn.Module, path: str | Path) -> None:

@@ -161,6 +161,10 @@ def check_manifest_entries(entries: list, path: Path) -> None:
                 raise ManifestError(f"{where}: '{key}' is {entry[key]!r}; it must be 3 numbers, one per RGB channel")
         if "std" in entry and min(entry["std"]) <= 0:
             raise ManifestError(f"{where}: 'std' is {entry['std']!r}; every value must be above 0 (it divides)")
+        margin = entry.get("crop_margin")
+        if margin is not None and not (is_number(margin) and margin >= 0):
+            raise ManifestError(f"{where}: 'crop_margin' is {entry['crop_margin']!r}; it must be a number >= 0 (the "
+                                "margin of the crops the model was trained on, from extract_faces.py's settings.json)")
         for key in ("bytes", "num_classes"):
             if key in entry and not is_positive_int(entry[key]):
                 raise ManifestError(f"{where}: '{key}' is {entry[key]!r}; it must be a whole number above 0")

@@ -246,6 +246,7 @@ def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str =
     """Verify every file of the manifest, then load classifiers, stacker and face detector."""
     manifest = load_manifest(manifest_path)
     verify_manifest(manifest)
+    config = with_manifest_crop_margin(config, manifest)
     models = [LoadedModel(spec, load_classifier(spec, device)) for spec in manifest.models]
     stacker = Stacker.from_json(manifest.stacker) if manifest.stacker is not None else None
     if stacker is None:
@@ -253,6 +254,16 @@ def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str =
                     "fakes, go into the submission; fit one with python -m training.recipe or ensemble.stack",
                     manifest.path)
     return Scorer(models, config, device, stacker)
+
+
+def with_manifest_crop_margin(config: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
+    """`config` with the crop margin the manifest's models were trained with (crops cut as in training), if it
+    records one."""
+    if manifest.crop_margin is None or manifest.crop_margin == config["crop_margin"]:
+        return config
+    log.info("%s: crops cut with margin %.3g, the margin its models were trained with (the config says %.3g)",
+             manifest.path, manifest.crop_margin, config["crop_margin"])
+    return dict(config, crop_margin=manifest.crop_margin)
 
 
 def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, Any], stop: threading.Event,

@@ -15,7 +15,7 @@ import pytest
 
 import kernel.pipeline as pipeline
 from dfdc_core.aggregate import Stacker, logit, sigmoid
-from dfdc_core.faces import Detection, Track
+from dfdc_core.faces import Detection, Track, face_crops
 from dfdc_core.models import ManifestError
 from kernel import predict
 from kernel.config import load_config
@@ -136,6 +136,25 @@ def test_a_crash_loses_nothing_already_predicted(monkeypatch, bad_videos, tiny_m
     run = predict(folder, None, tiny_manifest_path, out, config=FAST, progress=False)
     assert sorted(seen) == sorted(set(expected) - kept)  # finished videos were not decoded again
     assert len(read_submission(out)) == len(expected) and run.videos_scored == len(seen)
+
+
+def test_faces_are_cut_with_the_crop_margin_the_manifests_models_were_trained_with(tiny_manifest_path, tmp_path):
+    frames = pipeline.decode_video(face_videos(tmp_path / "videos", 1) / "face_0.mp4", FAST)[0]
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_manifest_path.parent, folder)
+    manifest = json.loads((folder / "weights_manifest.json").read_text())
+    for entry in manifest["models"]:
+        entry["crop_margin"] = 0.05
+    (folder / "weights_manifest.json").write_text(json.dumps(manifest))
+    scorer = pipeline.load_scorer(folder / "weights_manifest.json", FAST)
+    assert scorer.config["crop_margin"] == 0.05 and FAST["crop_margin"] == 0.3  # the caller's config is not changed
+    tracks = scorer.find_tracks(frames)
+    prediction = scorer.score_tracks(frames, tracks)
+    tight = face_crops(frames, tracks, 0.05)
+    assert [crop.shape for crop in prediction.crops] == [crop.shape for crop in tight]
+    assert [crop.shape for crop in tight] != [crop.shape for crop in face_crops(frames, tracks, 0.3)]
+    for name, probs in scorer.classify_crops(tight).items():
+        assert np.allclose(prediction.face_probs[name], probs)
 
 
 def test_stacker_from_the_manifest_is_applied(tiny_manifest_path, tmp_path):

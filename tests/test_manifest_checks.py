@@ -29,6 +29,7 @@ from dfdc_core.models import (
     load_manifest,
     save_fp16_state_dict,
     sha256_of,
+    update_manifest,
     verify_manifest,
 )
 from kernel.config import load_config
@@ -219,6 +220,10 @@ def test_each_bad_entry_value_is_named(models):
         ("std", [0.5, -1, 0.5], ": 'std' is [0.5, -1, 0.5]; every value must be above 0 (it divides)"),
         ("bytes", 0, ": 'bytes' is 0; it must be a whole number above 0"),
         ("num_classes", "3", ": 'num_classes' is '3'; it must be a whole number above 0"),
+        ("crop_margin", -0.1, ": 'crop_margin' is -0.1; it must be a number >= 0 (the margin of the crops the model "
+                              "was trained on, from extract_faces.py's settings.json)"),
+        ("crop_margin", "0.3", ": 'crop_margin' is '0.3'; it must be a number >= 0 (the margin of the crops the "
+                               "model was trained on, from extract_faces.py's settings.json)"),
         ("arch", 5, ": 'arch' is 5; it must be a timm model name"),
         ("arch", "resnet_no_such_model", ": 'arch' 'resnet_no_such_model' is not a model of timm "
                                          f"{__import__('timm').__version__}; see timm.list_models('resnet*')"),
@@ -514,6 +519,38 @@ def test_a_drop_order_of_some_models_passes(models):
     checks.check_manifest(models)
     edit(models, lambda data: data.update(drop_order=[]))
     checks.check_manifest(models)
+
+
+def test_the_crop_margin_models_were_trained_with_is_the_manifests_when_they_agree(models):
+    assert checks.check_manifest(models).crop_margin is None  # not recorded: the kernel config's margin is used
+    edit(models, lambda data: [entry.update(crop_margin=0.125) for entry in data["models"]])
+    manifest = checks.check_manifest(models)
+    assert manifest.crop_margin == 0.125 and {spec.crop_margin for spec in manifest.models} == {0.125}
+    for other in (0.3, None):
+        edit(models, lambda data: data["models"][1].update(crop_margin=other))
+        with pytest.raises(ManifestError) as error:
+            checks.check_manifest(models)
+        assert str(error.value) == (
+            f"{models}: its models were trained on crops of different margins ({{'test_efficientnet': 0.125, "
+            f"'test_resnet': {other}}}; None: not recorded), but the kernel cuts one crop per face for all of them; "
+            "keep models of one crop_margin in a manifest, or retrain on crops of one margin")
+
+
+def test_update_manifest_keeps_the_other_keys_and_refuses_to_mix_crop_margins(models):
+    edit(models, lambda data: [entry.update(crop_margin=0.3) for entry in data["models"]])
+    edit(models, lambda data: data.update(drop_order=["test_resnet"]))
+    entry = dict(json.loads(models.read_text())["models"][0], name="another", crop_margin=0.3)
+    update_manifest(models, [entry], stacker="stacker.json")
+    data = json.loads(models.read_text())
+    assert data["drop_order"] == ["test_resnet"] and data["stacker"] == "stacker.json"
+    assert [m["name"] for m in data["models"]] == ["test_efficientnet", "test_resnet", "another"]
+    before = models.read_text()
+    with pytest.raises(ManifestError, match=re.escape(
+            f"{models}: adding ['another'] would mix models trained on crops of margins [0.125, 0.3] (None: not "
+            "recorded); the kernel cuts one crop per face, so write them to another manifest (`manifest:` in the "
+            "training config)")):
+        update_manifest(models, [dict(entry, crop_margin=0.125)])
+    assert models.read_text() == before  # nothing written
 
 
 def test_load_classifier_builds_the_entrys_class_count_and_names_a_mismatch(models, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 import yaml
 
 from dfdc_core.models import load_classifier, load_manifest, verify_manifest
+from kernel.config import load_config
+from kernel.pipeline import load_scorer
 from tests.helpers import TINY_MODELS
 from training.data import BalancedSampler, EpochSampler, build_augmentation
 from training.grouping import assign_folds
@@ -83,6 +86,21 @@ def test_one_epoch_writes_weights_manifest_oof_and_plots(tmp_path, crops):
     assert (oof["group"] == ARCH).all() and entry["group"] == ARCH
     assert set(oof["video"]) == set(folds.loc[folds["fold"] == 0, "video"])
     assert oof["prob"].between(0, 1).all() and (oof["model"] == spec.name).all()
+
+
+def test_the_manifest_records_the_crop_margin_of_the_crops_and_the_kernel_cuts_with_it(tmp_path, crops):
+    config = write_config(tmp_path, crops, out=str(tmp_path / "default"))
+    train_main(["--config", str(config), "--fold", "0"])
+    (spec,) = load_manifest(tmp_path / "default" / "weights_manifest.json").models
+    assert spec.crop_margin == load_config()["crop_margin"]  # no settings.json: the kernel's default margin
+    cut = tmp_path / "crops_cut_tight"
+    shutil.copytree(crops, cut)
+    (cut / "settings.json").write_text(json.dumps({"frames": 3, "max_side": None, "key": "test",
+                                                   "config": load_config(crop_margin=0.1)}))
+    train_main(["--config", str(write_config(tmp_path, cut)), "--fold", "0"])
+    manifest = tmp_path / "runs" / "weights_manifest.json"
+    assert load_manifest(manifest).crop_margin == 0.1
+    assert load_scorer(manifest, load_config()).config["crop_margin"] == 0.1
 
 
 def test_rerun_replaces_its_manifest_entry_and_keeps_others(tmp_path, crops):

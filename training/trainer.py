@@ -434,7 +434,8 @@ def export(config: dict[str, Any], paths: RunPaths, state: TrainState, val: pd.D
                "real_class": config["real_class"]} if config["num_classes"] > 1 else {}
     entry = manifest_entry(config["name"], config["arch"], paths.weights, paths.manifest.parent,
                            config["input_size"], config["mean"], config["std"], group=config["group"],
-                           fold=config["fold"], epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
+                           crop_margin=crop_margin(Path(config["crops"])), fold=config["fold"],
+                           epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
                            val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
     update_manifest(paths.manifest, [entry])
     spec = next(s for s in load_manifest(paths.manifest).models if s.name == config["name"])
