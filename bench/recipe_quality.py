@@ -10,7 +10,8 @@ YouTube originals with their manipulations, where the same faces appear as real 
 help), with each seed's wall time. Then, per manipulation method (`training.methods`: the FF++ method a name
 carries, else the video's label), the stacker's log loss on that method's videos and the AUC of its fakes against
 every real video: which manipulations the detector misses. Writes `OUT/quality.json` and `OUT/quality.csv`.
-Re-running resumes each seed.
+Re-running resumes each seed: after seeds run side by side (one process per seed, same `--out`), the command
+with every seed combines them in seconds.
 """
 from __future__ import annotations
 
