@@ -236,9 +236,10 @@ def manifest_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_manifest(path: Path, entries: list[dict], stacker: str | None = None) -> None:
-    """A new manifest of `entries` (from `manifest_entry`) and the stacker file name, written atomically."""
-    write_atomic(path, json.dumps({"models": entries, "stacker": stacker}, indent=1) + "\n")
+def write_manifest(path: Path, entries: list[dict], stacker: str | None = None, **other_keys) -> None:
+    """A new manifest of `entries` (from `manifest_entry`), the stacker file name and any other top-level keys
+    (`drop_order`), written atomically."""
+    write_atomic(path, json.dumps({"models": entries, "stacker": stacker, **other_keys}, indent=1) + "\n")
 
 
 def update_manifest(path: Path, entries: list[dict] = (), stacker: str | None = None) -> None:
@@ -253,8 +254,8 @@ def update_manifest(path: Path, entries: list[dict] = (), stacker: str | None = 
             raise ManifestError(f"{path}: adding {sorted(names)} would mix models trained on crops of margins "
                                 f"{sorted(margins, key=str)} (None: not recorded); the kernel cuts one crop per face, "
                                 "so write them to another manifest (`manifest:` in the training config)")
-        write_atomic(path, json.dumps(dict(data, models=models, stacker=stacker or data.get("stacker")),
-                                      indent=1) + "\n")
+        others = {key: value for key, value in data.items() if key not in ("models", "stacker")}
+        write_manifest(path, models, stacker or data.get("stacker"), **others)
 
 
 def save_fp16_state_dict(model: torch.nn.Module, path: str | Path) -> None:
