@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -10,11 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from bench.heldout_manifest import main as heldout_main
 from bench.recipe_quality import method_rows, seed_results
 from bench.shortcut_baseline import main as shortcut_main
 from bench.shortcut_baseline import probe_oof
 from dfdc_core.aggregate import logit, sigmoid
-from dfdc_core.metrics import auc, log_loss
+from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.video import decode_video
 from kernel import predict
 from kernel.config import load_config
@@ -178,3 +180,36 @@ def test_shortcut_probe_never_sees_the_fold_it_scores():
     features = pd.DataFrame({"x": sign * (labels - 0.5)}, index=folds["video"])
     probs = probe_oof(features, folds, c=1.0, target_prior=0.5)
     assert auc(labels, probs) == 0.0
+
+
+def test_heldout_manifest_scores_each_outer_fold_with_a_manifest_that_never_saw_it(face_videos, tmp_path, caplog):
+    """Outer folds run one process each, then combined: every video is held out once, by a recipe whose folds,
+    training data and crops lack it, and the pooled figures are those of the kernel's held-out scores."""
+    recipe = tmp_path / "tiny_recipe.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    out = tmp_path / "heldout"
+    args = ["--data", str(face_videos), "--out", str(out), "--recipe", str(recipe), "--outer", "2",
+            "--subset", r"(real|fake)[01]\.mp4"]
+    for fold in ("0", "1"):
+        assert heldout_main([*args, "--outer-folds", fold]) == 0
+    weights = sorted(out.glob("outer*/recipe/runs/*/weights_fp16.pth"))
+    stamps = [path.stat().st_mtime_ns for path in weights]
+    caplog.set_level("INFO")
+    assert heldout_main(args) == 0
+    assert len(weights) == 4 and [path.stat().st_mtime_ns for path in weights] == stamps  # combined, not retrained
+    extracted = re.findall(r"(\d+) to extract", caplog.text)
+    assert extracted and set(extracted) == {"0"}  # the shared crops serve every outer fold's recipe
+    table = pd.read_csv(out / "heldout.csv")
+    assert sorted(table["video"]) == sorted(p.name for p in face_videos.glob("*.mp4"))
+    assert table["heldout"].between(0.01, 0.99).all()
+    for fold, held in table.groupby("outer_fold"):
+        trained = set(pd.read_csv(out / f"outer{fold}" / "recipe" / "folds.csv")["video"])
+        metadata = json.loads((out / f"outer{fold}" / "data" / face_videos.name / "metadata.json").read_text())
+        assert trained == set(metadata) == set(table["video"]) - set(held["video"])
+        assert not set(held["video"]) & {path.stem for path in (out / f"outer{fold}" / "crops" / "records").rglob("*")}
+    rows = pd.DataFrame(json.loads((out / "heldout.json").read_text())["rows"])
+    pooled = rows[(rows["videos"] == "all") & (rows["outer_fold"] == "pooled")].iloc[0]
+    weights_05 = prior_weights(table["label"], 0.5)
+    assert pooled["n"] == 8 and pooled["log_loss"] == pytest.approx(
+        log_loss(table["label"], table["heldout"], weights=weights_05))
+    assert rows[(rows["videos"] == "subset") & (rows["outer_fold"] == "pooled")].iloc[0]["n"] == 4
