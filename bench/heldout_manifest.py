@@ -34,8 +34,6 @@ from kernel.config import load_config
 from training.extraction import find_parts, run_extraction
 from training.workflow import make_folds, read_recipe, run_recipe
 
-STACKER_ROW = "stacker (nested CV)"
-
 
 def link_part(part: Path, videos: set[str], where: Path) -> None:
     """`where` as a copy of the DFDC part `part` holding only `videos`: their metadata entries, files linked."""
@@ -100,14 +98,22 @@ def run_outer_fold(data: Path, out: Path, recipe: str, seed: int, folds: pd.Data
     return held[["video", "label"]].merge(scores, on="video", how="left").assign(outer_fold=fold)
 
 
-def promised(out: Path, fold: int) -> float:
-    """The stacker's nested-CV log loss in the report of outer fold `fold`'s recipe."""
-    report = json.loads((out / f"outer{fold}" / "recipe" / "report.json").read_text())
-    return next(row["log_loss"] for row in report["rows"] if row["name"] == STACKER_ROW)
+def promised(out: Path, fold: int, subset: str | None, target_prior: float) -> float:
+    """What outer fold `fold`'s recipe promised: its stacker's nested-CV log loss (weighted to the prior) on its own
+    OOF videos, all of them or those `subset` matches (NaN for none)."""
+    videos = pd.read_csv(out / f"outer{fold}" / "recipe" / "oof_videos.csv")
+    if subset is not None:
+        videos = videos[in_subset(videos["video"], subset)]
+    if videos.empty:
+        return float("nan")
+    return log_loss(videos["label"], videos["calibrated"], weights=prior_weights(videos["label"], target_prior))
 
 
 def score_rows(videos: pd.DataFrame, target_prior: float) -> dict[str, float]:
-    """Held-out log loss (weighted to the prior) and AUC of `videos`, with the constant prior's log loss."""
+    """Held-out log loss (weighted to the prior) and AUC of `videos`, with the constant prior's log loss; NaN
+    figures for no videos (an outer fold without any of the subset)."""
+    if videos.empty:
+        return {"n": 0, "log_loss": float("nan"), "auc": float("nan"), "constant": float("nan")}
     weights = prior_weights(videos["label"], target_prior)
     return {"n": len(videos), "log_loss": log_loss(videos["label"], videos["heldout"], weights=weights),
             "auc": auc(videos["label"], videos["heldout"]),
@@ -115,15 +121,17 @@ def score_rows(videos: pd.DataFrame, target_prior: float) -> dict[str, float]:
 
 
 def summary(table: pd.DataFrame, out: Path, folds: list[int], subset: str, target_prior: float) -> list[dict]:
-    """Rows per outer fold and pooled, on all held-out videos and on the subset."""
-    chosen = {"all": table, "subset": table[in_subset(table["video"], subset)]}
+    """Rows per outer fold and pooled (the promise: the mean of the folds'), on all held-out videos and on the
+    subset."""
     rows = []
-    for videos_name, videos in chosen.items():
+    for videos_name, regex in (("all", None), ("subset", subset)):
+        videos = table if regex is None else table[in_subset(table["video"], regex)]
+        promises = {fold: promised(out, fold, regex, target_prior) for fold in folds}
         for fold in folds:
-            rows.append({"videos": videos_name, "outer_fold": str(fold), "promised": promised(out, fold),
+            rows.append({"videos": videos_name, "outer_fold": str(fold), "promised": promises[fold],
                          **score_rows(videos[videos["outer_fold"] == fold], target_prior)})
-        rows.append({"videos": videos_name, "outer_fold": "pooled",
-                     "promised": float(np.mean([promised(out, fold) for fold in folds])),
+        pooled_promise = float(np.nanmean(list(promises.values())))
+        rows.append({"videos": videos_name, "outer_fold": "pooled", "promised": pooled_promise,
                      **score_rows(videos, target_prior)})
     return rows
 
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(args.out / "heldout.json", json.dumps({"recipe": args.recipe, "seed": args.seed, "outer": args.outer,
                                                         "outer_folds": chosen, "rows": rows}, indent=1))
     print("\nheld-out videos scored by the kernel with the manifest trained without them (log loss weighted to the "
-          "target prior), beside the stacker's nested-CV log loss on the recipe's own videos ('promised'):")
+          "target prior), beside the stacker's nested-CV log loss on the same recipe's own videos ('promised'):")
     print(pd.DataFrame(rows).round(4).to_string(index=False))
     return 0
 

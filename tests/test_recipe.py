@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from bench.heldout_manifest import main as heldout_main
+from bench.heldout_manifest import score_rows
 from bench.recipe_quality import method_rows, seed_results
 from bench.shortcut_baseline import main as shortcut_main
 from bench.shortcut_baseline import probe_oof
@@ -213,3 +214,17 @@ def test_heldout_manifest_scores_each_outer_fold_with_a_manifest_that_never_saw_
     assert pooled["n"] == 8 and pooled["log_loss"] == pytest.approx(
         log_loss(table["label"], table["heldout"], weights=weights_05))
     assert rows[(rows["videos"] == "subset") & (rows["outer_fold"] == "pooled")].iloc[0]["n"] == 4
+    for fold in ("0", "1"):  # the promise on all videos is the fold's recipe report's stacker row
+        report = json.loads((out / f"outer{fold}" / "recipe" / "report.json").read_text())
+        stacker = next(row["log_loss"] for row in report["rows"] if row["name"] == "stacker (nested CV)")
+        row = rows[(rows["videos"] == "all") & (rows["outer_fold"] == fold)].iloc[0]
+        assert row["promised"] == pytest.approx(stacker, abs=1e-4)
+
+
+def test_heldout_figures_of_no_videos_are_nan_not_an_error():
+    empty = pd.DataFrame({"video": [], "label": [], "heldout": []})
+    figures = score_rows(empty, 0.5)
+    assert figures["n"] == 0 and np.isnan([figures["log_loss"], figures["auc"], figures["constant"]]).all()
+    one = score_rows(pd.DataFrame({"video": ["a", "b"], "label": [1, 0], "heldout": [0.9, 0.2]}), 0.5)
+    assert one["n"] == 2 and one["log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2)
+    assert one["auc"] == 1.0 and one["constant"] == pytest.approx(np.log(2))
