@@ -9,7 +9,8 @@ recipe wrote: every fold model, the frame→video rule and the stacker, as on Ka
 pooled: the held-out log loss (weighted to the recipe's target prior) and AUC beside what the recipe's own report
 promised (its stacker's nested-CV figures on its training videos) and the constant prior, on all videos and on the
 `--subset`. Each recipe trains on (outer - 1) / outer of the videos, so the held-out figures are a little
-pessimistic for a manifest trained on all of them.
+pessimistic for a manifest trained on all of them. Videos in which the extraction finds no face are in no outer
+fold (the kernel would give them the prior).
 
 Face crops are extracted once into OUT/crops and shared. `--outer-folds` runs some outer folds only, so two
 processes can share a machine; the command with every outer fold then combines them, resuming what is done.
@@ -83,17 +84,17 @@ def heldout_videos(data: Path, videos: set[str], where: Path) -> Path:
 
 
 def run_outer_fold(data: Path, out: Path, recipe: str, seed: int, folds: pd.DataFrame, fold: int,
-                   frames: int) -> pd.DataFrame:
+                   frames: int, device: str) -> pd.DataFrame:
     """Train the recipe without outer fold `fold`, score that fold with the kernel; one row per held-out video."""
     where = out / f"outer{fold}"
     train = set(folds.loc[folds["fold"] != fold, "video"])
     held = folds[folds["fold"] == fold]
     run_recipe(training_data(data, train, where / "data"), where / "recipe", recipe, seed,
-               crops=training_crops(out / "crops", train, where / "crops"))
+               crops=training_crops(out / "crops", train, where / "crops"), device=device)
     submission = where / "submission.csv"
     if not submission.is_file():
         predict(heldout_videos(data, set(held["video"]), where / "heldout"), None,
-                where / "recipe" / "weights_manifest.json", submission, "cpu", load_config(frames=frames))
+                where / "recipe" / "weights_manifest.json", submission, device, load_config(frames=frames))
     scores = pd.read_csv(submission).rename(columns={"filename": "video", "label": "heldout"})
     return held[["video", "label"]].merge(scores, on="video", how="left").assign(outer_fold=fold)
 
@@ -146,15 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outer", type=int, default=4, help="outer group folds")
     parser.add_argument("--outer-folds", type=int, nargs="+", default=None, help="run these outer folds only")
     parser.add_argument("--subset", default=FFPP_PAIRS, help="regex over video names for the subset figures")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training and the kernel")
     args = parser.parse_args(argv)
-    recipe = read_recipe(args.recipe)
-    run_extraction(args.data, args.out / "crops", recipe["frames"])
-    folds = make_folds(args.out / "crops", args.out / "outer", args.outer, args.seed)
     chosen = args.outer_folds if args.outer_folds is not None else list(range(args.outer))
     if not set(chosen) <= set(range(args.outer)):
         parser.error(f"--outer-folds {chosen}: choose among 0 to {args.outer - 1}")
-    table = pd.concat([run_outer_fold(args.data, args.out, args.recipe, args.seed, folds, fold, recipe["frames"])
-                       for fold in chosen], ignore_index=True)
+    recipe = read_recipe(args.recipe)
+    run_extraction(args.data, args.out / "crops", recipe["frames"])
+    folds = make_folds(args.out / "crops", args.out / "outer", args.outer, args.seed)
+    if folds["fold"].nunique() != args.outer:
+        parser.error(f"{args.out / 'outer' / 'folds.csv'} holds {folds['fold'].nunique()} outer folds, not --outer "
+                     f"{args.outer}; use a new --out")
+    table = pd.concat([run_outer_fold(args.data, args.out, args.recipe, args.seed, folds, fold, recipe["frames"],
+                                      args.device) for fold in chosen], ignore_index=True)
     rows = summary(table, args.out, chosen, args.subset, recipe["target_prior"])
     write_atomic(args.out / "heldout.csv", table.to_csv(index=False, float_format="%.6f"))
     write_atomic(args.out / "heldout.json", json.dumps({"recipe": args.recipe, "seed": args.seed, "outer": args.outer,

@@ -183,7 +183,8 @@ def test_shortcut_probe_never_sees_the_fold_it_scores():
     assert auc(labels, probs) == 0.0
 
 
-def test_heldout_manifest_scores_each_outer_fold_with_a_manifest_that_never_saw_it(face_videos, tmp_path, caplog):
+def test_heldout_manifest_scores_each_outer_fold_with_a_manifest_that_never_saw_it(face_videos, tmp_path, caplog,
+                                                                                   capsys):
     """Outer folds run one process each, then combined: every video is held out once, by a recipe whose folds,
     training data and crops lack it, and the pooled figures are those of the kernel's held-out scores."""
     recipe = tmp_path / "tiny_recipe.yaml"
@@ -214,6 +215,9 @@ def test_heldout_manifest_scores_each_outer_fold_with_a_manifest_that_never_saw_
     assert pooled["n"] == 8 and pooled["log_loss"] == pytest.approx(
         log_loss(table["label"], table["heldout"], weights=weights_05))
     assert rows[(rows["videos"] == "subset") & (rows["outer_fold"] == "pooled")].iloc[0]["n"] == 4
+    with pytest.raises(SystemExit):  # the outer folds on disk were made for --outer 2
+        heldout_main([*args[:-4], "--outer", "3", *args[-2:]])
+    assert "holds 2 outer folds, not --outer 3" in capsys.readouterr().err
     for fold in ("0", "1"):  # the promise on all videos is the fold's recipe report's stacker row
         report = json.loads((out / f"outer{fold}" / "recipe" / "report.json").read_text())
         stacker = next(row["log_loss"] for row in report["rows"] if row["name"] == "stacker (nested CV)")
