@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -50,27 +49,12 @@ def link_part(part: Path, videos: set[str], where: Path) -> None:
 
 def training_data(data: Path, videos: set[str], where: Path) -> Path:
     """A `--data` folder laid out as `data` (one part, or a folder of parts named as in `data`) with only `videos`;
-    part names are kept, so the extraction records of the shared crops apply."""
+    part names are kept, so the shared crops' extraction records apply and the recipe trains on these videos only."""
     parts = find_parts(data)
     root = where / data.name if parts == [data] else where
     for part in parts:
         link_part(part, videos, root if parts == [data] else root / part.name)
     return root
-
-
-def training_crops(crops: Path, videos: set[str], where: Path) -> Path:
-    """A crop folder holding the shared extraction's records and images of `videos` only (records copied, images
-    linked), which the recipe's extraction step finds finished."""
-    where.mkdir(parents=True, exist_ok=True)
-    if not (where / "crops").is_symlink():
-        (where / "crops").symlink_to((crops / "crops").resolve())
-    shutil.copy2(crops / "settings.json", where / "settings.json")
-    for record in (crops / "records").glob("*/*.json"):
-        if json.loads(record.read_text())["video"] in videos:
-            target = where / "records" / record.parent.name / record.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(record, target)
-    return where
 
 
 def heldout_videos(data: Path, videos: set[str], where: Path) -> Path:
@@ -89,8 +73,8 @@ def run_outer_fold(data: Path, out: Path, recipe: str, seed: int, folds: pd.Data
     where = out / f"outer{fold}"
     train = set(folds.loc[folds["fold"] != fold, "video"])
     held = folds[folds["fold"] == fold]
-    run_recipe(training_data(data, train, where / "data"), where / "recipe", recipe, seed,
-               crops=training_crops(out / "crops", train, where / "crops"), device=device)
+    run_recipe(training_data(data, train, where / "data"), where / "recipe", recipe, seed, crops=out / "crops",
+               device=device)
     submission = where / "submission.csv"
     if not submission.is_file():
         predict(heldout_videos(data, set(held["video"]), where / "heldout"), None,

@@ -23,8 +23,9 @@ from kernel import predict
 from kernel.config import load_config
 from kernel.pipeline import load_scorer
 from tests.helpers import lfw_face, write_h264
+from training.extraction import collect_items, run_extraction
 from training.recipe import main as recipe_main
-from training.workflow import read_recipe
+from training.workflow import make_folds, read_recipe
 
 TINY_RECIPE = {"frames": 4, "folds": 2, "target_prior": 0.5, "aggregation": "mean", "features": ["logit"],
                "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "samples_per_epoch": 8, "sampler": "pairs",
@@ -208,7 +209,6 @@ def test_heldout_manifest_scores_each_outer_fold_with_a_manifest_that_never_saw_
         trained = set(pd.read_csv(out / f"outer{fold}" / "recipe" / "folds.csv")["video"])
         metadata = json.loads((out / f"outer{fold}" / "data" / face_videos.name / "metadata.json").read_text())
         assert trained == set(metadata) == set(table["video"]) - set(held["video"])
-        assert not set(held["video"]) & {path.stem for path in (out / f"outer{fold}" / "crops" / "records").rglob("*")}
     rows = pd.DataFrame(json.loads((out / "heldout.json").read_text())["rows"])
     pooled = rows[(rows["videos"] == "all") & (rows["outer_fold"] == "pooled")].iloc[0]
     weights_05 = prior_weights(table["label"], 0.5)
@@ -232,3 +232,19 @@ def test_heldout_figures_of_no_videos_are_nan_not_an_error():
     one = score_rows(pd.DataFrame({"video": ["a", "b"], "label": [1, 0], "heldout": [0.9, 0.2]}), 0.5)
     assert one["n"] == 2 and one["log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2)
     assert one["auc"] == 1.0 and one["constant"] == pytest.approx(np.log(2))
+
+
+def test_recipe_folds_hold_only_its_data_videos_when_the_crop_folder_holds_more(face_videos, tmp_path):
+    """A crop folder shared with a larger data set: the recipe's folds (hence its training) take only --data's
+    videos, and nothing is extracted again."""
+    crops = tmp_path / "crops"
+    run_extraction(face_videos, crops, TINY_RECIPE["frames"], progress=False)
+    part = tmp_path / "subset" / face_videos.name
+    part.mkdir(parents=True)
+    kept = {name: entry for name, entry in json.loads((face_videos / "metadata.json").read_text()).items()
+            if name[-5] in "012"}
+    for name in kept:
+        (part / name).symlink_to(face_videos / name)
+    (part / "metadata.json").write_text(json.dumps(kept))
+    folds = make_folds(crops, tmp_path / "out", 2, 0, {item.name for item in collect_items(part)[0]})
+    assert sorted(folds["video"]) == sorted(kept) and len(pd.read_csv(crops / "index.csv")["video"].unique()) == 8

@@ -19,7 +19,7 @@ from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.models import model_family, update_manifest
 from dfdc_core.plots import pyplot, save_figure
 from ensemble.stacking import fit_stacker, format_report, shift_prior, verdict
-from training.extraction import run_extraction
+from training.extraction import collect_items, run_extraction
 from training.grouping import DEFAULT_LINK_RULES, assign_folds, read_link_rules, rule_links, videos_from_index
 from training.trainer import run_training
 
@@ -45,10 +45,13 @@ def read_recipe(name: str) -> dict[str, Any]:
     return recipe
 
 
-def make_folds(crops: Path, out: Path, k: int, seed: int) -> pd.DataFrame:
-    """Group folds of the extracted videos (name link rules applied); an existing folds.csv is kept if it holds
-    the same videos, so a resumed run trains on the folds it started with."""
+def make_folds(crops: Path, out: Path, k: int, seed: int, names: set[str] | None = None) -> pd.DataFrame:
+    """Group folds of the extracted videos, of those in `names` only when given (a crop folder shared with other
+    data holds more); name link rules applied. An existing folds.csv is kept if it holds the same videos, so a
+    resumed run trains on the folds it started with."""
     videos = videos_from_index(crops / "index.csv")
+    if names is not None:
+        videos = videos[videos["video"].isin(names)].reset_index(drop=True)
     path = out / "folds.csv"
     if path.is_file():
         folds = pd.read_csv(path, dtype={"original": str}, keep_default_na=False)
@@ -168,7 +171,7 @@ def run_recipe(data: Path, out: Path, recipe_name: str = "cpu", seed: int = 0, c
     crops = crops or out / "crops"
     write_atomic(out / "recipe.yaml", yaml.safe_dump({**recipe, "seed": seed, "data": str(data)}, sort_keys=False))
     run_extraction(data, crops, recipe["frames"], progress=progress)
-    make_folds(crops, out, recipe["folds"], seed)
+    make_folds(crops, out, recipe["folds"], seed, {item.name for item in collect_items(data)[0]})
     oofs = train_all(recipe, crops, out, seed, device)
     stacker, rows, table = fit_stacker(oofs, out / "folds.csv", recipe["aggregation"],
                                        target_prior=recipe["target_prior"], stats=tuple(recipe["features"]))
