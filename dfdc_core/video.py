@@ -243,13 +243,42 @@ def _decode(path: Path, choose: Chooser, backends: tuple[str, ...],
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as a one-frame RGB uint8 batch `(1, H, W, 3)`."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    path = Path(path)
+    if not path.exists():
+        raise MissingVideoError(f"{path}: no such file")
+    image = cv2.imread(local_file(path), cv2.IMREAD_COLOR)
     if image is None:
         raise VideoReadError(f"{path}: OpenCV cannot read this image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]
 
 
+def pad_still(frames: np.ndarray, share: float) -> np.ndarray:
+    """A still `(1, H, W, 3)` with `share` of its long side added on every side by repeating its edge pixels.
+
+    A tight face photo (the face fills the image) has no room for the crop's margin: without this the margin is
+    black padding, which no face in a video frame shows. Detected on the padded copy, its crop's margin holds
+    the photo's own edge colours instead. A face away from the edges is cut exactly as without it.
+    """
+    pad = round(share * max(frames.shape[1:3]))
+    if pad == 0:
+        return frames
+    return cv2.copyMakeBorder(frames[0], pad, pad, pad, pad, cv2.BORDER_REPLICATE)[None]
+
+
+def read_still(path: str | Path, pad_share: float, max_side: int | None = None) -> np.ndarray:
+    """An image as the one frame the kernel and training cut faces from: shrunk to `max_side`, then
+    `pad_still`."""
+    image = read_image(path)
+    return pad_still(fit_frame(image[0], max_side)[None], pad_share)
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
 def decode_video(path: Path, config: dict[str, Any], frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The kernel's frame sample of one video, `(frames, frame numbers)`: the config's count (or `frames`), decode
-    backends and largest frame side."""
+    backends and largest frame side. An image (`IMAGE_SUFFIXES`) is a one-frame video: `read_still`."""
+    if is_image(path):
+        return read_still(path, config["still_pad"], config["max_frame_side"]), np.zeros(1, dtype=np.int64)
     return read_frames(path, frames or config["frames"], tuple(config["decode_backends"]), config["max_frame_side"])

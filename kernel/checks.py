@@ -23,7 +23,7 @@ from kernel.submission import checkpoint_path
 POSITIVE_INTEGERS = ("frames", "max_frame_side", "prefetch_videos", "detect_long_side", "detect_batch_size",
                      "mtcnn_min_face_size", "classify_batch_size", "max_persons")
 SHARES = ("prior", "min_face_score", "track_iou", "min_track_share", "min_track_size_ratio")  # numbers in [0, 1]
-NON_NEGATIVE = ("min_face_px", "track_max_shift", "crop_margin", "time_budget_hours")
+NON_NEGATIVE = ("min_face_px", "track_max_shift", "crop_margin", "still_pad", "time_budget_hours")
 MANIFEST_KEYS = ("arch", "file", "sha256", "input_size")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 

@@ -25,7 +25,7 @@ from dfdc_core.faces import Detection, Track, model_images, normalise
 from dfdc_core.io import write_atomic
 from dfdc_core.models import ManifestError, fake_logit, model_family
 from dfdc_core.plots import pyplot, save_figure
-from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, decode_video, read_image
+from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, decode_video, is_image, read_image
 from kernel.config import load_config
 from kernel.pipeline import LoadedModel, NoFaceError, Scorer, VideoPrediction, load_scorer
 from kernel.submission import clip_probs
@@ -57,11 +57,12 @@ def whole_image_track(frames: np.ndarray) -> list[Track]:
     return [Track(person=0, detections=[Detection(0, (0.0, 0.0, float(width), float(height)), 1.0)])]
 
 
-def decode_input(path: Path, config: dict[str, Any]) -> tuple[str, np.ndarray, np.ndarray]:
-    """`(kind, frames, frame numbers)`: an image as one frame, anything else as a video."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+def decode_input(path: Path, config: dict[str, Any], as_crop: bool) -> tuple[str, np.ndarray, np.ndarray]:
+    """`(kind, frames, frame numbers)`: a face crop as it is, an image as the kernel's one padded frame
+    (`read_still`), anything else as a video."""
+    if as_crop:
         return "image", read_image(path), np.zeros(1, dtype=np.int64)
-    return "video", *decode_video(path, config)
+    return "image" if is_image(path) else "video", *decode_video(path, config)
 
 
 def explain(path: str | Path, scorer: Scorer, as_crop: bool = False) -> Explanation:
@@ -70,7 +71,7 @@ def explain(path: str | Path, scorer: Scorer, as_crop: bool = False) -> Explanat
     if as_crop and path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ExplainError(f"{path}: --crop needs an image ({', '.join(IMAGE_SUFFIXES)})")
     try:
-        kind, frames, numbers = decode_input(path, scorer.config)
+        kind, frames, numbers = decode_input(path, scorer.config, as_crop)
     except VideoReadError as error:
         raise ExplainError(str(error)) from error
     if as_crop:

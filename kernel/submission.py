@@ -15,20 +15,22 @@ import pandas as pd
 
 from dfdc_core.config import SettingsError
 from dfdc_core.io import write_atomic
+from dfdc_core.video import IMAGE_SUFFIXES
 from kernel.kaggle import VIDEO_SUFFIXES, checkpoint_path, in_flight_path  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 
 def target_filenames(videos_dir: Path, sample_submission: Path | None) -> list[str]:
-    """Files of `sample_submission.csv` in its order, or every video in the folder sorted."""
+    """Files of `sample_submission.csv` in its order, or every video and image (a one-frame video) in the folder,
+    sorted."""
     if sample_submission is not None and Path(sample_submission).is_file():
         return sample_filenames(Path(sample_submission))
     if sample_submission is not None:
         log.warning("%s not found: predicting every video in %s", sample_submission, videos_dir)
     if not Path(videos_dir).is_dir():
         raise FileNotFoundError(f"videos folder {videos_dir} not found; pass --videos DIR")
-    return sorted(p.name for p in Path(videos_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    return sorted(p.name for p in Path(videos_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES)
 
 
 def sample_filenames(path: Path) -> list[str]:

@@ -314,3 +314,30 @@ def test_the_aggregation_is_the_configs_unless_the_stacker_names_its_own(tiny_ma
     assert scorer.score_crops(crops, [track]).score == pytest.approx(0.45)  # the mean of 0.2 ... 0.7
     scorer.stacker = Stacker([f"{names[0]}.logit"], [1.0], 0.0, aggregation="mean")
     assert scorer.score_crops(crops, [track]).score == pytest.approx(0.46)  # the plain mean, through logit/sigmoid
+
+
+def test_a_folder_of_a_video_and_photos_is_scored_and_validated(tiny_manifest_path, tmp_path):
+    """Images are one-frame videos: listed beside the videos, each face cut from the photo padded by its edges
+    (as training cuts stills), scored; kernel.validate reads the submission against a DFDC-style metadata.json."""
+    import cv2
+
+    from tests.helpers import lfw_face
+
+    folder = tmp_path / "media"
+    write_h264(folder / "clip.mp4", faces_clip(8), fps=10)
+    cv2.imwrite(str(folder / "photo.jpg"), cv2.cvtColor(faces_clip(1, seed=3)[0], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "tight_face.png"), lfw_face(2, 160))
+    cv2.imwrite(str(folder / "blank.webp"), np.full((90, 120, 3), 128, np.uint8))
+    (folder / "notes.txt").write_text("not media")
+    out = tmp_path / "submission.csv"
+    run = predict(folder, None, tiny_manifest_path, out, config=FAST, progress=False)
+    submission = read_submission(out)
+    assert submission["filename"].tolist() == ["blank.webp", "clip.mp4", "photo.jpg", "tight_face.png"]
+    assert run.reasons == {"blank.webp": "no_face", "clip.mp4": "ok", "photo.jpg": "ok", "tight_face.png": "ok"}
+    metadata = tmp_path / "metadata.json"
+    metadata.write_text(json.dumps({"clip.mp4": {"label": "FAKE"}, "photo.jpg": {"label": "REAL"},
+                                    "tight_face.png": {"label": "FAKE"}, "blank.webp": {"label": "REAL"}}))
+    validated = subprocess.run([sys.executable, "-m", "kernel.validate", "--submission", str(out), "--metadata",
+                                str(metadata)], cwd=REPO, capture_output=True, text=True)
+    assert validated.returncode == 0, validated.stderr
+    assert "videos scored: 4" in validated.stdout and "log loss:" in validated.stdout
