@@ -31,7 +31,8 @@ from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from kernel import predict
 from kernel.config import load_config
-from training.extraction import find_parts, run_extraction
+from training.extraction import run_extraction
+from training.sources import find_parts
 from training.workflow import make_folds, read_recipe, run_recipe
 
 

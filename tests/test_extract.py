@@ -17,8 +17,9 @@ from kernel.pipeline import load_scorer
 from tests.helpers import faceless_frames, faces_clip, write_h264
 from training.data import CropDataset
 from training.extract_faces import main as extract_main
-from training.extraction import cap_long_side, collect_items, find_parts, run_extraction, shard_of
+from training.extraction import cap_long_side, run_extraction, shard_of
 from training.index import INDEX_COLUMNS, read_index
+from training.sources import collect_items, find_parts
 
 LABELS = {"REAL": 0, "FAKE": 1}
 
@@ -79,7 +80,9 @@ def test_image_folder_dataset(tmp_path):
             cv2.imwrite(str(root / folder / f"{folder}_{seed}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     index, problems = run_extraction(root, tmp_path / "out", progress=False)
     assert problems.empty, problems
-    assert sorted(set(index["video"])) == ["fake_0.png", "fake_1.png", "real_0.png", "real_1.png"]
+    assert sorted(set(index["video"])) == ["images/fake/fake_0.png", "images/fake/fake_1.png",
+                                           "images/real/real_0.png", "images/real/real_1.png"]
+    assert set(index["source"]) == {"images"}
     assert (index.groupby("video").size() >= 1).all() and len(index) >= 4
     assert (index["label"] == index["part"].map({"real": 0, "fake": 1})).all() and set(index["part"]) == {"real", "fake"}
     assert (index["frame"] == 0).all()
@@ -135,8 +138,8 @@ def test_shards_split_the_videos_and_merge_into_one_index(bad_dfdc, tmp_path):
     for shard in range(2):
         extract_main(["--data", str(bad_dfdc), "--out", str(out), "--frames", "2", "--shard", str(shard),
                       "--num-shards", "2"])
-    records = sorted(p.name for p in (out / "records").glob("*/*.json"))
-    assert records == sorted(f"{i.name}.json" for i in items)
+    records = sorted(p.relative_to(out / "records").as_posix() for p in (out / "records").rglob("*.json"))
+    assert records == sorted(f"{i.key}.json" for i in items)
     assert set(pd.read_csv(out / "problems.csv")["status"]) >= {"no_face", "bad_label"}
     with pytest.raises(ValueError, match="--shard 2"):
         shard_of(items, 2, 2)

@@ -169,7 +169,7 @@ def test_cli_writes_the_csv_training_reads(tmp_path):
     fold = dict(zip(linked["video"], linked["fold"]))
     assert all(fold[v] == fold[v.split(".mp4_")[1]]
                for v in linked["video"] if v.startswith("swap_"))
-    assert list(table.columns) == ["video", "label", "original", "group", "fold"] and len(table) == len(videos)
+    assert list(table.columns) == ["video", "label", "original", "source", "group", "fold"] and len(table) == len(videos)
     assert_leak_free(table)
 
 
@@ -213,3 +213,16 @@ def test_methods_cli_writes_the_method_column_from_the_names(tmp_path):
                   "--column", "attribution"])
     other = read_index(tmp_path / "other.csv")
     assert len(other) == 2 * len(rows) and set(other.loc[other["video"] == "aabb.mp4", "attribution"]) == {"fake"}
+
+
+def test_cli_refuses_unusable_metadata_with_a_message_not_a_traceback(tmp_path, caplog):
+    metadata = tmp_path / "metadata.json"
+    for text, message in (('["a.mp4", "b.mp4"]', "expected a JSON object"), ("null", "got NoneType"),
+                          ("{broken", "not valid JSON")):
+        metadata.write_text(text)
+        caplog.clear()
+        assert folds_main(["--metadata", str(metadata), "--k", "2", "--out", str(tmp_path / "f.csv")]) == 2
+        assert message in caplog.text and str(metadata) in caplog.text
+    assert folds_main(["--data", str(tmp_path / "nowhere"), "--k", "2", "--out", str(tmp_path / "f.csv")]) == 2
+    assert "no such folder" in caplog.text
+    assert not (tmp_path / "f.csv").exists()

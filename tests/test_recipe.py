@@ -23,7 +23,8 @@ from kernel import predict
 from kernel.config import load_config
 from kernel.pipeline import load_scorer
 from tests.helpers import lfw_face, write_h264
-from training.extraction import collect_items, run_extraction
+from training.extraction import run_extraction
+from training.sources import collect_items
 from training.recipe import main as recipe_main
 from training.workflow import make_folds, read_recipe
 
@@ -246,5 +247,5 @@ def test_recipe_folds_hold_only_its_data_videos_when_the_crop_folder_holds_more(
     for name in kept:
         (part / name).symlink_to(face_videos / name)
     (part / "metadata.json").write_text(json.dumps(kept))
-    folds = make_folds(crops, tmp_path / "out", 2, 0, {item.name for item in collect_items(part)[0]})
+    folds = make_folds(crops, tmp_path / "out", 2, 0, {item.video for item in collect_items(part)[0]})
     assert sorted(folds["video"]) == sorted(kept) and len(pd.read_csv(crops / "index.csv")["video"].unique()) == 8

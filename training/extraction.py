@@ -1,11 +1,11 @@
 """Face-crop extraction for training: the kernel's decoder, detector, tracker and crop on every labelled video (or
-image), one record per item, merged into `index.csv`. The command line is `training/extract_faces.py`."""
+image) of every source (training/sources.py), one record per item, merged into one `index.csv`. The command line is
+`training/extract_faces.py`."""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,129 +16,21 @@ from tqdm import tqdm
 
 from dfdc_core.faces import Track, crop_window, detector_from_config, face_crops, isotropic_resize, person_tracks
 from dfdc_core.io import write_atomic
-from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, decode_video, read_frames_at, read_image
+from dfdc_core.video import VideoReadError, decode_video, read_frames_at
 from kernel.config import load_config
-from training.index import INDEX_COLUMNS, LABELS
+from training.index import INDEX_COLUMNS
+from training.sources import Item, Problem, collect_sources
 
 log = logging.getLogger("extract_faces")
 
 
-PROBLEM_COLUMNS = ["video", "part", "status", "message"]
-RECORD_VERSION = 2          # records of another version (or other settings) are extracted again
+PROBLEM_COLUMNS = ["source", "video", "part", "status", "message"]
+RECORD_VERSION = 3          # records of another version (or other settings) are extracted again
 SCORING_KEYS = {"prefetch_videos", "detect_batch_size", "detect_threads", "classify_batch_size", "aggregation",
                 "tta_hflip", "prior", "clip", "time_budget_hours"}  # kernel settings that do not change a crop
 
 
 MANIPULATED_SHARE = 0.5     # a fake's track is manipulated if it differs from the original this much of the most
-
-
-@dataclass(frozen=True)
-class Item:
-    """One video (or face image) to extract: where it is and what metadata says about it."""
-
-    part: str
-    name: str
-    path: Path
-    label: int
-    original: str | None
-    is_image: bool = False
-
-    @property
-    def original_path(self) -> Path | None:
-        """The original video's file, when it lies beside this fake."""
-        if not self.original:
-            return None
-        path = self.path.parent / self.original
-        return path if path.is_file() else None
-
-    @property
-    def key(self) -> str:
-        return f"{self.part}/{self.name}"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A metadata entry or video that yields no crops (or a warning), with the reason."""
-
-    video: str
-    part: str
-    status: str
-    message: str
-
-
-def find_parts(root: Path) -> list[Path]:
-    """DFDC part folders under `root`: `root` itself if it holds `metadata.json`, else its sub-folders that do."""
-    if (root / "metadata.json").is_file():
-        return [root]
-    parts = sorted(p for p in root.iterdir() if p.is_dir() and (p / "metadata.json").is_file())
-    if not parts:
-        raise FileNotFoundError(f"{root}: no metadata.json in it or in its sub-folders; pass --data a DFDC "
-                                "train part, a folder of dfdc_train_part_*/ folders, or a folder with real/ and fake/")
-    return parts
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); re-download the part's metadata.json") from error
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{path}: expected a JSON object {{'name.mp4': {{'label': ...}}}}, "
-                         f"got {type(metadata).__name__}")
-    return metadata
-
-
-def dfdc_items(part: Path) -> tuple[list[Item], list[Problem]]:
-    """Checked entries of one part's `metadata.json`; bad entries become problems, never exceptions."""
-    metadata = read_metadata(part / "metadata.json")
-    items, problems = [], []
-    for name, entry in sorted(metadata.items()):
-        entry = entry if isinstance(entry, dict) else {}
-        label, original = entry.get("label"), entry.get("original")
-        where = f"{part / 'metadata.json'}: '{name}'"
-        if label is None:
-            problems.append(Problem(name, part.name, "unlabelled", f"{where} has no label; skipped"))
-        elif label not in LABELS:
-            problems.append(Problem(name, part.name, "bad_label", f"{where} has label {label!r}; expected "
-                                    "'REAL' or 'FAKE'; fix the entry or remove it"))
-        elif not (part / name).is_file():
-            problems.append(Problem(name, part.name, "missing_file", f"{where} names a file that is not in "
-                                    f"{part}; copy it there or remove the entry"))
-        else:
-            if label == "FAKE" and not original:
-                problems.append(Problem(name, part.name, "no_original", f"{where} is FAKE without an 'original'; "
-                                        "extracted, and it forms a fold group of its own"))
-            elif label == "FAKE" and original not in metadata:
-                problems.append(Problem(name, part.name, "original_absent", f"{where} is FAKE but its original "
-                                        f"{original!r} is not in this metadata.json; extracted, and grouped "
-                                        "with other fakes of the same original when folds are made"))
-            items.append(Item(part.name, name, part / name, LABELS[label], original or None))
-    return items, problems
-
-
-def image_folder_items(root: Path) -> list[Item]:
-    """Face images of `root/real` and `root/fake`; each image is treated as a one-frame video."""
-    items = []
-    for folder, label in (("real", 0), ("fake", 1)):
-        images = sorted(p for p in (root / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        items += [Item(folder, p.name, p, label, None, is_image=True) for p in images]
-    if not items:
-        raise FileNotFoundError(f"{root}: real/ and fake/ hold no images ({', '.join(IMAGE_SUFFIXES)})")
-    return items
-
-
-def collect_items(root: Path) -> tuple[list[Item], list[Problem]]:
-    """Every extractable item under `root` (DFDC layout or image folders) and the metadata problems."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data {root}: no such folder")
-    if (root / "real").is_dir() and (root / "fake").is_dir():
-        return image_folder_items(root), []
-    items, problems = [], []
-    for part in find_parts(root):
-        part_items, part_problems = dfdc_items(part)
-        items += part_items
-        problems += part_problems
-    return items, problems
 
 
 def shard_of(items: list[Item], shard: int, num_shards: int) -> list[Item]:
@@ -213,8 +105,7 @@ class Extractor:
         self.detector = detector_from_config(config, device)
 
     def decode(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
-        if item.is_image:
-            return read_image(item.path), np.zeros(1, dtype=np.int64)
+        """The kernel's frames of the item (an image: its one padded frame, `dfdc_core.video.read_still`)."""
         return decode_video(item.path, self.config, self.frames)
 
     def extract(self, item: Item) -> tuple[list[dict[str, Any]], int]:
@@ -225,7 +116,7 @@ class Extractor:
         tracks = person_tracks(self.detector, frames, cfg)
         kept = manipulated_tracks(item, tracks, frames, frame_numbers, tuple(cfg["decode_backends"]),
                                   cfg["max_frame_side"])
-        folder = self.out / "crops" / item.part / Path(item.name).stem
+        folder = self.out / "crops" / item.key
         if kept:
             folder.mkdir(parents=True, exist_ok=True)
         rows = []
@@ -236,13 +127,14 @@ class Extractor:
                 crop = cap_long_side(raw, self.max_side)
                 path = folder / f"{frame:04d}_{track.person}.png"
                 write_png(path, crop)
-                rows.append({"video": item.name, "frame": frame, "person": track.person, "label": item.label,
+                rows.append({"video": item.video, "frame": frame, "person": track.person, "label": item.label,
                              "original": item.original or "", "part": item.part,
-                             "path": str(path.relative_to(self.out)),
+                             "path": path.relative_to(self.out).as_posix(),
                              "box": " ".join(f"{v:.1f}" for v in detection.box),
                              "score": round(detection.score, 5),
                              "landmarks": crop_landmarks(detection.landmarks, detection.box, cfg["crop_margin"],
-                                                         raw.shape[:2], crop.shape[:2])})
+                                                         raw.shape[:2], crop.shape[:2]),
+                             "source": item.source, "group": item.group, "method": item.method, **item.extra})
         return rows, len(tracks) - len(kept)
 
 
@@ -256,7 +148,7 @@ def settings_key(config: dict[str, Any], frames: int, max_side: int | None) -> s
 
 
 def record_path(out: Path, item: Item) -> Path:
-    return out / "records" / item.part / f"{item.name}.json"
+    return out / "records" / f"{item.key}.json"
 
 
 def process(extractor: Extractor, item: Item) -> dict[str, Any]:
@@ -266,59 +158,69 @@ def process(extractor: Extractor, item: Item) -> dict[str, Any]:
     except VideoReadError as error:
         return {"status": "decode_error", "message": str(error), "rows": [], "left_out_persons": 0}
     if not rows:
-        return {"status": "no_face", "message": f"{item.path}: no face kept in {extractor.frames} sampled frames",
-                "rows": [], "left_out_persons": 0}
+        sampled = "the image" if item.is_image else f"{extractor.frames} sampled frames"
+        return {"status": "no_face", "message": f"{item.path}: no face kept in {sampled}", "rows": [],
+                "left_out_persons": 0}
     return {"status": "ok", "message": "", "rows": rows, "left_out_persons": left_out}
 
 
 def write_record(out: Path, item: Item, record: dict[str, Any], key: str) -> None:
-    write_atomic(record_path(out, item), json.dumps({"video": item.name, "part": item.part, "key": key, **record}))
+    write_atomic(record_path(out, item), json.dumps({"source": item.source, "video": item.video, "part": item.part,
+                                                     "key": key, **record}))
 
 
-def record_is_current(path: Path, key: str) -> bool:
-    """A finished record made with the same settings (`settings_key`)."""
+def record_is_current(out: Path, path: Path, key: str) -> bool:
+    """A finished record made with the same settings (`settings_key`) whose crops are all on disk, not empty
+    (a crop lost or truncated since makes the item extract again)."""
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("key") == key
-    except json.JSONDecodeError:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(record, dict) and record.get("key") == key and all(
+        (out / row["path"]).is_file() and (out / row["path"]).stat().st_size > 0 for row in record.get("rows", []))
 
 
 def merge_records(out: Path, metadata_problems: Iterable[Problem], key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All finished records made with settings `key` (from every shard) → `index.csv` and `problems.csv`,
     written atomically."""
     rows, problems = [], [vars(p) for p in metadata_problems]
-    for path in sorted((out / "records").glob("*/*.json")):
+    for path in sorted((out / "records").rglob("*.json")):
         record = json.loads(path.read_text())
         if record.get("key") != key:
             continue
         rows += record["rows"]
         if record["status"] != "ok":
-            problems.append({"video": record["video"], "part": record["part"], "status": record["status"],
-                             "message": record["message"]})
-    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+            problems.append({"source": record["source"], "video": record["video"], "part": record["part"],
+                             "status": record["status"], "message": record["message"]})
+    extra = sorted({column for row in rows for column in row} - set(INDEX_COLUMNS))
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS + extra).fillna({column: "" for column in extra})
     problem_frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS).drop_duplicates()
     write_atomic(out / "index.csv", index.to_csv(index=False))
     write_atomic(out / "problems.csv", problem_frame.to_csv(index=False))
     return index, problem_frame
 
 
-def run_extraction(data: Path, out: Path, frames: int | None = None, shard: int = 0, num_shards: int = 1,
-                   max_side: int | None = None, config_path: Path | None = None, device: str = "cpu",
-                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Extract this shard's unfinished items, then merge every finished record; returns (index, problems).
+def run_extraction(data: Path | list[Path], out: Path, frames: int | None = None, shard: int = 0,
+                   num_shards: int = 1, max_side: int | None = None, config_path: Path | None = None,
+                   device: str = "cpu", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Extract this shard's unfinished items of every source in `data`, then merge every finished record of the
+    cache; returns (index, problems).
 
     `frames` defaults to the kernel's (`frames` of its config), so training sees what the kernel samples.
     """
     config = load_config(config_path)
-    frames = frames or config["frames"]
+    frames = config["frames"] if frames is None else frames
+    if not (isinstance(frames, int) and not isinstance(frames, bool) and frames > 0):
+        raise ValueError(f"frames {frames!r}: the frames sampled per video must be a whole number above 0")
     key = settings_key(config, frames, max_side)
-    items, metadata_problems = collect_items(Path(data))
+    items, metadata_problems = collect_sources([Path(path) for path in ([data] if isinstance(data, (str, Path))
+                                                                        else data)])
     for problem in metadata_problems:
         log.warning("%s", problem.message)
     mine = shard_of(items, shard, num_shards)
-    todo = [item for item in mine if not record_is_current(record_path(out, item), key)]
+    todo = [item for item in mine if not record_is_current(out, record_path(out, item), key)]
     log.info("shard %d/%d: %d items, %d already done, %d to extract (%d frames each)", shard, num_shards,
              len(mine), len(mine) - len(todo), len(todo), frames)
     if todo:
@@ -337,4 +239,8 @@ def run_extraction(data: Path, out: Path, frames: int | None = None, shard: int 
     no_face = problems[problems["status"] == "no_face"]
     log.info("index: %d crops of %d videos -> %s; %d videos without faces, %d problems in %s", len(index),
              index["video"].nunique(), out / "index.csv", len(no_face), len(problems), out / "problems.csv")
+    for source, rows in index.groupby("source"):
+        log.info("source %s: %d crops of %d items (%d real, %d fake)", source, len(rows), rows["video"].nunique(),
+                 int((rows.drop_duplicates("video")["label"] == 0).sum()),
+                 int((rows.drop_duplicates("video")["label"] == 1).sum()))
     return index, problems

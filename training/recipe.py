@@ -1,10 +1,12 @@
 """`python -m training.recipe`: labelled videos → face crops → group folds → every model on every fold →
 out-of-fold predictions → calibrator/stacker → a manifest ready for `python -m kernel --manifest`.
 
-    python -m training.recipe --data DIR --out OUT [--recipe cpu|gpu|FILE.yaml] [--seed N] [--crops DIR]
+    python -m training.recipe --data DIR [--data DIR ...] --out OUT [--recipe cpu|gpu|FILE.yaml] [--seed N]
+                              [--crops DIR]
 
-DIR is anything `training/extract_faces.py` reads (DFDC parts, one folder with metadata.json, or real/ and
-fake/ image folders). A recipe (training/recipes/*.yaml) names the frames sampled, the folds, the calibration
+Each DIR is a source `training/extract_faces.py` reads (DFDC parts, one folder with metadata.json, or a folder with
+real/ and/or fake/ images or videos and an optional metadata.csv); every source goes into one crop cache, one
+index (with a `source` column) and one set of group folds. A recipe (training/recipes/*.yaml) names the frames sampled, the folds, the calibration
 target and the models; each model's keys override `train`, which overrides training/configs/default.yaml.
 
 Outputs in OUT: folds.csv, configs/, runs/<model>_fold<k>/ (weights, metrics, oof.csv), stacker.json,
@@ -28,7 +30,9 @@ log = logging.getLogger("training.recipe")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.recipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="labelled videos (DFDC layout) or real/ fake/ images")
+    parser.add_argument("--data", type=Path, required=True, action="append",
+                        help="a source: labelled videos (DFDC layout) or real/ and/or fake/ images or videos with an "
+                        "optional metadata.csv; repeat for several sources")
     parser.add_argument("--out", type=Path, required=True, help="folder for everything the recipe makes")
     parser.add_argument("--recipe", default="cpu", help="cpu, gpu or a recipe YAML file")
     parser.add_argument("--seed", type=int, default=0, help="folds, initialisation and sampling")
