@@ -1,6 +1,7 @@
 """Detector quality of a training recipe: grouped out-of-fold log loss and AUC over several seeds.
 
-    python -m bench.recipe_quality --data ../shared/data/dev/videos --out runs/quality --recipe cpu --seeds 0 1 2
+    python -m bench.recipe_quality --data ../shared/data/dev/videos [--data MORE ...] --out runs/quality \
+        --recipe cpu --seeds 0 1 2
 
 Runs `python -m training.recipe` once per seed (folds, initialisation and sampling change with it; the face crops
 are shared), then prints per seed and as the mean over seeds: the log loss (weighted to the recipe's target
@@ -9,7 +10,9 @@ and the constant prior, on all OOF videos and on the subset matched by `--subset
 YouTube originals with their manipulations, where the same faces appear as real and fake and identity cannot
 help), with each seed's wall time. Then, per manipulation method (`training.methods`: the FF++ method a name
 carries, else the video's label), the stacker's log loss on that method's videos and the AUC of its fakes against
-every real video: which manipulations the detector misses. Writes `OUT/quality.json` and `OUT/quality.csv`.
+every real video: which manipulations the detector misses. With several sources, the videos are the items the
+calibrator was fitted on, and each source's own figures follow (`source NAME`: the calibrated score's log loss and
+AUC on its OOF items, then per `method` of its fakes, with the share of reals called fake). Writes `OUT/quality.json` and `OUT/quality.csv`.
 Re-running resumes each seed: after seeds run side by side (one process per seed, same `--out`), the command
 with every seed combines them in seconds.
 """
@@ -26,6 +29,7 @@ import pandas as pd
 
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
+from dfdc_core.video import is_image
 from training.methods import REAL, method_of
 from training.workflow import run_recipe
 
@@ -69,27 +73,37 @@ def in_subset(names: pd.Series, subset: str) -> np.ndarray:
 def seed_results(out: Path, seed: int, subset: str) -> list[dict]:
     """One seed's rows: all OOF videos (the recipe's report), the subset and each method (the stacker's)."""
     report = json.loads((out / "report.json").read_text())
-    videos = pd.read_csv(out / "oof_videos.csv")
+    videos = pd.read_csv(out / "oof_videos.csv", keep_default_na=False)
+    if "source" in videos.columns:  # the items the calibrator was fitted on (the videos, beside stills)
+        fitted = videos["video"].map(lambda name: not is_image(name))
+        videos = videos[fitted] if fitted.any() else videos
     chosen = videos[in_subset(videos["video"], subset)].reset_index(drop=True)
     rows = [{"seed": seed, "videos": "all", "n": report["videos"], "minutes": report["minutes"], **row}
             for row in report["rows"]]
     rows += [{"seed": seed, "videos": "subset", "n": len(chosen), "minutes": report["minutes"], **row}
              for row in subset_rows(chosen, report["target_prior"])]
     rows += [{"seed": seed, "videos": "by method", "minutes": report["minutes"], **row} for row in method_rows(videos)]
+    rows += [{"seed": seed, "videos": f"source {row['source']}", "name": row["method"] or "stacker", "n": row["n"],
+              "minutes": report["minutes"], "log_loss": row["log_loss"], "auc": row["auc"],
+              "constant": row["constant"], "reals_called_fake": row["reals_called_fake"]}
+             for row in report.get("sources", [])]
     return rows
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread over seeds of each (videos, name) row."""
     grouped = table.groupby(["videos", "name"], sort=False)
+    extra = {"reals_called_fake": ("reals_called_fake", "mean")} if "reals_called_fake" in table.columns else {}
     return grouped.agg(log_loss=("log_loss", "mean"), log_loss_sd=("log_loss", "std"), auc=("auc", "mean"),
-                       auc_sd=("auc", "std"), worst_log_loss=("log_loss", "max"), n=("n", "first")).reset_index()
+                       auc_sd=("auc", "std"), worst_log_loss=("log_loss", "max"), n=("n", "first"),
+                       **extra).reset_index()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.recipe_quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, action="append",
+                        help="a source (repeat for several, as training.recipe takes them)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--recipe", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

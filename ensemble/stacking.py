@@ -190,15 +190,19 @@ def score_rows(table: Table, stacked: np.ndarray, target_prior: float,
 
 def fit_stacker(oof_paths: list[Path], folds_path: Path, strategy: str = "mean", splits: int = 5,
                 clip: tuple[float, float] = CLIP, target_prior: float = 0.5,
-                stats: tuple[str, ...] = DEFAULT_FEATURES, variants: bool = True) -> tuple[dict, list[dict], Table]:
-    """Fit the calibrator/stacker (and, with `variants` and several groups, its variants for subsets of the groups);
-    return its JSON dict, the report rows (same videos, same clusters), the table."""
+                stats: tuple[str, ...] = DEFAULT_FEATURES, variants: bool = True,
+                only: set[str] | None = None) -> tuple[dict, list[dict], Table]:
+    """Fit the calibrator/stacker (and, with `variants` and several groups, its variants for subsets of the groups)
+    on the OOF videos (those in `only`, when given); return its JSON dict, the report rows (same videos, same
+    clusters), the table."""
     if not 0.0 < target_prior < 1.0:
         raise OOFError(f"--target-prior {target_prior}: must lie strictly between 0 and 1")
     unknown = sorted(set(stats) - set(FEATURE_STATS))
     if unknown:
         raise OOFError(f"--features {unknown}: unknown; choose from {list(FEATURE_STATS)}")
     scores, labels = read_oof(oof_paths)
+    if only is not None:
+        scores = {video: per_group for video, per_group in scores.items() if video in only}
     groups = sorted({g for per_group in scores.values() for g in per_group})
     table = build_table(scores, labels, read_groups(folds_path), groups, strategy, tuple(stats))
     if len(np.unique(table.labels)) < 2:
@@ -218,6 +222,13 @@ def fit_stacker(oof_paths: list[Path], folds_path: Path, strategy: str = "mean",
     if variants and len(groups) > 1:
         stacker["variants"] = fit_variants(table, splits, target_prior, clip)
     return stacker, report, table
+
+
+def oof_table(oof_paths: list[Path], folds_path: Path, groups: list[str], strategy: str,
+              stats: tuple[str, ...]) -> Table:
+    """The features and scores of every OOF video that each of `groups` scored (for applying a fitted stacker)."""
+    scores, labels = read_oof(oof_paths)
+    return build_table(scores, labels, read_groups(folds_path), groups, strategy, tuple(stats))
 
 
 def fit_variants(table: Table, splits: int, target_prior: float, clip: tuple[float, float]) -> list[dict]:

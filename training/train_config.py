@@ -11,6 +11,7 @@ from dfdc_core.models import model_family
 from training.defences import defence_from_config
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
+SBI_MASKS = ("five_points", "face_mesh")  # the blend mask's outline: around MTCNN's 5 points, or FaceMesh's hull
 
 
 def resolve_config(path: Path, fold: int) -> dict[str, Any]:
@@ -24,6 +25,7 @@ def resolve_config(path: Path, fold: int) -> dict[str, Any]:
         if config[key] not in allowed:
             raise ValueError(f"{path}: {key} is {config[key]!r}; choose one of {allowed}")
     check_sbi(config, path)
+    check_validation(config, path)
     if not config["crops"]:
         raise ValueError(f"{path}: set 'crops' to the folder written by extract_faces.py")
     check_classes(config, path)
@@ -40,10 +42,22 @@ def check_sbi(config: dict[str, Any], path: Path) -> None:
     sbi = config["sbi"]
     if sbi is None:
         return
-    if not isinstance(sbi, dict) or set(sbi) != {"p"} or not 0.0 <= float(sbi["p"]) <= 1.0:
-        raise ValueError(f"{path}: sbi is {sbi!r}; write sbi: {{p: 0.5}} (the share of fakes that are self-blended)")
+    if not (isinstance(sbi, dict) and "p" in sbi and set(sbi) <= {"p", "mask"} and 0.0 <= float(sbi["p"]) <= 1.0
+            and sbi.get("mask", "five_points") in SBI_MASKS):
+        raise ValueError(f"{path}: sbi is {sbi!r}; write sbi: {{p: 0.5}} (the share of fakes that are self-blended) "
+                         f"and optionally mask: one of {list(SBI_MASKS)}")
     if config["num_classes"] != 1 or config["sampler"] == "shuffle":
         raise ValueError(f"{path}: sbi needs num_classes: 1 and sampler: balanced or pairs")
+
+
+def check_validation(config: dict[str, Any], path: Path) -> None:
+    """`validate_every` is a whole number >= 0; choosing the best epoch or stopping early needs every epoch's."""
+    every = config["validate_every"]
+    if not (isinstance(every, int) and not isinstance(every, bool) and every >= 0):
+        raise ValueError(f"{path}: validate_every is {every!r}; use a whole number of epochs (0: only at the end)")
+    if every != 1 and (config["export"] == "best" or config["early_stopping"] is not None):
+        raise ValueError(f"{path}: export: best and early_stopping compare every epoch's validation; "
+                         "set validate_every: 1")
 
 
 def check_classes(config: dict[str, Any], path: Path) -> None:

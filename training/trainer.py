@@ -27,9 +27,9 @@ from dfdc_core.config import save_resolved
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, binary_report
 from dfdc_core.models import (
+    ModelSpec,
     create_classifier,
     load_classifier,
-    load_manifest,
     manifest_entry,
     save_fp16_state_dict,
     update_manifest,
@@ -46,6 +46,7 @@ from training.evaluate import (
     video_class_matrix,
     video_probs,
 )
+from training.face_mesh import read_hulls
 from training.pretrained import class_shares, init_head, load_pretrained
 from training.train_config import resolve_config
 
@@ -159,8 +160,9 @@ def make_loaders(config: dict[str, Any], train: pd.DataFrame, val: pd.DataFrame,
     crops, size = Path(config["crops"]), config["input_size"]
     mean, std = config["mean"], config["std"]
     margin = crop_margin(crops) if config["sbi"] else None
+    hulls = read_hulls(crops) if config["sbi"] and config["sbi"].get("mask") == "face_mesh" else None
     train_set = CropDataset(train, crops, size, mean, std, build_augmentation(config["augment"]), "target",
-                            seed=config["seed"], sbi_margin=margin)
+                            seed=config["seed"], sbi_margin=margin, hulls=hulls)
     val_set = CropDataset(val, crops, size, mean, std, label_column="target")
     sampler = make_sampler(config, train, train_set, context)
     common = dict(batch_size=config["batch_size"], num_workers=config["num_workers"],
@@ -428,18 +430,22 @@ def exported_epoch(config: dict[str, Any], state: TrainState) -> dict[str, float
 
 def export(config: dict[str, Any], paths: RunPaths, state: TrainState, val: pd.DataFrame,
            val_loader: DataLoader, device: torch.device) -> pd.DataFrame:
-    """Manifest entry for the exported weights, then OOF predictions from them loaded the kernel's way."""
-    best = exported_epoch(config, state)
+    """OOF predictions of the exported weights loaded the kernel's way, then their manifest entry (the last epoch's
+    metrics come from those predictions when the epoch was not validated: `validate_every`)."""
     classes = {"num_classes": config["num_classes"], "classes": config["classes"],
                "real_class": config["real_class"]} if config["num_classes"] > 1 else {}
+    logits = predict_logits(load_classifier(exported_spec(config, paths), str(device)), val_loader, device,
+                            config["tta_hflip"])
+    if "val_log_loss" not in state.history[-1]:
+        state.history[-1].update(validation_metrics(val, logits, config))
+        write_metrics(paths.run_dir, state.history, metric_columns(config))
+    best = exported_epoch(config, state)
     entry = manifest_entry(config["name"], config["arch"], paths.weights, paths.manifest.parent,
                            config["input_size"], config["mean"], config["std"], group=config["group"],
                            crop_margin=crop_margin(Path(config["crops"])), fold=config["fold"],
                            epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
                            val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
     update_manifest(paths.manifest, [entry])
-    spec = next(s for s in load_manifest(paths.manifest).models if s.name == config["name"])
-    logits = predict_logits(load_classifier(spec, str(device)), val_loader, device, config["tta_hflip"])
     oof = val[["video", "frame", "person"]].assign(model=config["name"], group=config["group"],
                                                    prob=crop_fake_probs(logits, config), label=val["label"])[OOF_COLUMNS]
     if classes:
@@ -449,6 +455,13 @@ def export(config: dict[str, Any], paths: RunPaths, state: TrainState, val: pd.D
              config["export"], best["val_log_loss"], best["val_auc"], paths.weights, paths.manifest,
              paths.run_dir / "oof.csv")
     return oof
+
+
+def exported_spec(config: dict[str, Any], paths: RunPaths) -> ModelSpec:
+    """The exported weights as the kernel builds them from their manifest entry."""
+    return ModelSpec(name=config["name"], arch=config["arch"], file=paths.weights, sha256="",
+                     bytes=paths.weights.stat().st_size, input_size=config["input_size"], mean=tuple(config["mean"]),
+                     std=tuple(config["std"]), num_classes=config["num_classes"], group=config["group"])
 
 
 def class_outputs(val: pd.DataFrame, logits: np.ndarray, config: dict[str, Any], run_dir: Path) -> pd.DataFrame:
@@ -470,6 +483,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def validates(config: dict[str, Any], epoch: int) -> bool:
+    """Whether `epoch` is validated: every `validate_every` epochs (0: never; the export validates the last)."""
+    every = config["validate_every"]
+    return every > 0 and (epoch % every == 0 or epoch == config["epochs"])
 
 
 def improved(state: TrainState, val_log_loss: float) -> bool:
@@ -516,18 +535,23 @@ def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_afte
         lr = scheduler.get_last_lr()[0]
         train_loss = train_one_epoch(trained, ema, train_loader, criterion, optimizer, scheduler, scaler, config,
                                      context, epoch)
+        validate = context.main and validates(config, epoch)
         metrics = validation_metrics(val_rows, predict_logits(evaluated, val_loader, context.device,
-                                                              config["tta_hflip"]), config) if context.main else {}
+                                                              config["tta_hflip"]), config) if validate else {}
         val_log_loss = broadcast_float(metrics.get("val_log_loss", 0.0), context)
-        is_best = improved(state, val_log_loss)
+        is_best = config["validate_every"] == 1 and improved(state, val_log_loss)
         state.epoch = epoch
         state.stopped_early = config["early_stopping"] is not None and state.bad_epochs >= config["early_stopping"]
         if context.main:
             state.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, **metrics,
                                   "seconds": round(time.perf_counter() - started, 1)})
-            log.info("epoch %d: train loss %.4f, val loss %.4f, val log loss %.4f, AUC %.4f, accuracy %.3f%s",
-                     epoch, train_loss, metrics["val_loss"], metrics["val_log_loss"], metrics["val_auc"],
-                     metrics["val_accuracy"], " (best)" if is_best else "")
+            if metrics:
+                log.info("epoch %d: train loss %.4f, val loss %.4f, val log loss %.4f, AUC %.4f, accuracy %.3f%s",
+                         epoch, train_loss, metrics["val_loss"], metrics["val_log_loss"], metrics["val_auc"],
+                         metrics["val_accuracy"], " (best)" if is_best else "")
+            else:
+                log.info("epoch %d: train loss %.4f (not validated: validate_every %d)", epoch, train_loss,
+                         config["validate_every"])
             if "val_class_accuracy" in metrics:
                 log.info("epoch %d: class accuracy (videos) %.3f", epoch, metrics["val_class_accuracy"])
             if is_best or config["export"] == "last":

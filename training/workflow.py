@@ -13,14 +13,26 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from dfdc_core.aggregate import Stacker
 from dfdc_core.config import read_settings
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.models import model_family, update_manifest
 from dfdc_core.plots import pyplot, save_figure
-from ensemble.stacking import fit_stacker, format_report, shift_prior, verdict
-from training.extraction import collect_items, run_extraction
-from training.grouping import DEFAULT_LINK_RULES, assign_folds, read_link_rules, rule_links, videos_from_index
+from dfdc_core.video import is_image
+from ensemble.stacking import fit_stacker, format_report, oof_table, shift_prior, verdict
+from training.extraction import run_extraction
+from training.grouping import (
+    DEFAULT_LINK_RULES,
+    DEFAULT_PERSON_IDS,
+    assign_folds,
+    fold_links,
+    left_out_path,
+    read_link_rules,
+    read_person_ids,
+    videos_from_index,
+)
+from training.sources import collect_sources
 from training.trainer import run_training
 
 log = logging.getLogger("recipe")
@@ -47,19 +59,25 @@ def read_recipe(name: str) -> dict[str, Any]:
 
 def make_folds(crops: Path, out: Path, k: int, seed: int, names: set[str] | None = None) -> pd.DataFrame:
     """Group folds of the extracted videos, of those in `names` only when given (a crop folder shared with other
-    data holds more); name link rules applied. An existing folds.csv is kept if it holds the same videos, so a
-    resumed run trains on the folds it started with."""
+    data holds more); name link rules, `group` columns and estimated person ids applied, the items those leave out
+    listed in `folds_left_out.csv`. An existing folds.csv is kept if it holds the same videos, so a resumed run
+    trains on the folds it started with."""
     videos = videos_from_index(crops / "index.csv")
     if names is not None:
         videos = videos[videos["video"].isin(names)].reset_index(drop=True)
+    links, left_out = fold_links(videos, read_link_rules(DEFAULT_LINK_RULES), read_person_ids(DEFAULT_PERSON_IDS))
+    videos = videos[~videos["video"].isin(left_out["video"])]
     path = out / "folds.csv"
     if path.is_file():
-        folds = pd.read_csv(path, dtype={"original": str}, keep_default_na=False)
+        folds = pd.read_csv(path, dtype={"original": str, "video": str, "source": str}, keep_default_na=False)
         if set(folds["video"]) != set(videos["video"]):
             raise ValueError(f"{path} was made for other videos than {crops / 'index.csv'}; use a new --out")
         return folds
-    table = assign_folds(videos, k, seed, rule_links(videos["video"], read_link_rules(DEFAULT_LINK_RULES)))
+    table = assign_folds(videos, k, seed, links)
+    write_atomic(left_out_path(path), left_out.to_csv(index=False))
     write_atomic(path, table.to_csv(index=False))
+    if len(left_out):
+        log.info("%d items left out of the folds (estimated person ids): %s", len(left_out), left_out_path(path))
     return table
 
 
@@ -113,13 +131,75 @@ def family_rows(recipe: dict[str, Any], table, target_prior: float) -> list[dict
 
 
 def video_table(table, stacker: dict[str, Any], report_probs: np.ndarray) -> pd.DataFrame:
-    """Per OOF video: label, cluster, each group's raw score and the calibrated nested-CV score."""
+    """Per OOF video: label, cluster, each group's raw score and the calibrated score (nested-CV for the videos the
+    calibrator was fitted on)."""
     frame = pd.DataFrame({"video": table.videos, "label": table.labels, "cluster": table.clusters})
     for index, group in enumerate(table.groups):
         frame[f"score_{group}"] = table.scores[:, index]
     frame["calibrated"] = report_probs
     frame["calibrated_at_oof_prior"] = shift_prior(report_probs, stacker["target_prior"], stacker["oof_prior"])
     return frame
+
+
+def calibrated_items(oofs: list[Path], folds_path: Path, recipe: dict[str, Any],
+                     only: set[str] | None) -> tuple[dict[str, Any], list[dict[str, Any]], Any, pd.DataFrame]:
+    """Fit the calibrator/stacker on the OOF items in `only` (every item when None); return it, its report rows, its
+    table and the per-item table of every OOF item: nested-CV scores for the fitted items, the fitted calibrator's
+    for the others (stills, when it was fitted on videos)."""
+    stats = tuple(recipe["features"])
+    stacker, rows, table = fit_stacker(oofs, folds_path, recipe["aggregation"], target_prior=recipe["target_prior"],
+                                       stats=stats, only=only)
+    items = video_table(table, stacker, table.calibrated)
+    if only is not None:
+        rest = oof_table(oofs, folds_path, table.groups, recipe["aggregation"], stats)
+        keep = np.array([video not in only for video in rest.videos], dtype=bool)
+        if keep.any():
+            probs = Stacker(stacker["feature_names"], stacker["coef"], stacker["intercept"]).predict(rest.features)
+            others = video_table(rest, stacker, probs)[keep]
+            items = pd.concat([items, others], ignore_index=True)
+    return stacker, rows, table, items
+
+
+def calibration_videos(folds: pd.DataFrame) -> set[str] | None:
+    """The items the calibrator is fitted on: the videos (the kernel's test items) when the folds hold any besides
+    stills, else None (every item)."""
+    stills = folds["video"].map(is_image)
+    return set(folds.loc[~stills, "video"]) if stills.any() and not stills.all() else None
+
+
+def item_summary(items: pd.DataFrame, target_prior: float) -> dict[str, float]:
+    """Figures of some OOF items: counts, the calibrated score's log loss (weighted to the prior when both classes
+    are present) and AUC, the constant prior's log loss, and the share of reals and of fakes called fake (> 0.5)."""
+    y, probs = items["label"].to_numpy(), items["calibrated"].to_numpy()
+    weights = prior_weights(y, target_prior)
+    return {"n": len(items), "real": int((y == 0).sum()), "fake": int((y == 1).sum()),
+            "log_loss": log_loss(y, probs, weights=weights), "auc": auc(y, probs),
+            "constant": log_loss(y, np.full(len(y), target_prior), weights=weights),
+            "reals_called_fake": float((probs[y == 0] > 0.5).mean()) if (y == 0).any() else float("nan"),
+            "fakes_called_fake": float((probs[y == 1] > 0.5).mean()) if (y == 1).any() else float("nan")}
+
+
+def source_rows(items: pd.DataFrame, target_prior: float) -> list[dict[str, Any]]:
+    """`item_summary` per source, then per manipulation `method` of a source's fakes (against its reals)."""
+    rows = []
+    for source, chosen in items.groupby("source", sort=True):
+        rows.append({"source": source, "method": "", **item_summary(chosen, target_prior)})
+        reals = chosen[chosen["label"] == 0]
+        for method, fakes in chosen[chosen["label"] == 1].groupby("method", sort=True):
+            if method:
+                rows.append({"source": source, "method": method,
+                             **item_summary(pd.concat([reals, fakes]), target_prior)})
+    return rows
+
+
+def format_sources(rows: list[dict[str, Any]], target_prior: float) -> str:
+    lines = [f"{'source':<14}{'method':<10}{'items':>7}{'real':>6}{'fake':>6}{'LL@' + format(target_prior, '.2f'):>9}"
+             f"{'AUC':>7}{'const':>7}{'reals>0.5':>10}{'fakes>0.5':>10}"]
+    for row in rows:
+        lines.append(f"{row['source']:<14}{row['method']:<10}{row['n']:>7}{row['real']:>6}{row['fake']:>6}"
+                     f"{row['log_loss']:>9.4f}{row['auc']:>7.3f}{row['constant']:>7.3f}{row['reals_called_fake']:>10.3f}"
+                     f"{row['fakes_called_fake']:>10.3f}")
+    return "\n".join(lines)
 
 
 def plot_report(videos: pd.DataFrame, groups: list[str], path: Path) -> Path:
@@ -162,30 +242,44 @@ def run_minutes(report_path: Path, started: float) -> dict[str, float]:
     return {"minutes": round(earlier + this_run, 2), "minutes_this_run": round(this_run, 2)}
 
 
-def run_recipe(data: Path, out: Path, recipe_name: str = "cpu", seed: int = 0, crops: Path | None = None,
+def run_recipe(data: list[Path], out: Path, recipe_name: str = "cpu", seed: int = 0, crops: Path | None = None,
                device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """The whole recipe; returns the report (also written to OUT/report.json)."""
+    """The whole recipe on the sources `data`; returns the report (also written to OUT/report.json)."""
     started = time.monotonic()
+    data = [Path(path) for path in ([data] if isinstance(data, (str, Path)) else data)]
     recipe = read_recipe(recipe_name)
     out.mkdir(parents=True, exist_ok=True)
     crops = crops or out / "crops"
-    write_atomic(out / "recipe.yaml", yaml.safe_dump({**recipe, "seed": seed, "data": str(data)}, sort_keys=False))
+    write_atomic(out / "recipe.yaml", yaml.safe_dump({**recipe, "seed": seed, "data": [str(path) for path in data]},
+                                                     sort_keys=False))
     run_extraction(data, crops, recipe["frames"], progress=progress)
-    make_folds(crops, out, recipe["folds"], seed, {item.name for item in collect_items(data)[0]})
+    make_folds(crops, out, recipe["folds"], seed, {item.video for item in collect_sources(data)[0]})
+    if any((model.get("sbi") or recipe["train"].get("sbi") or {}).get("mask") == "face_mesh"
+           for model in recipe["models"]):
+        from training.face_mesh import run_face_mesh  # mediapipe: a training-time dependency only
+
+        run_face_mesh(crops, progress)
     oofs = train_all(recipe, crops, out, seed, device)
-    stacker, rows, table = fit_stacker(oofs, out / "folds.csv", recipe["aggregation"],
-                                       target_prior=recipe["target_prior"], stats=tuple(recipe["features"]))
+    folds = pd.read_csv(out / "folds.csv", dtype={"video": str, "source": str}, keep_default_na=False)
+    fitted_on = calibration_videos(folds)
+    stacker, rows, table, items = calibrated_items(oofs, out / "folds.csv", recipe, fitted_on)
     manifest = attach_stacker(out, stacker)
     rows = rows[:len(table.groups)] + family_rows(recipe, table, recipe["target_prior"]) + rows[len(table.groups):]
-    videos = video_table(table, stacker, table.calibrated)
-    write_atomic(out / "oof_videos.csv", videos.to_csv(index=False, float_format="%.6f"))
-    plot_report(videos, table.groups, out / "report.png")
+    methods = videos_from_index(crops / "index.csv")[["video", "method"]]
+    items = items.merge(folds[["video", "source"]], on="video", how="left").merge(methods, on="video", how="left")
+    write_atomic(out / "oof_videos.csv", items.to_csv(index=False, float_format="%.6f"))
+    plot_report(items[items["video"].isin(table.videos)], table.groups, out / "report.png")
+    sources = source_rows(items, recipe["target_prior"])
     report = {"recipe": recipe_name, "seed": seed, "videos": len(table.videos), "oof_prior": stacker["oof_prior"],
-              "target_prior": recipe["target_prior"], "rows": rows, "verdict": verdict(rows),
+              "target_prior": recipe["target_prior"], "rows": rows, "verdict": verdict(rows), "sources": sources,
+              "calibrated_on": "videos" if fitted_on is not None else "every item",
               **run_minutes(out / "report.json", started), "manifest": str(manifest)}
     write_atomic(out / "report.json", json.dumps(report, indent=1))
-    print(f"\n{len(table.videos)} OOF videos ({stacker['oof_prior']:.1%} fake), recipe {recipe_name}, seed {seed}, "
-          f"{report['minutes_this_run']:.1f} min ({report['minutes']:.1f} min over every run on {out})")
+    print(f"\n{len(table.videos)} OOF videos ({stacker['oof_prior']:.1%} fake) the calibrator was fitted on, recipe "
+          f"{recipe_name}, seed {seed}, {report['minutes_this_run']:.1f} min ({report['minutes']:.1f} min over every "
+          f"run on {out})")
     print(format_report(rows, recipe["target_prior"], stacker["oof_prior"]))
+    print(f"\nby source (the calibrated score; nested CV where it was fitted):\n"
+          f"{format_sources(sources, recipe['target_prior'])}")
     print(f"{report['verdict']}\nready: python -m kernel --manifest {manifest}; plots: {out / 'report.png'}")
     return report
