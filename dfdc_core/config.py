@@ -9,6 +9,7 @@ when a YAML file is read), so `python -m kernel` can load it before `--block-net
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class UnknownSetting(SettingsError, KeyError):
 def read_settings(path: Path, what: str = "--config") -> dict[str, Any]:
     """The mapping in a JSON (`.json`) or YAML file; `SettingsError` if it is missing, unparsable or not a mapping."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.isfile(path):  # os.path: a name too long for the file system is not found, not an error
         raise SettingsFileNotFound(f"{what} {path}: file not found")
     data = parse_json(path, what) if path.suffix.lower() == ".json" else parse_yaml(path, what)
     if not isinstance(data, dict):
