@@ -3,13 +3,15 @@
 Used by the kernel (`kernel/default_config.json`), training (`training/configs/default.yaml`), the robustness report
 (`training/configs/robustness.yaml`) and the demo (`demo/config.yaml`). A `.json` file is read as JSON, anything else
 as YAML; mappings named in `merge` are merged key by key; a key the defaults do not have is an error naming the file
-and the known keys. `save_resolved` writes what a run used beside its outputs. Standard library only (YAML is imported
-when a YAML file is read), so `python -m kernel` can load it before `--block-network`.
+and the known keys. `save_resolved` writes what a run used beside its outputs; `writable_folder` checks a folder a
+command writes to. Standard library only (YAML is imported when a YAML file is read), so `python -m kernel` can load it
+before `--block-network`.
 """
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,18 @@ class UnknownSetting(SettingsError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def writable_folder(folder: Path, flag: str, given: Path) -> int:
+    """Make `folder` if it is missing and check that it takes a new file (`SettingsError` naming `flag` `given`
+    otherwise); return the longest file name, in bytes, it takes."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except OSError as error:
+        raise SettingsError(f"{flag} {given}: cannot write in {folder} ({error}); pick a writable folder") from error
 
 
 def read_settings(path: Path, what: str = "--config") -> dict[str, Any]:

@@ -9,14 +9,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Collection, Iterable
 
 import numpy as np
 
 from dfdc_core.aggregate import FEATURE_STATS, STRATEGIES, Stacker, feature_name
-from dfdc_core.config import SettingsError
+from dfdc_core.config import SettingsError, writable_folder
 from dfdc_core.models import Manifest, ManifestError, load_manifest, model_family
 from dfdc_core.video import BACKENDS
 from kernel.kaggle import checkpoint_path, in_flight_path, summary_path
@@ -124,20 +123,27 @@ def check_paths(videos_dir: Path, sample_submission: Path | None, out: Path) -> 
         listed = (f"; {sample_submission} lists videos that would all get the prior"
                   if sample_submission is not None and os.path.isfile(sample_submission) else "")
         raise SettingsError(f"--videos {videos_dir}: no such folder{listed}; pass --videos DIR")
-    for path in output_files(out):
-        if os.path.isdir(path):
-            raise SettingsError(f"--out {out}: {path} is a folder; name a file, e.g. --out {out / 'submission.csv'}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-        longest = os.pathconf(out.parent, "PC_NAME_MAX")
-    except OSError as error:
-        raise SettingsError(f"--out {out}: cannot write in {out.parent} ({error}); pick a writable folder") from error
+    check_not_folders(out, output_files(out), "submission.csv")
+    longest = writable_folder(out.parent, "--out", out)
     if len(os.fsencode(out.name)) + NAME_ROOM > longest:
         raise SettingsError(f"--out {out}: its name is {len(os.fsencode(out.name))} bytes, and files written beside it "
                             f"add up to {NAME_ROOM} ({checkpoint_path(out).name} and its temporary copy), over the "
                             f"{longest} bytes a name may have there; use a name of at most {longest - NAME_ROOM} bytes")
+
+
+def check_not_folders(out: Path, written: Iterable[Path], example: str) -> None:
+    """None of the files `written` for `--out out` is a folder (`example`: a file name to suggest instead)."""
+    for path in written:
+        if os.path.isdir(path):  # os.path: a name too long for the file system is no folder, not an error
+            raise SettingsError(f"--out {out}: {path} is a folder; name a file, e.g. --out {out / example}")
+
+
+def check_out_file(out: Path, inputs: Iterable[Path], example: str) -> None:
+    """A command's one output file `out` (not the kernel's) is no folder, its folder takes files, and it is none of
+    `inputs`: checked before any work."""
+    check_not_folders(out, [out], example)
+    writable_folder(out.parent, "--out", out)
+    check_not_an_input(out, inputs, [out])
 
 
 def output_files(out: Path) -> tuple[Path, ...]:
@@ -145,13 +151,13 @@ def output_files(out: Path) -> tuple[Path, ...]:
     return out, checkpoint_path(out), in_flight_path(out), summary_path(out)
 
 
-def check_not_an_input(out: Path, inputs: Iterable[Path]) -> None:
-    """No file the kernel writes for `out` (`output_files`) is one of `inputs`, however either is spelled (a link, a
-    relative path, a hard link): an input is never overwritten."""
-    written = {path: file_keys(path) for path in output_files(out)}
+def check_not_an_input(out: Path, inputs: Iterable[Path], written: Iterable[Path] | None = None) -> None:
+    """No file `written` for `--out out` (by default the kernel's `output_files`) is one of `inputs`, however either
+    is spelled (a link, a relative path, a hard link): an input is never overwritten."""
+    written_keys = {path: file_keys(path) for path in (output_files(out) if written is None else written)}
     for source in inputs:
         source_keys = file_keys(source)
-        for path, keys in written.items():
+        for path, keys in written_keys.items():
             if keys & source_keys:
                 raise SettingsError(f"--out {out}: writing {path} would overwrite the input {source}; pass --out a "
                                     "new file name")
