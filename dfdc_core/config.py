@@ -9,8 +9,10 @@ before `--block-network`.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,19 @@ class UnknownSetting(SettingsError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of the regular file `path`; an `OSError` for anything else, without blocking or reading forever: a
+    folder (`IsADirectoryError`), a device such as /dev/zero, a named pipe with no writer."""
+    handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(handle, "rb") as file:
+        mode = os.fstat(handle).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a device or a pipe)", str(path))
+        return file.read()
 
 
 def writable_folder(folder: Path, flag: str, given: Path) -> int:

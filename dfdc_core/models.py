@@ -248,7 +248,8 @@ def not_a_state_dict(value: Any) -> str | None:
     """None for a state_dict (a dict of names to tensors), else what `value` is instead, for messages."""
     if not isinstance(value, dict):
         return f"a {type(value).__name__}"
-    wrong = [(key, item) for key, item in value.items() if not (isinstance(key, str) and isinstance(item, torch.Tensor))]
+    wrong = [(key, item) for key, item in value.items()
+             if not (isinstance(key, str) and isinstance(item, torch.Tensor))]
     return f"a dict whose entry {wrong[0][0]!r} is a {type(wrong[0][1]).__name__}, not a tensor" if wrong else None
 
 

@@ -77,8 +77,9 @@ def bundle_names(manifest: Manifest) -> list[tuple[Path, str]]:
     names = [copy for _, copy in copies] + list(BUNDLE_FILES)
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
-        raise BundleError(f"{manifest.path}: the bundle would hold {twice} twice (a weight is named <model name><suffix>, "
-                          f"the stacker keeps its name, and {list(BUNDLE_FILES)} are the bundle's own); rename them")
+        raise BundleError(f"{manifest.path}: the bundle would hold {twice} twice (a weight is named <model "
+                          f"name><suffix>, the stacker keeps its name, and {list(BUNDLE_FILES)} are the bundle's own); "
+                          "rename them")
     return copies
 
 

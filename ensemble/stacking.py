@@ -3,6 +3,7 @@ target prior, exported as plain JSON for the kernel. The command line is `python
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
@@ -24,6 +25,7 @@ from dfdc_core.aggregate import (
     video_features,
     video_score,
 )
+from dfdc_core.config import read_regular_file
 from dfdc_core.metrics import CLIP, auc, log_loss, prior_weights
 
 C_GRID = tuple(float(c) for c in np.logspace(-2, 2, 9))
@@ -57,9 +59,8 @@ FOLDS_FIX = "pass the folds.csv of training/folds.py"
 def read_rows(path: Path, columns: set[str], fix: str) -> list[dict[str, str]]:
     """The rows of a UTF-8 CSV with (at least) `columns`; `OOFError` naming the file and `fix` otherwise."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows, fields = list(reader), reader.fieldnames or []
+        reader = csv.DictReader(io.StringIO(read_regular_file(path).decode(), newline=""))
+        rows, fields = list(reader), reader.fieldnames or []
     except OSError as error:
         raise OOFError(f"{path}: cannot read it ({error.strerror or error}); {fix}") from error
     except (UnicodeDecodeError, csv.Error) as error:

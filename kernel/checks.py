@@ -15,7 +15,7 @@ from typing import Any, Collection, Iterable
 import numpy as np
 
 from dfdc_core.aggregate import FEATURE_STATS, STRATEGIES, Stacker, feature_name
-from dfdc_core.config import SettingsError, writable_folder
+from dfdc_core.config import SettingsError, read_regular_file, writable_folder
 from dfdc_core.models import Manifest, ManifestError, load_manifest, model_family
 from dfdc_core.video import BACKENDS
 from kernel.kaggle import checkpoint_path, in_flight_path, summary_path
@@ -38,7 +38,7 @@ MAX_INPUT_SIZE = 1024  # pixels: a batch of larger model inputs exhausts memory 
 MAX_CLASSES = 1000
 MIN_STD = 1e-3  # pixels are scaled to [0, 1]: a smaller std blows the model's inputs up towards inf
 MAX_COEF = 1e6  # |stacker coefficient or intercept|: the features are bounded (|logit| <= 7), so the sum stays finite
-NAME_ROOM = 28  # bytes the kernel adds to --out's file name: '.partial.jsonl', then write_atomic's '.<name>.XXXXXXXX.tmp'
+NAME_ROOM = 28  # bytes added to --out's file name: '.partial.jsonl', then write_atomic's '.<name>.XXXXXXXX.tmp'
 
 
 def is_real(value: Any) -> bool:
@@ -123,7 +123,7 @@ def check_paths(videos_dir: Path, sample_submission: Path | None, out: Path) -> 
         listed = (f"; {sample_submission} lists videos that would all get the prior"
                   if sample_submission is not None and os.path.isfile(sample_submission) else "")
         raise SettingsError(f"--videos {videos_dir}: no such folder{listed}; pass --videos DIR")
-    check_not_folders(out, output_files(out), "submission.csv")
+    check_out_files(out, output_files(out), "submission.csv")
     longest = writable_folder(out.parent, "--out", out)
     if len(os.fsencode(out.name)) + NAME_ROOM > longest:
         raise SettingsError(f"--out {out}: its name is {len(os.fsencode(out.name))} bytes, and files written beside it "
@@ -131,17 +131,20 @@ def check_paths(videos_dir: Path, sample_submission: Path | None, out: Path) -> 
                             f"{longest} bytes a name may have there; use a name of at most {longest - NAME_ROOM} bytes")
 
 
-def check_not_folders(out: Path, written: Iterable[Path], example: str) -> None:
-    """None of the files `written` for `--out out` is a folder (`example`: a file name to suggest instead)."""
+def check_out_files(out: Path, written: Iterable[Path], example: str) -> None:
+    """Each file `written` for `--out out` is a regular file or new: no folder, no device (writing /dev/null as root
+    would replace it) nor pipe (`example`: a file name to suggest instead)."""
     for path in written:
         if os.path.isdir(path):  # os.path: a name too long for the file system is no folder, not an error
             raise SettingsError(f"--out {out}: {path} is a folder; name a file, e.g. --out {out / example}")
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise SettingsError(f"--out {out}: {path} is no regular file (a device or a pipe); name a new file")
 
 
 def check_out_file(out: Path, inputs: Iterable[Path], example: str) -> None:
     """A command's one output file `out` (not the kernel's) is no folder, its folder takes files, and it is none of
     `inputs`: checked before any work."""
-    check_not_folders(out, [out], example)
+    check_out_files(out, [out], example)
     writable_folder(out.parent, "--out", out)
     check_not_an_input(out, inputs, [out])
 
@@ -204,7 +207,7 @@ def check_manifest(path: Path) -> Manifest:
 def read_json(path: Path, what: str, fix: str) -> Any:
     """The parsed JSON at `path`; `ManifestError` naming `what` if it is missing or not JSON."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_regular_file(path).decode())
     except (FileNotFoundError, IsADirectoryError) as error:
         raise ManifestError(f"{path}: {what} not found; {fix}") from error
     except OSError as error:
@@ -304,7 +307,7 @@ def read_stacker(path: Path) -> Stacker:
     """The stacker JSON through `Stacker.from_dict`, its values' types checked (`check_stacker_part`);
     `ManifestError` if it is not JSON, lacks its keys or holds a value of the wrong type."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular_file(path).decode())
     except OSError as error:
         raise ManifestError(f"stacker {path}: cannot read it ({error}); put it beside the manifest") from error
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

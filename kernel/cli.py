@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import IO
 
-from dfdc_core.config import SettingsError
+from dfdc_core.config import SettingsError, read_regular_file
 from kernel.config import load_config
 from kernel.kaggle import crash_log_path, kaggle_root
 from kernel.offline import block_network
@@ -60,7 +60,7 @@ def read_crashed(path: Path | None) -> list[str]:
     if path is None:
         return []
     try:
-        names = json.loads(path.read_text())
+        names = json.loads(read_regular_file(path).decode())
     except (OSError, ValueError) as error:
         raise SettingsError(f"--crashed {path}: cannot read it as JSON ({error}); pass a JSON list of video names") \
             from error

@@ -2,13 +2,14 @@
 The command line is `python -m kernel.validate`."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dfdc_core.config import writable_folder
+from dfdc_core.config import read_regular_file, writable_folder
 from dfdc_core.metrics import CLIP, binary_report
 from dfdc_core.plots import plot_confusion_matrix, pyplot, save_figure
 
@@ -17,7 +18,7 @@ def read_submission(path: str | Path) -> pd.DataFrame:
     """A submission's rows, every name as written ('NA', 'null' and 'nan' stay names) and every label a number in
     [0, 1], each video once; `ValueError` naming the file and what is wrong otherwise."""
     try:
-        submission = pd.read_csv(path, dtype=str, keep_default_na=False)
+        submission = pd.read_csv(io.BytesIO(read_regular_file(path)), dtype=str, keep_default_na=False)
     except OSError as error:
         raise ValueError(f"{path}: cannot read it ({error.strerror or error}); pass --submission the CSV python -m "
                          "kernel wrote") from error
@@ -35,7 +36,7 @@ def read_labels(path: str | Path) -> dict[str, str | None]:
     """`{video: label}` of a DFDC `metadata.json` (an object of objects with a `label`); `ValueError` naming the file
     otherwise."""
     try:
-        metadata = json.loads(Path(path).read_text())
+        metadata = json.loads(read_regular_file(path).decode())
     except OSError as error:
         raise ValueError(f"{path}: cannot read it ({error.strerror or error}); pass --metadata the DFDC "
                          "metadata.json") from error

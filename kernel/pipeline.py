@@ -385,13 +385,13 @@ def kaggle_inputs(videos_dir: str | Path | None, sample: str | Path | None) -> t
     """`videos_dir` and `sample` as given, or, without a videos folder, the competition's data where Kaggle mounts
     it (`kernel.kaggle.find_competition`; the sample submission beside it unless one is given)."""
     if videos_dir is not None:
-        return Path(videos_dir), Path(sample) if sample else None
+        return Path(videos_dir), Path(sample) if sample is not None else None
     try:
         found = find_competition()
     except NotFoundOnKaggle as error:
         raise SettingsError(f"--videos not given, and {error}") from error
     log.info("competition data found: %s, %s", found.videos, found.sample_submission or "no sample submission")
-    return found.videos, Path(sample) if sample else found.sample_submission
+    return found.videos, Path(sample) if sample is not None else found.sample_submission
 
 
 def checked_inputs(videos_dir: Path, sample: Path | None, manifest: Path, out: Path, device: str,

@@ -455,7 +455,8 @@ SETTINGS_CASES = (
     SettingsCase("--out a 240-byte name", "its name is 240 bytes", out_at("s" * 236 + ".csv")),
     # row 3: inputs never destroyed nor silently replaced
     SettingsCase("--out the manifest", "would overwrite the input", lambda s: {"--out": str(s.manifest)}),
-    SettingsCase("--out a video", "would overwrite the input", out_at(lambda s: Path(s.flags["--videos"]) / "clip.mp4")),
+    SettingsCase("--out a video", "would overwrite the input",
+                 out_at(lambda s: Path(s.flags["--videos"]) / "clip.mp4")),
     SettingsCase("--out the sample submission", "would overwrite the input",
                  out_at(lambda s: Path(s.flags["--sample-submission"]))),
     SettingsCase("--out the --config file", "would overwrite the input",

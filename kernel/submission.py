@@ -1,6 +1,7 @@
 """Submission I/O: which videos to predict, clipping, atomic CSV writes and the crash checkpoint."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -14,7 +15,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from dfdc_core.config import SettingsError
+from dfdc_core.config import SettingsError, read_regular_file
 from dfdc_core.io import write_atomic
 from kernel.checks import is_number
 from kernel.kaggle import (  # noqa: F401  (re-exported)
@@ -44,7 +45,7 @@ def sample_filenames(path: Path) -> list[str]:
     name.
     """
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.BytesIO(read_regular_file(path)), dtype=str, keep_default_na=False)
     except OSError as error:
         raise SettingsError(f"--sample-submission {path}: cannot read it ({error.strerror or error}); pass the "
                             "competition's sample_submission.csv, or leave the flag out to predict every video of "

@@ -114,7 +114,8 @@ def test_bad_settings_are_exit_2_before_any_work(tiny_manifest_path, face_image,
     out = tmp_path / "o"
     base = [str(face_image), "--crop", "--manifest", str(tiny_manifest_path), "--out", str(out)]
     (tmp_path / "config.json").write_text('{"frames_per_video": 8}')
-    assert "unknown keys ['frames_per_video']" in explain_error(capsys, *base, "--config", str(tmp_path / "config.json"))
+    config = str(tmp_path / "config.json")
+    assert "unknown keys ['frames_per_video']" in explain_error(capsys, *base, "--config", config)
     (tmp_path / "config.json").write_text('{"crop_margin": 1e6}')
     assert "kernel setting 'crop_margin' is 1000000.0" in explain_error(capsys, *base, "--config",
                                                                         str(tmp_path / "config.json"))
@@ -145,8 +146,8 @@ def test_an_output_that_would_overwrite_an_input_is_refused(tiny_manifest_path, 
     for name in json.loads(manifest.read_text())["models"]:
         (tmp_path / name["file"]).symlink_to(tiny_manifest_path.parent / name["file"])
     err = explain_error(capsys, str(face_image), "--crop", "--manifest", str(manifest), "--out", str(tmp_path))
-    assert err == (f"error: --out {tmp_path}: writing {manifest} would overwrite the input {manifest}; pass --out a new "
-                   "file name\n")
+    assert err == (f"error: --out {tmp_path}: writing {manifest} would overwrite the input {manifest}; pass --out a "
+                   "new file name\n")
     assert manifest.read_bytes() == tiny_manifest_path.read_bytes()
 
 

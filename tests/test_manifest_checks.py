@@ -660,7 +660,8 @@ def test_every_file_written_beside_out_must_not_be_a_folder(tmp_path):
         written.mkdir()
         with pytest.raises(SettingsError) as error:
             checks.check_paths(videos, None, out)
-        assert str(error.value) == f"--out {out}: {written} is a folder; name a file, e.g. --out {out / 'submission.csv'}"
+        assert str(error.value) == (f"--out {out}: {written} is a folder; name a file, e.g. --out "
+                                    f"{out / 'submission.csv'}")
         written.rmdir()
     checks.check_paths(videos, None, out)
 
@@ -701,8 +702,8 @@ def test_no_output_may_overwrite_an_input_however_it_is_named(tmp_path, monkeypa
                 tmp_path / "link.csv", tmp_path / "hard.csv"):
         with pytest.raises(SettingsError) as error:
             checks.check_not_an_input(out, [absent, manifest])
-        assert str(error.value) == (f"--out {out}: writing {out} would overwrite the input {manifest}; pass --out a new "
-                                    "file name")
+        assert str(error.value) == (f"--out {out}: writing {out} would overwrite the input {manifest}; pass --out a "
+                                    "new file name")
     with pytest.raises(SettingsError, match=re.escape(f"writing {absent} would overwrite the input {absent};")):
         checks.check_not_an_input(absent, [absent])  # an input named but absent is still not written
     beside = tmp_path / "weights_manifest"  # its checkpoint would be weights_manifest.partial.jsonl
@@ -889,3 +890,36 @@ def test_a_truncated_weight_file_is_named(models, tmp_path):
                                 "format) that torch.load cannot read (RuntimeError: PytorchStreamReader failed reading "
                                 "zip archive: failed finding central directory); export the model's weights with "
                                 "dfdc_core.models.save_fp16_state_dict (as training does)")
+
+
+# ----------------------------------------------------------------------------------------- issue 33: no hang, no device
+
+def test_inputs_that_are_no_regular_file_are_refused_without_blocking(models, tmp_path):
+    from tests.helpers import pipe_that_unblocks
+
+    pipe = pipe_that_unblocks(tmp_path / "pipe.json")
+    for path in (pipe, Path("/dev/zero")):
+        with pytest.raises(ManifestError) as error:
+            checks.check_manifest(path)
+        assert str(error.value) == (f"{path}: cannot read the manifest (not a regular file (a device or a pipe)); "
+                                    "pass --manifest PATH to a weights_manifest.json")
+        with pytest.raises(ManifestError, match=re.escape(f"stacker {path}: cannot read it (") + ".*not a regular"):
+            checks.read_stacker(path)
+
+
+def test_out_may_not_be_a_device_or_a_pipe(tmp_path):
+    from tests.helpers import pipe_that_unblocks
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    with pytest.raises(SettingsError) as error:
+        checks.check_paths(videos, None, Path("/dev/null"))
+    assert str(error.value) == "--out /dev/null: /dev/null is no regular file (a device or a pipe); name a new file"
+    assert Path("/dev/null").is_char_device()
+    out = tmp_path / "s.csv"
+    pipe_that_unblocks(tmp_path / "s.csv.partial.jsonl")
+    with pytest.raises(SettingsError, match=re.escape(f"{out}.partial.jsonl is no regular file")):
+        checks.check_paths(videos, None, out)
+    (tmp_path / "s.csv.partial.jsonl").unlink()
+    (tmp_path / "s.csv").symlink_to(tmp_path / "nowhere.csv")  # a broken link is replaced, like any file
+    checks.check_paths(videos, None, out)

@@ -280,3 +280,11 @@ def test_out_as_a_link_to_the_sample_submission_is_refused(one_video, tiny_manif
     with pytest.raises(SettingsError, match=re.escape(f"writing {link} would overwrite the input "
                                                       f"{one_video / 'sample.csv'}")):
         predict(one_video / "videos", one_video / "sample.csv", tiny_manifest_path, link, config=FAST, progress=False)
+
+
+def test_an_empty_sample_submission_flag_is_no_sample_given(one_video, tiny_manifest_path, tmp_path, caplog):
+    """`--sample-submission ''` (an unset variable in a script) is refused, not read as "every video"."""
+    code = cli_main(["--videos", str(one_video / "videos"), "--sample-submission", "", "--manifest",
+                     str(tiny_manifest_path), "--out", str(tmp_path / "s.csv"), "--device", "cpu", "--no-progress"])
+    assert code == 2 and "--sample-submission .: cannot read it (Is a directory)" in caplog.text
+    assert not (tmp_path / "s.csv").exists()

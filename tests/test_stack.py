@@ -272,3 +272,14 @@ def test_out_is_checked_before_fitting_and_never_an_input(tmp_path, capsys, monk
         assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(tmp_path / "s.json"),
                            "--splits", splits]) == 2
         assert capsys.readouterr().err == f"error: --splits {splits}: grouped cross-validation needs at least 2\n"
+
+
+def test_oof_and_folds_that_are_pipes_or_devices_are_refused_without_blocking(tmp_path, capsys):
+    from tests.helpers import pipe_that_unblocks
+
+    oof, folds = write_oof(tmp_path, n_videos=30)
+    pipe = pipe_that_unblocks(tmp_path / "pipe.csv")
+    for oofs, folds_path, named in [(pipe, folds, pipe), ("/dev/zero", folds, "/dev/zero"), (oof, pipe, pipe)]:
+        assert stack_main(["--oof", str(oofs), "--folds", str(folds_path), "--out", str(tmp_path / "s.json")]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {named}: cannot read it (not a regular file (a device or "
+                                                  "a pipe))")

@@ -611,3 +611,13 @@ def test_a_damaged_line_with_the_right_signature_is_scored_again_not_a_crash(fol
     checkpoint.close()
     assert checkpoint.done == {"a.mp4": record(folder, "a.mp4")} and checkpoint.retried == []
     assert messages(caplog) == [f"{path}: line {n} is damaged; that video is scored again" for n in range(3, 9)]
+
+
+def test_a_sample_that_is_a_pipe_or_a_device_is_refused_without_blocking(tmp_path):
+    from tests.helpers import pipe_that_unblocks
+
+    for sample in (pipe_that_unblocks(tmp_path / "sample.csv"), Path("/dev/zero")):
+        with pytest.raises(SettingsError) as error:
+            sample_filenames(sample)
+        assert str(error.value).startswith(f"--sample-submission {sample}: cannot read it (not a regular file (a "
+                                           "device or a pipe)); ")

@@ -158,8 +158,8 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, crops, caplog):
 
 def test_resume_without_checkpoint_says_how_to_start(tmp_path, crops, capsys):
     assert train_main(["--config", str(write_config(tmp_path, crops)), "--fold", "0", "--resume"]) == 2
-    assert capsys.readouterr().err == (f"error: --resume: no checkpoint at {tmp_path / 'runs' / f'{ARCH}_fold0' / 'last.pt'}"
-                                       "; run without --resume to start\n")
+    checkpoint = tmp_path / "runs" / f"{ARCH}_fold0" / "last.pt"
+    assert capsys.readouterr().err == f"error: --resume: no checkpoint at {checkpoint}; run without --resume to start\n"
 
 
 def test_resume_from_an_empty_checkpoint_is_exit_2_naming_it(tmp_path, crops, capsys):

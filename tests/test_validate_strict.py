@@ -138,3 +138,16 @@ def test_plots_where_no_folder_can_be_made_is_refused_before_any_file(sixty_four
     assert sorted(path.name for path in sixty_four.iterdir()) == ["a_file", "metadata.json", "submission.csv"]
     code, out, _ = validate_cli(sixty_four, rows, capsys, "--plots", str(sixty_four / "plots"))
     assert code == 0 and sorted(p.name for p in (sixty_four / "plots").iterdir()) == ["confusion_matrix.png", "roc.png"]
+
+
+def test_inputs_that_are_pipes_or_devices_are_refused_without_blocking(sixty_four, capsys):
+    from tests.helpers import pipe_that_unblocks
+
+    pipe = pipe_that_unblocks(sixty_four / "pipe")
+    for submission, metadata, named in [(pipe, sixty_four / "metadata.json", pipe),
+                                        (Path("/dev/zero"), sixty_four / "metadata.json", Path("/dev/zero"))]:
+        code, err = validate_files(capsys, submission, metadata)
+        assert code == 2 and err.startswith(f"error: {named}: cannot read it (not a regular file (a device or a pipe))")
+    pd.DataFrame({"filename": ["v00.mp4"], "label": [0.5]}).to_csv(sixty_four / "s.csv", index=False)
+    code, err = validate_files(capsys, sixty_four / "s.csv", "/dev/zero", "--allow-partial")
+    assert code == 2 and err.startswith("error: /dev/zero: cannot read it (not a regular file (a device or a pipe))")
