@@ -2,10 +2,12 @@
 
 Videos (zero-byte, random bytes, truncated, audio-only, one frame, portrait, 4K, 8192 x 8192, MJPEG, VP9, HEVC and
 AV1 where this PyAV can encode them, variable frame rate, odd names, names pointing outside the videos folder, a
-folder, a missing file) are scored in one `predict` run: each must get its expected reason and a finite label.
-Each bad setting (a stacker with NaN, `--frames 0`, `--out` a folder, ...) is one `python -m kernel` call in this
-process, which must exit 2 with a message naming the setting, and write nothing. Exit status 0 when every
-outcome is the expected one. `tests/test_reliability.py` runs the same corpus.
+folder, a missing file) are scored in one `predict` run, over a checkpoint of the same set-up whose lines for some of
+them are damaged: each must get its expected reason and a finite label, the damaged ones scored again. Each bad
+setting (a stacker with NaN, `--frames 0`, `--out` a folder or an input, a weight file that is no state_dict, ...)
+is one `python -m kernel` call in this process, which must exit 2 with a message naming the setting, and leave every
+file of the corpus as it was. Exit status 0 when every outcome is the expected one. `tests/test_reliability.py` runs
+the same corpus.
 
     python -m kernel.selftest [--manifest weights_manifest.json] [--work DIR] [--device cpu]
 
