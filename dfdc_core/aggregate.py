@@ -121,7 +121,11 @@ class Stacker:
     def from_json(cls, path: str | Path) -> "Stacker":
         """The stacker of a JSON file; its `variants` (each with feature_names, coef, intercept) share its
         aggregation and target prior. Files without variants read as before."""
-        data = json.loads(Path(path).read_text())
+        return cls.from_dict(json.loads(Path(path).read_text()), path)
+
+    @classmethod
+    def from_dict(cls, data: dict, path: str | Path) -> "Stacker":
+        """The stacker of the parsed JSON `data` of the file `path` (named in errors)."""
         try:
             variants = tuple(cls(v["feature_names"], v["coef"], v["intercept"], data.get("aggregation"),
                                  data.get("target_prior")) for v in data.get("variants", []))

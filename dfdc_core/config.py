@@ -3,12 +3,17 @@
 Used by the kernel (`kernel/default_config.json`), training (`training/configs/default.yaml`), the robustness report
 (`training/configs/robustness.yaml`) and the demo (`demo/config.yaml`). A `.json` file is read as JSON, anything else
 as YAML; mappings named in `merge` are merged key by key; a key the defaults do not have is an error naming the file
-and the known keys. `save_resolved` writes what a run used beside its outputs. Standard library only (YAML is imported
-when a YAML file is read), so `python -m kernel` can load it before `--block-network`.
+and the known keys. `save_resolved` writes what a run used beside its outputs; `writable_folder` checks a folder a
+command writes to. Standard library only (YAML is imported when a YAML file is read), so `python -m kernel` can load it
+before `--block-network`.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +35,35 @@ class UnknownSetting(SettingsError, KeyError):
         return str(self.args[0])
 
 
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of the regular file `path`; an `OSError` for anything else, without blocking or reading forever: a
+    folder (`IsADirectoryError`), a device such as /dev/zero, a named pipe with no writer."""
+    handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(handle, "rb") as file:
+        mode = os.fstat(handle).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a device or a pipe)", str(path))
+        return file.read()
+
+
+def writable_folder(folder: Path, flag: str, given: Path) -> int:
+    """Make `folder` if it is missing and check that it takes a new file (`SettingsError` naming `flag` `given`
+    otherwise); return the longest file name, in bytes, it takes."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except OSError as error:
+        raise SettingsError(f"{flag} {given}: cannot write in {folder} ({error}); pick a writable folder") from error
+
+
 def read_settings(path: Path, what: str = "--config") -> dict[str, Any]:
     """The mapping in a JSON (`.json`) or YAML file; `SettingsError` if it is missing, unparsable or not a mapping."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.isfile(path):  # os.path: a name too long for the file system is not found, not an error
         raise SettingsFileNotFound(f"{what} {path}: file not found")
     data = parse_json(path, what) if path.suffix.lower() == ".json" else parse_yaml(path, what)
     if not isinstance(data, dict):

@@ -4,10 +4,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -20,10 +22,19 @@ FAMILIES = {
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+STATE_DICT_FIX = "export the model's weights with dfdc_core.models.save_fp16_state_dict (as training does)"
+TORCH_KINDS = ("a zip archive (torch.save's format)", "a pickle")  # files torch.save writes
+FILE_SIGNATURES = ((b"PK\x03\x04", TORCH_KINDS[0]), (b"\x80", TORCH_KINDS[1]), (b"\x89PNG", "a PNG image"),
+                   (b"\xff\xd8\xff", "a JPEG image"))
+TEXT_BYTES = frozenset(range(32, 127)) | frozenset(b"\t\n\r")
 
 
 class ManifestError(ValueError):
     """The manifest or one of the files it names is unusable; the message names the file and the fix."""
+
+
+class UnreadableWeights(ValueError):
+    """`torch.load(weights_only=True)` cannot read a file; the message says what the file is and why."""
 
 
 def model_family(arch: str) -> str:
@@ -86,7 +97,7 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
 def load_manifest(path: str | Path) -> Manifest:
     """Parse a manifest; file paths are resolved relative to the manifest's folder."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.isfile(path):  # os.path: a name too long for the file system is not found, not an error
         raise ManifestError(f"{path}: manifest not found; pass --manifest PATH to a weights_manifest.json")
     try:
         data = json.loads(path.read_text())
@@ -184,7 +195,7 @@ def fake_probability(logits: torch.Tensor, real_index: int = 0) -> torch.Tensor:
 def verify_manifest(manifest: Manifest) -> None:
     """Check every weight file (and the stacker) exists and matches its sha256 and size."""
     for spec in manifest.models:
-        if not spec.file.is_file():
+        if not os.path.isfile(spec.file):
             raise ManifestError(f"weight file {spec.file} (model '{spec.name}') is missing; "
                                 f"attach it beside {manifest.path.name} or fix 'file' in {manifest.path}")
         if spec.bytes >= 0 and spec.file.stat().st_size != spec.bytes:
@@ -194,14 +205,65 @@ def verify_manifest(manifest: Manifest) -> None:
         if actual != spec.sha256:
             raise ManifestError(f"weight file {spec.file} has sha256 {actual}, manifest {manifest.path} says "
                                 f"{spec.sha256}; re-copy the file or regenerate the manifest")
-    if manifest.stacker is not None and not manifest.stacker.is_file():
+    if manifest.stacker is not None and not os.path.isfile(manifest.stacker):
         raise ManifestError(f"stacker {manifest.stacker} named in {manifest.path} is missing")
 
 
+def file_kind(path: Path) -> str:
+    """What a file is by its first bytes, for messages: empty, a zip (torch.save's format), a pickle, an image, text,
+    or data of another format."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as error:
+        return f"a file that cannot be read ({error.strerror})"
+    kinds = [kind for signature, kind in FILE_SIGNATURES if head.startswith(signature)]
+    if not head or kinds:
+        return kinds[0] if kinds else "an empty file"
+    return "a text file" if set(head) <= TEXT_BYTES else "data of another format"
+
+
+def load_failure(error: Exception) -> str:
+    """The telling sentence of `torch.load`'s error: the weights-only unpickler's reason, else its first line's."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+    line = (found.group(1) if found else next(iter(str(error).strip().splitlines()), "")).split(". ")[0]
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def load_tensors(path: Path) -> Any:
+    """What a torch file holds, read with `weights_only=True` (tensors and plain values: unpickling never runs other
+    code); `UnreadableWeights` saying what the file is when torch cannot read it so: empty, text, an image, a
+    truncated zip, or a whole pickled model (objects other than tensors, refused unread)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises EOFError, UnpicklingError, RuntimeError, KeyError, ... on such files
+        kind, reason = file_kind(path), load_failure(error)
+        if kind in TORCH_KINDS and "Unsupported global" in reason:
+            raise UnreadableWeights(f"{kind} holding objects other than tensors and plain values (a whole pickled "
+                                    f"model?), refused unread ({reason})") from error
+        raise UnreadableWeights(f"{kind} that torch.load cannot read ({reason})") from error
+
+
+def not_a_state_dict(value: Any) -> str | None:
+    """None for a state_dict (a dict of names to tensors), else what `value` is instead, for messages."""
+    if not isinstance(value, dict):
+        return f"a {type(value).__name__}"
+    wrong = [(key, item) for key, item in value.items()
+             if not (isinstance(key, str) and isinstance(item, torch.Tensor))]
+    return f"a dict whose entry {wrong[0][0]!r} is a {type(wrong[0][1]).__name__}, not a tensor" if wrong else None
+
+
 def load_classifier(spec: ModelSpec, device: str = "cpu") -> torch.nn.Module:
-    """Build `spec.arch`, load its state_dict (fp16 or fp32), eval mode; fp16 on CUDA, fp32 on CPU."""
+    """Build `spec.arch`, load its state_dict (fp16 or fp32), eval mode; fp16 on CUDA, fp32 on CPU. `ManifestError`
+    naming the file and what it holds when it is no state_dict of that architecture."""
     model = create_classifier(spec.arch, spec.num_classes)
-    state = torch.load(spec.file, map_location="cpu", weights_only=True)
+    try:
+        state = load_tensors(spec.file)
+    except UnreadableWeights as error:
+        raise ManifestError(f"weight file {spec.file} (model '{spec.name}') is {error}; {STATE_DICT_FIX}") from error
+    if (held := not_a_state_dict(state)) is not None:
+        raise ManifestError(f"weight file {spec.file} (model '{spec.name}') holds {held}, not a state_dict (names "
+                            f"of tensors); {STATE_DICT_FIX}")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -10,20 +10,25 @@ versions to install, the manifest), Kaggle's `dataset-metadata.json` and `kernel
 `kernel/kaggle.py` with `dfdc_core/io.py` inlined: it runs before the kit is installed). The kit's wheel holds
 only what `python -m kernel` imports, the packages `dfdc_core` and `kernel`. Every file sits at the top level:
 `kaggle datasets create` skips sub-folders by default. It refuses a bundle over the size limit (listing the largest
-files) and any weight whose sha256 differs from the manifest.
+files), any weight whose sha256 differs from the manifest, and before writing anything whatever the kernel would
+refuse on Kaggle (its manifest and stacker checks, a weight file it cannot load as a state_dict), model names that are
+no plain file names and an --out that is a file or not empty.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from dfdc_core.config import SettingsError, writable_folder
 from dfdc_core.io import write_atomic
-from dfdc_core.models import ManifestError, load_manifest, verify_manifest
+from dfdc_core.models import Manifest, ManifestError, load_classifier, load_manifest, verify_manifest
+from kernel.checks import check_manifest
 from kernel.kaggle import BUNDLE_MARKER
 
 KAGGLE_LIMIT_BYTES = 10**9
@@ -37,6 +42,9 @@ KAGGLE_PYTHONS = ("3.12", "3.11")  # Kaggle's image: CPython 3.12 today, 3.11 in
 # Kaggle's image is Ubuntu 22.04 (glibc 2.35) on x86_64: wheels for any manylinux up to glibc 2.35 run there.
 KAGGLE_PLATFORMS = tuple(f"manylinux_2_{minor}_x86_64" for minor in range(35, 16, -1)) + (
     "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64")
+
+
+BUNDLE_FILES = ("weights_manifest.json", BUNDLE_MARKER, "dataset-metadata.json", "kernel_notebook.py")
 
 
 class BundleError(ValueError):
@@ -56,18 +64,36 @@ def check_size(paths: list[Path], limit: int, what: str) -> int:
     return total
 
 
-def copy_weights(manifest_path: Path, out: Path) -> dict:
-    """Verify and copy every weight (and the stacker) into `out`; return the rewritten manifest."""
-    manifest = load_manifest(manifest_path)
-    verify_manifest(manifest)
-    data = json.loads(manifest_path.read_text())
-    for entry, spec in zip(data["models"], manifest.models):  # model names are unique in a manifest
-        copy = f"{spec.name}{spec.file.suffix}"
-        shutil.copy2(spec.file, out / copy)
+def bundle_names(manifest: Manifest) -> list[tuple[Path, str]]:
+    """Each weight file (and the stacker) with its file name in the bundle, `<model name><suffix>`; `BundleError` if a
+    model's name is no plain file name (a '/' or '..' would write outside --out) or two files would share a name."""
+    copies = [(spec.file, f"{spec.name}{spec.file.suffix}") for spec in manifest.models]
+    copies += [(manifest.stacker, manifest.stacker.name)] if manifest.stacker is not None else []
+    for spec, (_, copy) in zip(manifest.models, copies):
+        if Path(copy).name != copy or copy in (".", ".."):
+            raise BundleError(f"{manifest.path}: model name {spec.name!r} makes {copy!r}, which is no plain file name, "
+                              "the name of its weights in the bundle; rename the model (letters, digits, '_', '-', "
+                              "'.'), in the manifest and in the stacker's features")
+    names = [copy for _, copy in copies] + list(BUNDLE_FILES)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise BundleError(f"{manifest.path}: the bundle would hold {twice} twice (a weight is named <model "
+                          f"name><suffix>, the stacker keeps its name, and {list(BUNDLE_FILES)} are the bundle's own); "
+                          "rename them")
+    return copies
+
+
+def copy_weights(manifest: Manifest, out: Path) -> dict:
+    """Copy every weight (and the stacker) into `out` under its `bundle_names` name; return the rewritten
+    manifest."""
+    data = json.loads(manifest.path.read_text())
+    copies = bundle_names(manifest)
+    for entry, (source, copy) in zip(data["models"], copies):  # the stacker, if any, comes last
+        shutil.copy2(source, out / copy)
         entry["file"] = copy
     if manifest.stacker is not None:
-        shutil.copy2(manifest.stacker, out / manifest.stacker.name)
-        data["stacker"] = manifest.stacker.name
+        shutil.copy2(manifest.stacker, out / copies[-1][1])
+        data["stacker"] = copies[-1][1]
     return data
 
 
@@ -126,29 +152,47 @@ def top_level_files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_file())
 
 
+def checked_manifest(manifest_path: Path, limit: int) -> Manifest:
+    """The manifest, refused (`ManifestError`, `BundleError`) on anything the kernel would refuse on Kaggle: the
+    kernel's own checks (`kernel.checks.check_manifest`), the weights' size limit, sha256 and content (each loaded as
+    the kernel loads it), and names the bundle cannot hold."""
+    manifest = check_manifest(manifest_path)
+    bundle_names(manifest)
+    check_size([spec.file for spec in manifest.models if os.path.isfile(spec.file)], limit,
+               f"the weights of {manifest_path}")
+    verify_manifest(manifest)
+    for spec in manifest.models:
+        load_classifier(spec)
+    return manifest
+
+
 def build_bundle(manifest_path: str | Path, out: str | Path, dataset_id: str = "USERNAME/dfdc-kit-bundle",
                  extra_wheels: tuple[str, ...] = EXTRA_WHEELS, limit: int = KAGGLE_LIMIT_BYTES,
                  wheels: bool = True) -> int:
-    """Build the bundle folder; return its size in bytes."""
+    """Build the bundle folder; return its size in bytes. Everything is checked before `out` is made."""
     manifest_path, out = Path(manifest_path), Path(out)
-    manifest = load_manifest(manifest_path)
-    sources = [spec.file for spec in manifest.models if spec.file.is_file()]
-    check_size(sources, limit, f"the weights of {manifest_path}")
-    if out.exists() and any(out.iterdir()):
+    manifest = checked_manifest(manifest_path, limit)
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise BundleError(f"--out {out} is a file; pass a new folder")
+    if os.path.isdir(out) and any(out.iterdir()):
         raise BundleError(f"{out} is not empty; pass a new folder to --out")
-    out.mkdir(parents=True, exist_ok=True)
-    data = copy_weights(manifest_path, out)
-    write_atomic(out / "weights_manifest.json", json.dumps(data, indent=1))
-    verify_manifest(load_manifest(out / "weights_manifest.json"))  # the copies, not only the sources
-    wheel_files = build_wheels(out, extra_wheels) if wheels else []
-    write_atomic(out / BUNDLE_MARKER, json.dumps(
-        {"requirements": sorted({wheel_requirement(wheel) for wheel in wheel_files}),
-         "manifest": "weights_manifest.json", "wheels": [wheel.name for wheel in wheel_files],
-         "pythons": list(KAGGLE_PYTHONS), "platforms": list(KAGGLE_PLATFORMS)}, indent=1))
-    slug = dataset_id.split("/")[-1]
-    write_atomic(out / "dataset-metadata.json", json.dumps(
-        {"title": slug, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}, indent=1))
-    write_atomic(out / "kernel_notebook.py", notebook_source())
+    writable_folder(out, "--out", out)
+    try:
+        data = copy_weights(manifest, out)
+        write_atomic(out / "weights_manifest.json", json.dumps(data, indent=1))
+        verify_manifest(load_manifest(out / "weights_manifest.json"))  # the copies, not only the sources
+        wheel_files = build_wheels(out, extra_wheels) if wheels else []
+        write_atomic(out / BUNDLE_MARKER, json.dumps(
+            {"requirements": sorted({wheel_requirement(wheel) for wheel in wheel_files}),
+             "manifest": "weights_manifest.json", "wheels": [wheel.name for wheel in wheel_files],
+             "pythons": list(KAGGLE_PYTHONS), "platforms": list(KAGGLE_PLATFORMS)}, indent=1))
+        slug = dataset_id.split("/")[-1]
+        write_atomic(out / "dataset-metadata.json", json.dumps(
+            {"title": slug, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}, indent=1))
+        write_atomic(out / "kernel_notebook.py", notebook_source())
+    except OSError as error:
+        raise BundleError(f"--out {out}: writing the bundle failed ({error}); free space there and build it again "
+                          "into a new folder") from error
     skipped = sorted(path.name for path in out.iterdir() if path not in top_level_files(out))
     if skipped:
         raise BundleError(f"{out} holds {skipped}, which kaggle datasets create (--dir-mode skip) would not upload; "
@@ -169,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         size = build_bundle(args.manifest, args.out, args.dataset_id, limit=args.max_bytes,
                             wheels=not args.no_wheels)
-    except (BundleError, ManifestError) as error:
+    except (BundleError, ManifestError, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"bundle {args.out}: {size / 1e6:.1f} MB of {args.max_bytes / 1e6:.0f} MB; upload it with kaggle datasets "

@@ -23,8 +23,10 @@ import sys
 from pathlib import Path
 
 from dfdc_core.aggregate import DEFAULT_FEATURES, FEATURE_STATS, STRATEGIES, Stacker
+from dfdc_core.config import SettingsError
 from dfdc_core.io import write_atomic
 from ensemble.stacking import OOFError, fit_stacker, format_report, verdict
+from kernel.checks import check_out_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
                              "when its time budget drops a whole group)")
     args = parser.parse_args(argv)
     try:
+        check_out_file(args.out, [*args.oof, args.folds], "stacker.json")
+        if args.splits < 2:
+            raise OOFError(f"--splits {args.splits}: grouped cross-validation needs at least 2")
         stacker, report, table = fit_stacker(args.oof, args.folds, args.aggregation, args.splits,
                                              target_prior=args.target_prior, stats=tuple(args.features),
                                              variants=not args.no_variants)
-    except (OOFError, FileNotFoundError) as error:
+    except (OOFError, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     write_atomic(args.out, json.dumps(stacker, indent=1))

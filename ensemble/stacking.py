@@ -3,6 +3,7 @@ target prior, exported as plain JSON for the kernel. The command line is `python
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
@@ -24,6 +25,7 @@ from dfdc_core.aggregate import (
     video_features,
     video_score,
 )
+from dfdc_core.config import read_regular_file
 from dfdc_core.metrics import CLIP, auc, log_loss, prior_weights
 
 C_GRID = tuple(float(c) for c in np.logspace(-2, 2, 9))
@@ -50,33 +52,87 @@ class Table:
     calibrated: np.ndarray | None = None  # the calibrator/stacker's nested-CV P(fake), once fitted
 
 
+OOF_FIX = "pass the oof.csv written by train_fold.py"
+FOLDS_FIX = "pass the folds.csv of training/folds.py"
+
+
+def read_rows(path: Path, columns: set[str], fix: str) -> list[dict[str, str]]:
+    """The rows of a UTF-8 CSV with (at least) `columns`; `OOFError` naming the file and `fix` otherwise."""
+    try:
+        reader = csv.DictReader(io.StringIO(read_regular_file(path).decode(), newline=""))
+        rows, fields = list(reader), reader.fieldnames or []
+    except OSError as error:
+        raise OOFError(f"{path}: cannot read it ({error.strerror or error}); {fix}") from error
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise OOFError(f"{path}: cannot read it as UTF-8 CSV ({error}); {fix}") from error
+    missing = columns - set(fields)
+    if missing:
+        raise OOFError(f"{path}: lacks columns {sorted(missing)}; {fix}")
+    return rows
+
+
+def field(row: dict[str, str], key: str, parse, wanted: str, path: Path, line: int):
+    """`parse(row[key])`; `OOFError` naming the file, line, column and `wanted` when it is blank or not that."""
+    try:
+        return parse(row[key])
+    except (TypeError, ValueError) as error:
+        raise OOFError(f"{path}: line {line}: '{key}' is {row[key]!r}; it must be {wanted}; {OOF_FIX}") from error
+
+
+def probability(text: str) -> float:
+    """A finite number from 0 to 1 (`ValueError` otherwise: NaN, inf, text, -2, 3)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(text)
+    return value
+
+
+def label_of(text: str) -> int:
+    """0 (real) or 1 (fake), written as an integer or a float ('1', '1.0')."""
+    value = float(text)
+    if value not in (0.0, 1.0):
+        raise ValueError(text)
+    return int(value)
+
+
+def non_empty(text: str) -> str:
+    """A non-empty name."""
+    if not text:
+        raise ValueError(text)
+    return text
+
+
 def read_oof(paths: list[Path]) -> tuple[dict[str, dict[str, dict[int, dict[int, list[float]]]]], dict[str, int]]:
     """`{video: {group: {person: {frame: [probs]}}}}` and `{video: label}` from OOF CSVs (a file without a
-    `group` column: each model is its own group)."""
+    `group` column: each model is its own group). `OOFError` naming the file and line of any value that is not what
+    train_fold.py writes (a blank field, a probability that is not a number from 0 to 1, a label other than 0/1)."""
     scores: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     labels: dict[str, int] = {}
     for path in paths:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = OOF_COLUMNS - set(reader.fieldnames or [])
-            if missing:
-                raise OOFError(f"{path}: lacks columns {sorted(missing)}; pass the oof.csv written by train_fold.py")
-            for row in reader:
-                group = row.get("group") or row["model"]
-                scores[row["video"]][group][int(row["person"])][int(row["frame"])].append(float(row["prob"]))
-                label = int(float(row["label"]))
-                if labels.setdefault(row["video"], label) != label:
-                    raise OOFError(f"{path}: video {row['video']} has labels {labels[row['video']]} and {label}")
+        for line, row in enumerate(read_rows(path, OOF_COLUMNS, OOF_FIX), start=2):
+            video = field(row, "video", non_empty, "a video name", path, line)
+            group = row.get("group") or field(row, "model", non_empty, "a model name", path, line)
+            person = field(row, "person", int, "a whole number", path, line)
+            frame = field(row, "frame", int, "a whole number", path, line)
+            scores[video][group][person][frame].append(field(row, "prob", probability, "a number from 0 to 1", path,
+                                                             line))
+            label = field(row, "label", label_of, "0 (real) or 1 (fake)", path, line)
+            if labels.setdefault(video, label) != label:
+                raise OOFError(f"{path}: video {video} has labels {labels[video]} and {label}")
     return scores, labels
 
 
 def read_groups(path: Path) -> dict[str, int]:
     """`{video: original cluster}` from the folds CSV written by training/folds.py."""
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not {"video", "group"} <= set(reader.fieldnames or []):
-            raise OOFError(f"{path}: needs 'video' and 'group' columns; pass the folds.csv of training/folds.py")
-        return {row["video"]: int(row["group"]) for row in reader}
+    rows = read_rows(path, {"video", "group"}, FOLDS_FIX)
+    groups = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            groups[non_empty(row["video"])] = int(row["group"])
+        except (TypeError, ValueError) as error:
+            raise OOFError(f"{path}: line {line}: video {row['video']!r}, group {row['group']!r}; each row needs a "
+                           f"video name and a whole-number group; {FOLDS_FIX}") from error
+    return groups
 
 
 def person_arrays(persons: dict[int, dict[int, list[float]]]) -> dict[int, np.ndarray]:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import IO
 
-from dfdc_core.config import SettingsError
+from dfdc_core.config import SettingsError, read_regular_file
 from kernel.config import load_config
 from kernel.kaggle import crash_log_path, kaggle_root
 from kernel.offline import block_network
@@ -60,7 +60,7 @@ def read_crashed(path: Path | None) -> list[str]:
     if path is None:
         return []
     try:
-        names = json.loads(path.read_text())
+        names = json.loads(read_regular_file(path).decode())
     except (OSError, ValueError) as error:
         raise SettingsError(f"--crashed {path}: cannot read it as JSON ({error}); pass a JSON list of video names") \
             from error
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.block_network:  # first: a new network namespace needs a process that has started no thread yet
         log.info("%s", block_network().describe())
     from dfdc_core.models import ManifestError  # torch, numpy and OpenCV start their threads from here on
+    from kernel.checks import check_not_an_input
     from kernel.pipeline import predict
 
     out = Path(args.out) if args.out else kaggle_root() / "working" / "submission.csv"
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                              detect_batch_size=args.detect_batch_size, classify_batch_size=args.classify_batch_size,
                              detect_long_side=args.detect_long_side, aggregation=args.aggregation, prior=args.prior,
                              time_budget_hours=args.time_budget_hours)
+        check_not_an_input(out, [Path(path) for path in (args.config, args.crashed) if path is not None])
         predict(args.videos, args.sample_submission, args.manifest, out, args.device, config,
                 progress=not args.no_progress, crashed=read_crashed(args.crashed))
     except (SettingsError, ManifestError) as error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,15 @@ import numpy as np
 import torch
 
 from dfdc_core.aggregate import person_scores
+from dfdc_core.config import SettingsError, writable_folder
 from dfdc_core.faces import Detection, Track, model_images, normalise
 from dfdc_core.io import write_atomic
 from dfdc_core.models import ManifestError, fake_logit, model_family
 from dfdc_core.plots import pyplot, save_figure
 from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, decode_video, is_image, read_image
+from kernel.checks import check_config, check_device, check_manifest, check_not_an_input
 from kernel.config import load_config
+from kernel.device import choose_device
 from kernel.pipeline import LoadedModel, NoFaceError, Scorer, VideoPrediction, load_scorer
 from kernel.submission import clip_probs
 
@@ -205,30 +209,50 @@ def write_explanation(explanation: Explanation, scorer: Scorer, out_dir: Path, r
     return png, json_path
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kernel.explain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="a video, or an image (face photo, or a face crop with --crop)")
-    parser.add_argument("--manifest", default="weights_manifest.json", help="weights_manifest.json")
+    parser.add_argument("--manifest", type=Path, default=Path("weights_manifest.json"), help="weights_manifest.json")
     parser.add_argument("--out", type=Path, default=Path("runs/explain"), help="folder for the PNG and JSON")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--config", default=None, help="JSON overriding kernel/default_config.json")
     parser.add_argument("--frames", type=int, default=None, help="frames sampled per video (kernel default 32)")
     parser.add_argument("--crop", action="store_true", help="the image is a face crop: score it whole")
-    parser.add_argument("--rows", type=int, default=8, help="frames shown in the PNG (the JSON has every face)")
+    parser.add_argument("--rows", type=positive_int, default=8,
+                        help="frames shown in the PNG (the JSON has every face)")
     return parser.parse_args(argv)
+
+
+def checked_scorer(args: argparse.Namespace) -> Scorer:
+    """The kernel's checks of the config, device, input file and manifest (as `python -m kernel` makes them), then
+    its scorer; `SettingsError`, `ManifestError` or `ExplainError` naming what is wrong."""
+    config = load_config(args.config, frames=args.frames)
+    check_config(config)
+    check_device(args.device)
+    if not os.path.isfile(args.path):
+        raise ExplainError(f"{args.path}: no such file")
+    written = [args.out / f"{args.path.stem}_explain{suffix}" for suffix in (".png", ".json")]
+    check_not_an_input(args.out, [args.path, args.manifest] + ([Path(args.config)] if args.config else []), written)
+    check_manifest(args.manifest)
+    return load_scorer(args.manifest, config, choose_device(args.device).device)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = load_config(args.config, frames=args.frames)
     try:
-        if not args.path.is_file():
-            raise ExplainError(f"{args.path}: no such file")
-        scorer = load_scorer(args.manifest, config, args.device)
+        scorer = checked_scorer(args)
         explanation = explain(args.path, scorer, args.crop)
+        writable_folder(args.out, "--out", args.out)
         png, json_path = write_explanation(explanation, scorer, args.out, args.rows)
-    except (ExplainError, ManifestError) as error:
+    except (ExplainError, ManifestError, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     prediction = explanation.prediction

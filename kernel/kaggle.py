@@ -121,6 +121,11 @@ def in_flight_path(out: Path) -> Path:
     return out.with_name(out.name + ".inflight.json")
 
 
+def summary_path(out: Path) -> Path:
+    """Beside the submission `out`: the run's summary (device, timings, fallbacks, model sets, resolved config)."""
+    return out.with_name(out.name + ".summary.json")
+
+
 def crash_log_path(out: Path) -> Path:
     """Beside the submission `out`: where `python -m kernel` has `faulthandler` write every thread's stack when a
     signal (segmentation fault, abort) kills it, the crashing thread marked 'Current thread 0x…'."""
@@ -166,10 +171,16 @@ def say(message: str) -> None:
     print(f"[notebook] {message}", flush=True)
 
 
+def video_files(folder: Path) -> list[str]:
+    """The names of the videos in `folder` (by their suffix, `VIDEO_SUFFIXES`), sorted: what the kernel predicts
+    when no sample submission lists them."""
+    return sorted(path.name for path in folder.iterdir() if path.suffix.lower() in VIDEO_SUFFIXES)
+
+
 def target_names(data: CompetitionData) -> list[str]:
     """The sample submission's `filename` column in order, or every video in the folder sorted."""
     if data.sample_submission is None:
-        return sorted(path.name for path in data.videos.iterdir() if path.suffix.lower() in VIDEO_SUFFIXES)
+        return video_files(data.videos)
     with open(data.sample_submission, newline="") as handle:
         return [row["filename"] for row in csv.DictReader(handle)]
 

@@ -34,7 +34,7 @@ from dfdc_core.models import (
 )
 from dfdc_core.video import MissingVideoError, VideoReadError, decode_video
 from kernel.budget import BudgetPlanner, drop_order
-from kernel.checks import check_config, check_device, check_manifest, check_paths
+from kernel.checks import check_config, check_device, check_manifest, check_not_an_input, check_paths
 from kernel.config import load_config
 from kernel.device import DeviceChoice, choose_device
 from kernel.kaggle import NotFoundOnKaggle, find_competition, kaggle_root
@@ -43,8 +43,10 @@ from kernel.submission import (
     Checkpoint,
     InFlight,
     Record,
+    check_videos_found,
     checkpoint_path,
     inside_folder,
+    summary_path,
     target_filenames,
     video_identity,
     write_atomic,
@@ -273,6 +275,8 @@ def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, An
     is being decoded.
 
     Yields `(filename, frames or the decode error, decode seconds, the file's identity before decoding)` in order.
+    Anything else the thread raises (the in-flight mark cannot be written, a bug) is raised here, in the consumer's
+    thread, so the run ends instead of waiting for a video that never comes.
     """
     slots: queue.Queue = queue.Queue(maxsize=max(1, config["prefetch_videos"]))
 
@@ -286,31 +290,44 @@ def prefetch_frames(videos_dir: Path, filenames: list[str], config: dict[str, An
         return False
 
     def produce() -> None:
-        for filename in filenames:
-            if stop.is_set():  # the run ended (or crashed): start no new decode
-                return
-            start = time.perf_counter()
-            identity = video_identity(videos_dir / filename)
-            if in_flight is not None:
-                in_flight.mark("decode", filename)
-            try:
-                item: np.ndarray | Exception = decode_video(videos_dir / filename, config)[0]
-            except Exception as error:  # handed to the consumer, which logs it and uses the prior
-                item = error
-            if in_flight is not None:
-                in_flight.mark("decode", None)
-            if not put((filename, item, time.perf_counter() - start, identity)):
-                return
-        put(None)
+        try:
+            for filename in filenames:
+                if stop.is_set():  # the run ended (or crashed): start no new decode
+                    return
+                if in_flight is not None:
+                    in_flight.mark("decode", filename)
+                entry = decoded(videos_dir, filename, config)
+                if in_flight is not None:
+                    in_flight.mark("decode", None)
+                if not put(entry):
+                    return
+            put(None)
+        except BaseException as error:  # handed over whole: the consumer raises it, and the run ends
+            put(error)
 
     worker = threading.Thread(target=produce, name="decode", daemon=True)
     worker.start()
     try:
         while (entry := slots.get()) is not None:
+            if isinstance(entry, BaseException):
+                raise entry
             yield entry
     finally:
         stop.set()
         worker.join()
+
+
+def decoded(videos_dir: Path, filename: str, config: dict[str, Any]) -> tuple[str, np.ndarray | Exception, float,
+                                                                               dict | None]:
+    """One video's entry of `prefetch_frames`: its frames, or the error that stopped them (the consumer logs it and
+    uses the prior), the seconds it took, and the file's identity before decoding."""
+    start = time.perf_counter()
+    identity = video_identity(videos_dir / filename)
+    try:
+        item: np.ndarray | Exception = decode_video(videos_dir / filename, config)[0]
+    except Exception as error:  # handed to the consumer, which logs it and uses the prior
+        item = error
+    return filename, item, time.perf_counter() - start, identity
 
 
 def fallback_reason(error: Exception) -> str:
@@ -368,28 +385,37 @@ def kaggle_inputs(videos_dir: str | Path | None, sample: str | Path | None) -> t
     """`videos_dir` and `sample` as given, or, without a videos folder, the competition's data where Kaggle mounts
     it (`kernel.kaggle.find_competition`; the sample submission beside it unless one is given)."""
     if videos_dir is not None:
-        return Path(videos_dir), Path(sample) if sample else None
+        return Path(videos_dir), Path(sample) if sample is not None else None
     try:
         found = find_competition()
     except NotFoundOnKaggle as error:
         raise SettingsError(f"--videos not given, and {error}") from error
     log.info("competition data found: %s, %s", found.videos, found.sample_submission or "no sample submission")
-    return found.videos, Path(sample) if sample else found.sample_submission
+    return found.videos, Path(sample) if sample is not None else found.sample_submission
 
 
 def checked_inputs(videos_dir: Path, sample: Path | None, manifest: Path, out: Path, device: str,
                    config: dict[str, Any]) -> tuple[list[str], Manifest, DeviceChoice]:
-    """Check every setting, path, the sample submission, the manifest and its stacker, and probe the device, before
-    any video; return the target names, the manifest and the device. The weight files are checked as `load_scorer`
-    loads them."""
+    """Check every setting, path, the sample submission, the manifest and its stacker, that some videos are there and
+    that no output overwrites an input, and probe the device, before any video; return the target names, the manifest
+    and the device. The weight files are checked as `load_scorer` loads them."""
     check_config(config)
     check_device(device)
     check_paths(videos_dir, sample, out)
     filenames = target_filenames(videos_dir, sample)
     manifest_checked = check_manifest(manifest)
+    check_videos_found(videos_dir, filenames, sample)
+    check_not_an_input(out, input_files(videos_dir, filenames, sample, manifest_checked))
     choice = choose_device(device)
     log.info("device: %s (%s)", choice.device, choice.reason)
     return filenames, manifest_checked, choice
+
+
+def input_files(videos_dir: Path, filenames: list[str], sample: Path | None, manifest: Manifest) -> list[Path]:
+    """Every file a run reads: the sample submission, the manifest, its stacker and weights, and the videos."""
+    files = [path for path in (sample, manifest.path, manifest.stacker) if path is not None]
+    return files + [spec.file for spec in manifest.models] + [videos_dir / name for name in filenames
+                                                             if inside_folder(name)]
 
 
 def open_checkpoint(out: Path, signature: str, videos_dir: Path, filenames: list[str]) -> Checkpoint:
@@ -482,13 +508,12 @@ def predict(videos_dir: str | Path | None = None, sample_submission: str | Path 
                     {name: r.dropped for name, r in records.items() if r.reason == "ok"}, last_end - loop_start)
     log_summary(run, out)
     summary = {**run_summary(run, out, checked_manifest, scorer.base_stacker), "config": config}
-    write_atomic(summary_path(out), json.dumps(summary, indent=1))
+    try:
+        write_atomic(summary_path(out), json.dumps(summary, indent=1))
+    except OSError as error:  # the submission is written: the run succeeded without its summary
+        log.warning("%s: cannot write the run summary (%s); %s is written", summary_path(out),
+                    error.strerror or error, out)
     return run
-
-
-def summary_path(out: Path) -> Path:
-    """The run summary beside the submission `out`."""
-    return out.with_name(out.name + ".summary.json")
 
 
 def model_set_rows(run: KernelRun, manifest: Manifest, stacker: Stacker | None) -> list[dict[str, Any]]:

@@ -2,10 +2,12 @@
 
 Videos (zero-byte, random bytes, truncated, audio-only, one frame, portrait, 4K, 8192 x 8192, MJPEG, VP9, HEVC and
 AV1 where this PyAV can encode them, variable frame rate, odd names, names pointing outside the videos folder, a
-folder, a missing file) are scored in one `predict` run: each must get its expected reason and a finite label.
-Each bad setting (a stacker with NaN, `--frames 0`, `--out` a folder, ...) is one `python -m kernel` call in this
-process, which must exit 2 with a message naming the setting, and write nothing. Exit status 0 when every
-outcome is the expected one. `tests/test_reliability.py` runs the same corpus.
+folder, a missing file) are scored in one `predict` run, over a checkpoint of the same set-up whose lines for some of
+them are damaged: each must get its expected reason and a finite label, the damaged ones scored again. Each bad
+setting (a stacker with NaN, `--frames 0`, `--out` a folder or an input, a weight file that is no state_dict, ...)
+is one `python -m kernel` call in this process, which must exit 2 with a message naming the setting, and leave every
+file of the corpus as it was. Exit status 0 when every outcome is the expected one. `tests/test_reliability.py` runs
+the same corpus.
 
     python -m kernel.selftest [--manifest weights_manifest.json] [--work DIR] [--device cpu]
 
@@ -213,10 +215,14 @@ def run_video_corpus(work: Path, manifest: Path, device: str = "cpu") -> list[Ou
     names = [case.filename for case in cases if case.filename not in skipped]
     pd.DataFrame({"filename": names, "label": 0.5}).to_csv(sample, index=False)
     config = load_config(frames=FRAMES)
-    run = predict(videos, sample, manifest, work / "out" / "submission.csv", device, config, progress=False)
+    out = work / "out" / "submission.csv"
+    damaged = damaged_checkpoint(out, manifest, config, videos)
+    run = predict(videos, sample, manifest, out, device, config, progress=False)
     labels = dict(zip(run.submission["filename"], run.submission["label"]))
     low, high = config["clip"]
-    outcomes = []
+    reused = sorted(name for name in damaged if run.seconds[name] == DAMAGED_SECONDS)
+    outcomes = [Outcome(f"checkpoint lines of {', '.join(damaged)}: {', '.join(DAMAGED_LINES.values())}",
+                        "scored again", f"reused: {reused}" if reused else "scored again", not reused)]
     for case in cases:
         if case.filename in skipped:
             outcomes.append(Outcome(case.filename, case.expected, skipped[case.filename], True))
@@ -225,6 +231,29 @@ def run_video_corpus(work: Path, manifest: Path, device: str = "cpu") -> list[Ou
         passed = reason == case.expected and math.isfinite(label) and low <= label <= high
         outcomes.append(Outcome(case.filename, case.expected, reason, passed, label, run.seconds[case.filename]))
     return outcomes
+
+
+DAMAGED_SECONDS = 1.25  # of every damaged line: a video scored again gets its own measured seconds
+DAMAGED_LINES = {"face.mp4": "NaN label", "one_frame.mp4": "label 'nan'", "portrait_face.mp4": "null reason",
+                 "no_face.mp4": "numeric reason"}
+
+
+def damaged_checkpoint(out: Path, manifest: Path, config: dict, videos: Path) -> list[str]:
+    """A checkpoint of this very set-up (its signature) whose lines are damaged (`DAMAGED_LINES`, and a number as a
+    file name): the run must score their videos again (each used to crash every rerun); returns their names."""
+    from dfdc_core.models import load_manifest
+    from kernel.pipeline import run_signature
+    from kernel.submission import CHECKPOINT_FORMAT, checkpoint_path, video_identity
+
+    changes = [{"label": float("nan")}, {"label": "nan"}, {"reason": None}, {"reason": 5}]
+    lines = [{"signature": run_signature(load_manifest(manifest), config), "format": CHECKPOINT_FORMAT}]
+    lines += [{"filename": name, "label": 0.3, "reason": "ok", "seconds": DAMAGED_SECONDS,
+               "identity": video_identity(videos / name), "dropped": [], **change}
+              for name, change in zip(DAMAGED_LINES, changes)]
+    lines.append({**lines[1], "filename": 7, "label": 0.3})
+    checkpoint_path(out).parent.mkdir(parents=True, exist_ok=True)
+    checkpoint_path(out).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return list(DAMAGED_LINES)
 
 
 # ------------------------------------------------------------------------------------------ bad settings
@@ -326,6 +355,53 @@ def sample_text(text: str) -> Callable[[Setup], dict[str, str]]:
     return arrange
 
 
+def weights_holding(save: Callable[[Path], object]) -> Callable[[Setup], dict[str, str]]:
+    """Arrangement: the first model's weight file replaced by what `save` writes, its sha256 and size matching."""
+    def arrange(setup: Setup) -> dict[str, str]:
+        from dfdc_core.models import manifest_entry
+
+        entry = setup.first_model()
+        path = setup.folder / entry["file"]
+        path.unlink()  # the link: the original stays intact
+        save(path)
+        fixed = manifest_entry(entry["name"], entry["arch"], path, setup.folder, entry["input_size"])
+        setup.edit_manifest(lambda data: data["models"].__setitem__(0, {**entry, **fixed}))
+        return {}
+    return arrange
+
+
+def whole_model(path: Path) -> None:
+    import torch
+
+    from dfdc_core.models import create_classifier
+
+    torch.save(create_classifier("test_efficientnet"), path)
+
+
+def a_list(path: Path) -> None:
+    import torch
+
+    torch.save([torch.zeros(2)], path)
+
+
+def out_at(name: str | Callable[[Setup], Path]) -> Callable[[Setup], dict[str, str]]:
+    """Arrangement: `--out` at `name` in the case's folder, or at the path `name(setup)` gives."""
+    return lambda setup: {"--out": str(setup.folder / name if isinstance(name, str) else name(setup))}
+
+
+def beside_out(suffix: str) -> Callable[[Setup], dict[str, str]]:
+    """Arrangement: a folder where the kernel writes the file `<out><suffix>`."""
+    def arrange(setup: Setup) -> dict[str, str]:
+        (setup.folder / f"out.csv{suffix}").mkdir()
+        return {}
+    return arrange
+
+
+def empty_videos(setup: Setup) -> dict[str, str]:
+    (setup.folder / "empty").mkdir()
+    return {"--videos": str(setup.folder / "empty"), "--sample-submission": None}
+
+
 def needs_no_cuda() -> str | None:
     import torch
 
@@ -338,7 +414,7 @@ class SettingsCase:
 
     name: str
     message: str
-    arrange: Callable[[Setup], dict[str, str]]
+    arrange: Callable[[Setup], dict[str, str | None]]  # None: leave the flag out
     skip: Callable[[], str | None] = lambda: None
 
 
@@ -374,6 +450,49 @@ SETTINGS_CASES = (
     SettingsCase("--out an existing folder", "is a folder", lambda s: {"--out": str(s.folder)}),
     SettingsCase("--out under a file (unwritable)", "cannot write",
                  lambda s: {"--out": str(s.manifest / "submission.csv")}),
+    # issue 33 -- row 1: the decoding thread's in-flight mark cannot be written (it used to hang the run)
+    SettingsCase("<out>.inflight.json a folder", "inflight.json is a folder", beside_out(".inflight.json")),
+    # row 2: output-side OS errors, checked before the first video
+    SettingsCase("<out>.summary.json a folder", "summary.json is a folder", beside_out(".summary.json")),
+    SettingsCase("--out a 240-byte name", "its name is 240 bytes", out_at("s" * 236 + ".csv")),
+    # row 3: inputs never destroyed nor silently replaced
+    SettingsCase("--out the manifest", "would overwrite the input", lambda s: {"--out": str(s.manifest)}),
+    SettingsCase("--out a video", "would overwrite the input",
+                 out_at(lambda s: Path(s.flags["--videos"]) / "clip.mp4")),
+    SettingsCase("--out the sample submission", "would overwrite the input",
+                 out_at(lambda s: Path(s.flags["--sample-submission"]))),
+    SettingsCase("--out the --config file", "would overwrite the input",
+                 lambda s: {**s.write_config({}), "--out": str(s.folder / "config.json")}),
+    SettingsCase("--sample-submission mistyped", "cannot read it (No such file",
+                 lambda s: {"--sample-submission": str(s.folder / "sample_submision.csv")}),
+    SettingsCase("--sample-submission a folder", "cannot read it (Is a directory",
+                 lambda s: {"--sample-submission": str(s.folder)}),
+    SettingsCase("--videos with no video, no sample", "no videos in it", empty_videos),
+    SettingsCase("--videos without the sample's videos", "none of the 1 videos",
+                 lambda s: {"--videos": str(s.folder)}),
+    # row 4: manifest and stacker values of the wrong type or range
+    SettingsCase("manifest classes 5", "'classes' is 5", set_entry("classes", 5)),
+    SettingsCase("manifest real_class null", "'real_class' is None", set_entry("real_class", None)),
+    SettingsCase("manifest std 1e-320", "at least 0.001", set_entry("std", [0.2, 1e-320, 0.2])),
+    SettingsCase("manifest mean 1e308", "'mean' is [1e+308", set_entry("mean", [1e308, 0.5, 0.5])),
+    SettingsCase("manifest input_size 100000", "at most 1024 pixels", set_entry("input_size", 100000)),
+    SettingsCase("stacker aggregation ['mean']", "aggregation ['mean']", stacker(aggregation=["mean"])),
+    SettingsCase("stacker feature_names [5]", "'feature_names' is [5]", stacker(feature_names=[5])),
+    SettingsCase("stacker with no features", "'feature_names' is []", stacker(feature_names=[], coef=[])),
+    SettingsCase("stacker statistic unknown", "no statistic the kernel computes",
+                 lambda s: stacker(feature_names=[f"{s.first_model()['name']}.median"])(s)),
+    SettingsCase("stacker coef nested", "'coef' is [[1.0]]", stacker(coef=[[1.0]])),
+    SettingsCase("stacker coef 1e308", "beyond", stacker(coef=[1e308])),
+    # row 5: weight files whose sha256 matches but which hold no state_dict
+    SettingsCase("weights a whole pickled model, sha256 correct", "refused unread", weights_holding(whole_model)),
+    SettingsCase("weights a text file, sha256 correct", "is a text file",
+                 weights_holding(lambda path: path.write_text("weights\n"))),
+    SettingsCase("weights a list, sha256 correct", "holds a list", weights_holding(a_list)),
+    # row 6: absurd numbers
+    SettingsCase("--frames 2**63", "at most 1000", flag("--frames", str(2**63))),
+    SettingsCase("config crop_margin 1e6", "'crop_margin' is 1000000.0",
+                 lambda s: s.write_config({"crop_margin": 1e6})),
+    SettingsCase("--classify-batch-size 10**9", "at most 1024", flag("--classify-batch-size", str(10**9))),
 )
 
 
@@ -388,16 +507,21 @@ class ErrorLog(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def files_under(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time: what a refused run must leave as it was."""
+    return {path: (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.rglob("*") if path.is_file()}
+
+
 def run_settings_case(case: SettingsCase, setup: Setup) -> Outcome:
-    """`python -m kernel` (in this process) with one bad setting: exit 2, the message, nothing written."""
+    """`python -m kernel` (in this process) with one bad setting: exit 2, the message, and no file written or changed
+    in the settings corpus (its videos, sample submission and every case's folder)."""
     from kernel.cli import main
-    from kernel.submission import checkpoint_path
 
     expected = f"exit 2: ...{case.message}..."
     if (reason := case.skip()) is not None:
         return Outcome(case.name, expected, reason, True)
-    flags = {**setup.flags, **case.arrange(setup)}
-    out = Path(flags["--out"])
+    flags = {key: value for key, value in {**setup.flags, **case.arrange(setup)}.items() if value is not None}
+    before = files_under(setup.folder.parent)
     errors = ErrorLog()
     logging.getLogger("kernel").addHandler(errors)
     start = time.perf_counter()
@@ -406,7 +530,7 @@ def run_settings_case(case: SettingsCase, setup: Setup) -> Outcome:
     finally:
         logging.getLogger("kernel").removeHandler(errors)
     message = " | ".join(errors.messages).replace(str(setup.folder), "<case>")
-    written = out.is_file() or checkpoint_path(out).is_file()
+    written = files_under(setup.folder.parent) != before
     passed = code == 2 and case.message in message and not written
     got = f"exit {code}: {message}" + (" (and wrote output)" if written else "")
     return Outcome(case.name, expected, got, passed, seconds=time.perf_counter() - start)

@@ -1,22 +1,31 @@
 """Submission I/O: which videos to predict, clipping, atomic CSV writes and the crash checkpoint."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from dfdc_core.config import SettingsError
+from dfdc_core.config import SettingsError, read_regular_file
 from dfdc_core.io import write_atomic
 from dfdc_core.video import IMAGE_SUFFIXES
-from kernel.kaggle import VIDEO_SUFFIXES, checkpoint_path, in_flight_path  # noqa: F401  (re-exported)
+from kernel.checks import is_number
+from kernel.kaggle import (  # noqa: F401  (re-exported)
+    VIDEO_SUFFIXES,
+    checkpoint_path,
+    in_flight_path,
+    summary_path,
+    video_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +33,31 @@ log = logging.getLogger(__name__)
 def target_filenames(videos_dir: Path, sample_submission: Path | None) -> list[str]:
     """Files of `sample_submission.csv` in its order, or every video and image (a one-frame video) in the folder,
     sorted."""
-    if sample_submission is not None and Path(sample_submission).is_file():
-        return sample_filenames(Path(sample_submission))
     if sample_submission is not None:
-        log.warning("%s not found: predicting every video in %s", sample_submission, videos_dir)
+        return sample_filenames(Path(sample_submission))
     if not Path(videos_dir).is_dir():
         raise FileNotFoundError(f"videos folder {videos_dir} not found; pass --videos DIR")
-    return sorted(p.name for p in Path(videos_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES)
+    return media_files(Path(videos_dir))
+
+
+def media_files(folder: Path) -> list[str]:
+    """The videos of `folder` (`video_files`) and its images (each a one-frame video), sorted."""
+    images = [path.name for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(video_files(folder) + images)
 
 
 def sample_filenames(path: Path) -> list[str]:
     """The `filename` column of a sample submission, every cell kept as written (no NaN for 'nan' or 'NA').
 
-    `SettingsError` if the file is not CSV, has no `filename` column, lists no video or has an empty name.
+    `SettingsError` if the file cannot be read, is not CSV, has no `filename` column, lists no video or has an empty
+    name.
     """
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.BytesIO(read_regular_file(path)), dtype=str, keep_default_na=False)
+    except OSError as error:
+        raise SettingsError(f"--sample-submission {path}: cannot read it ({error.strerror or error}); pass the "
+                            "competition's sample_submission.csv, or leave the flag out to predict every video of "
+                            "--videos") from error
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise SettingsError(f"{path}: cannot read it as CSV ({error}); expected the DFDC 'filename,label' format") \
             from error
@@ -53,6 +71,18 @@ def sample_filenames(path: Path) -> list[str]:
     if empty:
         raise SettingsError(f"{path}: empty filename on line(s) {empty[:10]}; every row must name a video")
     return names
+
+
+def check_videos_found(videos_dir: Path, filenames: list[str], sample_submission: Path | None) -> None:
+    """`SettingsError` unless some target video is a file in `videos_dir` (else every video would get the prior): a
+    folder with no video, or without any video the sample submission lists."""
+    if any(inside_folder(name) and os.path.isfile(videos_dir / name) for name in filenames):
+        return
+    if sample_submission is None:
+        raise SettingsError(f"--videos {videos_dir}: no videos in it (files named "
+                            f"*{', *'.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)}); pass the folder of the test videos")
+    raise SettingsError(f"--videos {videos_dir}: none of the {len(filenames)} videos {sample_submission} lists is "
+                        f"there (e.g. {filenames[:3]}); pass the folder that holds them")
 
 
 def inside_folder(filename: str) -> bool:
@@ -75,8 +105,20 @@ def write_submission(path: str | Path, filenames: list[str], labels: dict[str, f
     if bad:
         raise ValueError(f"non-finite labels for {len(bad)} videos ({bad[:5]}); nothing written to {path}")
     frame = pd.DataFrame({"filename": filenames, "label": clip_probs([labels[f] for f in filenames], bounds)})
-    write_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
+    with writing(Path(path)):
+        write_atomic(path, frame.to_csv(index=False, float_format="%.6f"))
     return frame
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An `OSError` while writing `path` (disk full, the file size limit, a folder in the way) becomes a
+    `SettingsError` naming the file and the cause: `python -m kernel` exits 2 with it."""
+    try:
+        yield
+    except OSError as error:
+        raise SettingsError(f"{path}: cannot write it ({error.strerror or error}); free space there, lift the file "
+                            "size limit (ulimit -f) or pass another --out") from error
 
 
 CHECKPOINT_FORMAT = 2
@@ -118,22 +160,23 @@ class Checkpoint:
         self.signature = signature
         self.done: dict[str, Record] = {}
         self.retried: list[str] = []
-        records = self._load()
-        changed = []
-        for filename, record in (records or {}).items():
-            if record.reason.startswith(RETRIED_ON_RESUME):
-                self.retried.append(filename)
-            elif record.identity is not None and record.identity == identity(filename):
-                self.done[filename] = record
-            else:
-                changed.append(filename)
-        if changed:
-            self._set_aside("stale", f"{len(changed)} of its videos changed since they were scored "
-                                     f"({changed[:5]}); they are scored again")
-        if records is None or changed:
-            lines = [self._header()] + [self._line(name, record) for name, record in self.done.items()]
-            write_atomic(self.path, "".join(lines))
-        self._handle = open(self.path, "a")
+        with writing(self.path):
+            records = self._load()
+            changed = []
+            for filename, record in (records or {}).items():
+                if record.reason.startswith(RETRIED_ON_RESUME):
+                    self.retried.append(filename)
+                elif record.identity is not None and record.identity == identity(filename):
+                    self.done[filename] = record
+                else:
+                    changed.append(filename)
+            if changed:
+                self._set_aside("stale", f"{len(changed)} of its videos changed since they were scored "
+                                         f"({changed[:5]}); they are scored again")
+            if records is None or changed:
+                lines = [self._header()] + [self._line(name, record) for name, record in self.done.items()]
+                write_atomic(self.path, "".join(lines))
+            self._handle = open(self.path, "a")
 
     def _header(self) -> str:
         return json.dumps({"signature": self.signature, "format": CHECKPOINT_FORMAT}) + "\n"
@@ -158,11 +201,11 @@ class Checkpoint:
         records = {}
         for number, line in enumerate(lines[1:], start=2):
             try:
-                row = json.loads(line)
-                records[row["filename"]] = Record(float(row["label"]), row["reason"], float(row["seconds"]),
-                                                  row["identity"], tuple(row.get("dropped", ())))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                filename, record = record_of(json.loads(line))
+            except (KeyError, TypeError, ValueError):  # json.JSONDecodeError is a ValueError
                 log.warning("%s: line %d is damaged; that video is scored again", self.path, number)
+                continue
+            records[filename] = record
         return records
 
     def _cut_torn_line(self) -> None:
@@ -184,11 +227,26 @@ class Checkpoint:
 
     def add(self, filename: str, record: Record) -> None:
         self.done[filename] = record
-        self._handle.write(self._line(filename, record))
-        self._handle.flush()
+        with writing(self.path):
+            self._handle.write(self._line(filename, record))
+            self._handle.flush()
 
     def close(self) -> None:
-        self._handle.close()
+        with writing(self.path):
+            self._handle.close()
+
+
+def record_of(row: Any) -> tuple[str, Record]:
+    """The video name and record of one checkpoint line's JSON; `ValueError` (or `KeyError`, `TypeError`) if a field
+    is missing or has the wrong type or range: the line is damaged, and its video is scored again."""
+    filename, label, reason, seconds, identity = (row[key] for key in ("filename", "label", "reason", "seconds",
+                                                                       "identity"))
+    dropped = row.get("dropped", [])
+    if not (isinstance(filename, str) and filename and is_number(label) and 0 <= label <= 1 and isinstance(reason, str)
+            and reason and is_number(seconds) and seconds >= 0 and (identity is None or isinstance(identity, dict))
+            and isinstance(dropped, list) and all(isinstance(name, str) for name in dropped)):
+        raise ValueError(f"a checkpoint record with a field of the wrong type or range: {row}")
+    return filename, Record(float(label), reason, float(seconds), identity, tuple(dropped))
 
 
 class InFlight:
@@ -203,11 +261,11 @@ class InFlight:
 
     def mark(self, stage: str, filename: str | None) -> None:
         """The calling thread now works on `filename` in `stage` ('decode' or 'score'); None: that stage is idle."""
-        with self.lock:
+        with self.lock, writing(self.path):
             self.marks[stage] = None if filename is None else {"video": filename, "thread": threading.get_ident()}
             write_atomic(self.path, json.dumps(self.marks), durable=False)
 
     def clear(self) -> None:
         """The run finished: nothing is in progress."""
-        with self.lock:
+        with self.lock, writing(self.path):
             self.path.unlink(missing_ok=True)

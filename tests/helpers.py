@@ -1,8 +1,11 @@
 """Small data the suite makes itself: synthetic H.264 clips, tiny random models and their manifest."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +115,20 @@ def registry_unreachable(folder: Path) -> str | None:
     if result.returncode != 0:
         return f"package registry unreachable: pip download facenet-pytorch==2.6.0 failed: {result.stderr[-500:]}"
     return None
+
+
+def pipe_that_unblocks(path: Path, seconds: float = 5.0) -> Path:
+    """A named pipe at `path` whose writing end is opened and closed after `seconds`: code that opens it to read waits
+    that long at most (then reads nothing) instead of forever, so a test of "never blocks on a pipe" fails, never
+    hangs."""
+    os.mkfifo(path)
+
+    def release() -> None:
+        time.sleep(seconds)
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO when no reader waits: nothing to release
+        except OSError:
+            return
+        os.close(handle)
+    threading.Thread(target=release, daemon=True).start()
+    return path

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import zipfile
 
@@ -23,7 +24,8 @@ from tests.helpers import registry_unreachable
 def models(tiny_manifest_path, tmp_path):
     folder = tmp_path / "models"
     shutil.copytree(tiny_manifest_path.parent, folder)
-    (folder / "stacker.json").write_text(json.dumps({"feature_names": [], "coef": [], "intercept": 0.0}))
+    (folder / "stacker.json").write_text(json.dumps({"feature_names": ["test_resnet.logit"], "coef": [1.0],
+                                                     "intercept": 0.0}))
     data = json.loads((folder / "weights_manifest.json").read_text())
     data["stacker"] = "stacker.json"
     (folder / "weights_manifest.json").write_text(json.dumps(data))
@@ -126,3 +128,125 @@ def test_weight_with_another_sha256_is_refused(models, tmp_path, capsys):
         build_bundle(models, tmp_path / "bundle")
     assert main(["--manifest", str(models), "--out", str(tmp_path / "b2")]) == 2
     assert "sha256" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ issue 33: bad input
+
+def edited(models, change):
+    data = json.loads(models.read_text())
+    change(data)
+    models.write_text(json.dumps(data))
+    return models
+
+
+def nothing_written(tmp_path, out) -> bool:
+    """Neither `out` nor any file outside the models folder exists (the test's own files aside)."""
+    return not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+@pytest.mark.parametrize("name,suffix", [("../evil", ".pth"), ("sub/evil", ".pth"), ("/tmp/evil", ".pth"),
+                                         ("..", ""), (".", "")])
+def test_a_model_name_that_is_no_plain_file_name_is_refused_before_anything_is_written(models, tmp_path, name,
+                                                                                       suffix):
+    """Issue 33: '../evil' copied a weight outside --out and exited 0 (so would '..' for weights with no suffix)."""
+    data = json.loads(models.read_text())
+    shutil.copy(models.parent / data["models"][0]["file"], models.parent / f"weights{suffix}")
+    edited(models, lambda data: data["models"][0].update(name=name, file=f"weights{suffix}"))
+    edited(models, lambda data: data.update(stacker=None))
+    out = tmp_path / "bundle"
+    with pytest.raises(BundleError) as error:
+        build_bundle(models, out, wheels=False)
+    assert str(error.value) == (f"{models}: model name {name!r} makes {name + suffix!r}, which is no plain file name, "
+                                "the name of its weights in the bundle; rename the model (letters, digits, '_', '-', "
+                                "'.'), in the manifest and in the stacker's features")
+    assert nothing_written(tmp_path, out) and not (tmp_path / "evil.pth").exists()
+
+
+def test_dots_in_a_model_name_are_fine(models, tmp_path):
+    edited(models, lambda data: data["models"][0].update(name=".."))  # its weights: '...pth'
+    edited(models, lambda data: data.update(stacker=None))
+    build_bundle(models, tmp_path / "bundle", wheels=False)
+    assert (tmp_path / "bundle" / "...pth").is_file()
+
+
+def test_names_the_bundle_would_hold_twice_are_refused(models, tmp_path):
+    data = json.loads(models.read_text())
+    (models.parent / "test_resnet.pth").write_bytes((models.parent / data["models"][1]["file"]).read_bytes())
+    shutil.copy(models.parent / "stacker.json", models.parent / "sub_stacker.json")
+    (models.parent / "nested").mkdir()
+    shutil.copy(models.parent / "stacker.json", models.parent / "nested" / "test_resnet.pth")
+    edited(models, lambda data: data.update(stacker="nested/test_resnet.pth"))
+    with pytest.raises(BundleError, match=re.escape("the bundle would hold ['test_resnet.pth'] twice")):
+        build_bundle(models, tmp_path / "bundle", wheels=False)
+    weights = models.parent / data["models"][0]["file"]
+    shutil.copy(weights, models.parent / "m.json")
+    edited(models, lambda data: data.update(stacker=None))
+    edited(models, lambda data: data["models"][0].update(name="weights_manifest", file="m.json"))
+    with pytest.raises(BundleError, match=re.escape("the bundle would hold ['weights_manifest.json'] twice")):
+        build_bundle(models, tmp_path / "bundle", wheels=False)
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda models: models.write_text("[]"), "the top level is a JSON list"),
+    (lambda models: edited(models, lambda data: data["models"][0].update(arch="resnet_no_such_model")),
+     "is not a model of timm"),
+    (lambda models: edited(models, lambda data: data["models"][0].update(input_size=100000)), "at most 1024 pixels"),
+    (lambda models: (models.parent / "stacker.json").write_text('{"feature_names": ["x.logit"], "coef": [1], '
+                                                                 '"intercept": 0}'), "name no model of the manifest"),
+    (lambda models: text_weights(models), "is a text file that torch.load cannot read"),
+])
+def test_what_the_kernel_would_refuse_is_refused_before_anything_is_written(models, tmp_path, capsys, change,
+                                                                            message):
+    """Issue 33: a text weight or an unknown arch was bundled with exit 0 (and `[]` traced back)."""
+    change(models)
+    out = tmp_path / "bundle"
+    assert main(["--manifest", str(models), "--out", str(out), "--no-wheels"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert nothing_written(tmp_path, out)
+
+
+def text_weights(models) -> None:
+    """The first model's weights replaced by text, with the manifest's sha256 and size matching it."""
+    from dfdc_core.models import manifest_entry
+
+    data = json.loads(models.read_text())
+    entry = data["models"][0]
+    (models.parent / entry["file"]).write_text("weights\n")
+    data["models"][0] = {**entry, **manifest_entry(entry["name"], entry["arch"], models.parent / entry["file"],
+                                                   models.parent, entry["input_size"])}
+    models.write_text(json.dumps(data))
+
+
+def test_an_out_that_is_a_file_or_under_one_is_refused(models, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("keep me")
+    for out, message in [(tmp_path / "a_file", f"--out {tmp_path / 'a_file'} is a file; pass a new folder"),
+                         (tmp_path / "a_file" / "bundle", f"--out {tmp_path / 'a_file' / 'bundle'}: cannot write in ")]:
+        assert main(["--manifest", str(models), "--out", str(out), "--no-wheels"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_a_failed_write_is_named_not_a_traceback(models, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import ensemble.bundle as bundle
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(bundle.shutil, "copy2", full)
+    out = tmp_path / "bundle"
+    with pytest.raises(BundleError) as error:
+        build_bundle(models, out, wheels=False)
+    assert str(error.value) == (f"--out {out}: writing the bundle failed ([Errno 28] No space left on device); free "
+                                "space there and build it again into a new folder")
+
+
+def test_a_bundle_of_checked_models_keeps_names_and_content(models, tmp_path):
+    build_bundle(models, tmp_path / "bundle", wheels=False)
+    data = json.loads((tmp_path / "bundle" / "weights_manifest.json").read_text())
+    assert [entry["file"] for entry in data["models"]] == ["test_efficientnet.pth", "test_resnet.pth"]
+    assert data["stacker"] == "stacker.json"
+    verify_manifest(load_manifest(tmp_path / "bundle" / "weights_manifest.json"))

@@ -9,6 +9,7 @@ import pytest
 
 import kernel.cli as cli
 import kernel.pipeline as pipeline
+from dfdc_core.config import SettingsError
 from kernel.config import DEFAULT_CONFIG_PATH, load_config
 
 
@@ -59,3 +60,12 @@ def test_a_bad_config_file_exits_2_naming_it(monkeypatch, tmp_path, caplog, text
 def test_an_unknown_key_from_python_is_refused_too():
     with pytest.raises(ValueError, match=r"^overrides: unknown keys \['framez'\]; the known keys are those of .*json"):
         load_config(framez=3)
+
+
+def test_crashed_that_is_a_pipe_or_a_device_is_exit_2_without_blocking(tmp_path):
+    from kernel.cli import read_crashed
+    from tests.helpers import pipe_that_unblocks
+
+    for path in (pipe_that_unblocks(tmp_path / "crashed.json"), Path("/dev/zero")):
+        with pytest.raises(SettingsError, match=f"^--crashed {path}: cannot read it as JSON \\(.*not a regular file"):
+            read_crashed(path)

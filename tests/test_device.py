@@ -73,6 +73,7 @@ def test_cli_device_cuda_on_an_unusable_gpu_exits_2_before_any_video(p100, monke
                                                                       caplog):
     monkeypatch.setattr(pipeline, "decode_video", lambda *a, **k: pytest.fail("a video was read"))
     (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "clip.mp4").write_bytes(b"")  # a folder without a video is refused first
     out = tmp_path / "submission.csv"
     code = main(["--videos", str(tmp_path / "videos"), "--manifest", str(tiny_manifest_path), "--out", str(out),
                  "--device", "cuda", "--no-progress"])

@@ -91,3 +91,78 @@ def test_empty_manifest_is_a_clear_error(tmp_path, capsys):
     cv2.imwrite(str(image), np.zeros((40, 40, 3), np.uint8))
     assert explain_main([str(image), "--crop", "--manifest", str(manifest)]) == 2
     assert "'models' is empty" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ issue 33: bad input
+
+@pytest.fixture()
+def face_image(tmp_path):
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    return image
+
+
+def explain_error(capsys, *argv: str) -> str:
+    """`python -m kernel.explain` with `argv`: it must exit 2; its message."""
+    assert explain_main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_bad_settings_are_exit_2_before_any_work(tiny_manifest_path, face_image, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = [str(face_image), "--crop", "--manifest", str(tiny_manifest_path), "--out", str(out)]
+    (tmp_path / "config.json").write_text('{"frames_per_video": 8}')
+    config = str(tmp_path / "config.json")
+    assert "unknown keys ['frames_per_video']" in explain_error(capsys, *base, "--config", config)
+    (tmp_path / "config.json").write_text('{"crop_margin": 1e6}')
+    assert "kernel setting 'crop_margin' is 1000000.0" in explain_error(capsys, *base, "--config",
+                                                                        str(tmp_path / "config.json"))
+    assert "kernel setting 'frames' is 0" in explain_error(capsys, *base, "--frames", "0")
+    assert "--device 'meta'" in explain_error(capsys, *base, "--device", "meta")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("rows", ["0", "-1", "x", "1.5"])
+def test_rows_must_be_a_whole_number_above_zero(tiny_manifest_path, face_image, tmp_path, capsys, rows):
+    with pytest.raises(SystemExit) as exit_:
+        explain_main([str(face_image), "--crop", "--manifest", str(tiny_manifest_path), "--rows", rows])
+    assert exit_.value.code == 2
+    assert f"argument --rows: {rows!r} is not a whole number above 0" in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_is_exit_2_and_left_alone(tiny_manifest_path, face_image, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("keep me")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "sub"):
+        err = explain_error(capsys, str(face_image), "--crop", "--manifest", str(tiny_manifest_path), "--out", str(out))
+        assert err.startswith(f"error: --out {out}: cannot write in {out} (")
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_an_output_that_would_overwrite_an_input_is_refused(tiny_manifest_path, face_image, tmp_path, capsys):
+    manifest = tmp_path / "face_explain.json"
+    manifest.write_bytes(tiny_manifest_path.read_bytes())
+    for name in json.loads(manifest.read_text())["models"]:
+        (tmp_path / name["file"]).symlink_to(tiny_manifest_path.parent / name["file"])
+    err = explain_error(capsys, str(face_image), "--crop", "--manifest", str(manifest), "--out", str(tmp_path))
+    assert err == (f"error: --out {tmp_path}: writing {manifest} would overwrite the input {manifest}; pass --out a "
+                   "new file name\n")
+    assert manifest.read_bytes() == tiny_manifest_path.read_bytes()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda data: "[]", "the top level is a JSON list"),
+    (lambda data: {**data, "models": [dict(data["models"][0], input_size=100000)]}, "at most 1024 pixels"),
+    (lambda data: {**data, "models": [dict(data["models"][0], std=[0.2, 1e-320, 0.2])]}, "at least 0.001"),
+    (lambda data: {**data, "models": [dict(data["models"][0], classes=5)]}, "'classes' is 5"),
+])
+def test_bad_manifests_are_exit_2_naming_them(tiny_manifest_path, face_image, tmp_path, capsys, change, message):
+    data = json.loads(tiny_manifest_path.read_text())
+    manifest = tmp_path / "weights_manifest.json"
+    changed = change(data)
+    manifest.write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    for name in data["models"]:
+        (tmp_path / name["file"]).symlink_to(tiny_manifest_path.parent / name["file"])
+    err = explain_error(capsys, str(face_image), "--crop", "--manifest", str(manifest), "--out", str(tmp_path / "o"))
+    assert str(manifest) in err and message in err and not (tmp_path / "o").exists()

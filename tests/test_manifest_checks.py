@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -578,7 +579,7 @@ def test_load_classifier_runs_no_code_from_a_pickle(models, tmp_path):
     spec = load_manifest(models).models[0]
     weights = tmp_path / "evil.pth"
     torch.save({"conv_stem.weight": Payload(tmp_path / "ran")}, weights)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(ManifestError, match="holding objects other than tensors and plain values .*refused unread"):
         load_classifier(ModelSpec(**{**vars(spec), "file": weights}))
     assert not (tmp_path / "ran").exists()
 
@@ -603,3 +604,322 @@ def test_the_first_five_non_finite_tensors_are_named(models):
     with pytest.raises(ManifestError) as error:
         load_classifier(spec)
     assert f"has NaN or infinite values in {floating[:5]}; its training" in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------ issue 33: upper bounds
+
+@pytest.mark.parametrize("key", checks.POSITIVE_INTEGERS)
+def test_counts_have_an_upper_bound(key):
+    most = checks.POSITIVE_INTEGERS[key]
+    config = dict(load_config(), detect_long_side=4096, max_frame_side=8192)  # the cross-checks out of the way
+    checks.check_config(dict(config, **{key: most}))
+    for value in (most + 1, 2**63, 10**12):
+        refused(config, key, value, f"at most {most}: more only exhausts memory")
+
+
+def test_the_bounds_are_what_a_run_can_hold():
+    assert checks.POSITIVE_INTEGERS == {"frames": 1000, "max_frame_side": 8192, "prefetch_videos": 8,
+                                        "detect_long_side": 4096, "detect_batch_size": 256,
+                                        "mtcnn_min_face_size": 4096, "classify_batch_size": 1024, "max_persons": 64}
+
+
+def test_the_crop_margin_threads_and_face_sizes_have_upper_bounds():
+    config = load_config()
+    checks.check_config(dict(config, crop_margin=2.0, detect_threads=256, mtcnn_min_face_size=480,
+                             min_face_px=2160))
+    for value in (2.01, 1e6):
+        refused(config, "crop_margin", value, "at most 2.0 (a crop 5 faces wide); more only pads the crop and "
+                                              "exhausts memory")
+    for value in (257, 2**63):
+        refused(config, "detect_threads", value, "at most 256 threads")
+    refused(config, "mtcnn_min_face_size", 481, "at most detect_long_side (480): no larger face fits the detector's "
+                                                "copy of a frame")
+    refused(config, "min_face_px", 2160.5, "at most max_frame_side (2160): no face is larger than the frame")
+    refused(dict(config, max_frame_side=100), "min_face_px", 101, "at most max_frame_side (100): no face is larger "
+                                                                  "than the frame")
+
+
+def test_a_list_or_a_mapping_where_a_name_belongs_is_refused_not_a_crash():
+    config = load_config()
+    for value in (["mean"], {"mean": 1}):
+        refused(config, "aggregation", value, f"one of {sorted(STRATEGIES)}")
+    for value in ([["pyav"]], [{"pyav": 1}], ["pyav", ["decord"]]):
+        refused(config, "decode_backends", value, "a non-empty list of ['decord', 'opencv', 'pyav']")
+    assert checks.is_one_of("mean", STRATEGIES) and not checks.is_one_of(["mean"], STRATEGIES)
+
+
+# ------------------------------------------------------------------------------------------ issue 33: output paths
+
+def test_every_file_written_beside_out_must_not_be_a_folder(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    out = tmp_path / "s.csv"
+    assert checks.output_files(out) == (out, tmp_path / "s.csv.partial.jsonl", tmp_path / "s.csv.inflight.json",
+                                        tmp_path / "s.csv.summary.json")
+    for written in checks.output_files(out)[1:]:
+        written.mkdir()
+        with pytest.raises(SettingsError) as error:
+            checks.check_paths(videos, None, out)
+        assert str(error.value) == (f"--out {out}: {written} is a folder; name a file, e.g. --out "
+                                    f"{out / 'submission.csv'}")
+        written.rmdir()
+    checks.check_paths(videos, None, out)
+
+
+def test_an_out_name_too_long_for_the_files_written_beside_it_is_refused(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    fits = tmp_path / ("s" * (longest - checks.NAME_ROOM - 4) + ".csv")
+    checks.check_paths(videos, None, fits)
+    for length in (longest - checks.NAME_ROOM + 1, 240, longest, longest + 45):
+        out = tmp_path / ("s" * (length - 4) + ".csv")
+        with pytest.raises(SettingsError) as error:
+            checks.check_paths(videos, None, out)
+        assert str(error.value) == (f"--out {out}: its name is {length} bytes, and files written beside it add up to "
+                                    f"28 ({out.name}.partial.jsonl and its temporary copy), over the {longest} bytes a "
+                                    f"name may have there; use a name of at most {longest - 28} bytes")
+    wide = tmp_path / ("é" * 114 + ".csv")  # 232 bytes in 118 characters: bytes count
+    with pytest.raises(SettingsError, match="its name is 232 bytes"):
+        checks.check_paths(videos, None, wide)
+
+
+def test_a_videos_name_too_long_is_no_such_folder(tmp_path):
+    videos = tmp_path / ("v" * 300)
+    with pytest.raises(SettingsError) as error:
+        checks.check_paths(videos, None, tmp_path / "s.csv")
+    assert str(error.value) == f"--videos {videos}: no such folder; pass --videos DIR"
+
+
+def test_no_output_may_overwrite_an_input_however_it_is_named(tmp_path, monkeypatch):
+    manifest = tmp_path / "weights_manifest.json"
+    manifest.write_text("{}")
+    absent = tmp_path / "videos" / "missing.mp4"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link.csv").symlink_to(manifest)
+    os.link(manifest, tmp_path / "hard.csv")
+    for out in (manifest, Path("weights_manifest.json"), tmp_path / "sub" / ".." / "weights_manifest.json",
+                tmp_path / "link.csv", tmp_path / "hard.csv"):
+        with pytest.raises(SettingsError) as error:
+            checks.check_not_an_input(out, [absent, manifest])
+        assert str(error.value) == (f"--out {out}: writing {out} would overwrite the input {manifest}; pass --out a "
+                                    "new file name")
+    with pytest.raises(SettingsError, match=re.escape(f"writing {absent} would overwrite the input {absent};")):
+        checks.check_not_an_input(absent, [absent])  # an input named but absent is still not written
+    beside = tmp_path / "weights_manifest"  # its checkpoint would be weights_manifest.partial.jsonl
+    sidecar = tmp_path / "weights_manifest.summary.json"
+    sidecar.write_text("{}")
+    with pytest.raises(SettingsError) as error:
+        checks.check_not_an_input(beside, [sidecar])
+    assert str(error.value) == (f"--out {beside}: writing {sidecar} would overwrite the input {sidecar}; pass --out a "
+                                "new file name")
+    checks.check_not_an_input(tmp_path / "submission.csv", [manifest, absent, sidecar])
+    checks.check_not_an_input(tmp_path / "submission.csv", [])
+
+
+# ------------------------------------------------------------------------------------------ issue 33: manifest values
+
+def test_manifest_values_of_the_wrong_type_or_range_are_named(models):
+    cases = [
+        ("input_size", 1025, ": 'input_size' is 1025; it must be at most 1024 pixels (a batch of larger inputs "
+                             "exhausts memory)"),
+        ("input_size", 100000, ": 'input_size' is 100000; it must be at most 1024 pixels (a batch of larger inputs "
+                               "exhausts memory)"),
+        ("std", [0.2, 1e-320, 0.2], ": 'std' is [0.2, 1e-320, 0.2]; every value must be at least 0.001 (pixels are "
+                                    "scaled to [0, 1]; a smaller std makes the model's inputs overflow)"),
+        ("std", [0.2, 0.2, 0.00099], ": 'std' is [0.2, 0.2, 0.00099]; every value must be at least 0.001 (pixels are "
+                                     "scaled to [0, 1]; a smaller std makes the model's inputs overflow)"),
+        ("mean", [0.5, 1e308, 0.5], ": 'mean' is [0.5, 1e+308, 0.5]; every value must be from 0 to 1 (pixels are "
+                                    "scaled to [0, 1] before the mean is taken off)"),
+        ("mean", [-0.01, 0.5, 0.5], ": 'mean' is [-0.01, 0.5, 0.5]; every value must be from 0 to 1 (pixels are "
+                                    "scaled to [0, 1] before the mean is taken off)"),
+        ("mean", [0.5, 0.5, 1.01], ": 'mean' is [0.5, 0.5, 1.01]; every value must be from 0 to 1 (pixels are "
+                                   "scaled to [0, 1] before the mean is taken off)"),
+        ("crop_margin", 2.5, ": 'crop_margin' is 2.5; it must be at most 2.0 (a crop 5 faces wide)"),
+        ("group", 5, ": 'group' is 5; it must be a non-empty string (the model group its folds share) or null"),
+        ("group", "", ": 'group' is ''; it must be a non-empty string (the model group its folds share) or null"),
+        ("group", ["a"], ": 'group' is ['a']; it must be a non-empty string (the model group its folds share) or "
+                         "null"),
+        ("num_classes", 1001, ": 'num_classes' is 1001; it must be at most 1000"),
+        ("classes", 5, ": 'classes' is 5; it must be a list of distinct class names, one per output of the model"),
+        ("classes", "real", ": 'classes' is 'real'; it must be a list of distinct class names, one per output of the "
+                            "model"),
+        ("classes", [0, 1], ": 'classes' is [0, 1]; it must be a list of distinct class names, one per output of the "
+                            "model"),
+        ("classes", ["a", "a"], ": 'classes' is ['a', 'a']; it must be a list of distinct class names, one per output "
+                                "of the model"),
+        ("classes", ["a", ""], ": 'classes' is ['a', '']; it must be a list of distinct class names, one per output "
+                               "of the model"),
+    ]
+    for key, value, message in cases:
+        entry_refused(models, key, value, message)
+    for value in (None, True, 1.0, [0]):
+        entry_refused(models, "real_class", value, f": 'real_class' is {value!r}; it must be the name (in 'classes') "
+                                                   "or the index of the output that means real")
+
+
+def test_manifest_values_at_their_bounds_pass(models):
+    edit(models, lambda data: data["models"][0].update(input_size=1024, mean=[0, 0.5, 1], std=[0.001, 1, 5],
+                                                       group=None, classes=None, real_class=0))
+    edit(models, lambda data: [entry.update(crop_margin=2.0) for entry in data["models"]])
+    checks.check_manifest(models)
+    edit(models, lambda data: data["models"][0].update(num_classes=1000, classes=[str(i) for i in range(1000)],
+                                                       real_class="999"))
+    assert checks.check_manifest(models).models[0].real_index == 999
+
+
+# ------------------------------------------------------------------------------------------ issue 33: stacker values
+
+STACKER = {"feature_names": ["test_resnet.logit"], "coef": [1.0], "intercept": 0.0}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"feature_names": [5]}, "'feature_names' is [5]; it must be a non-empty list of feature names '<model or "
+                             "group>.<statistic>' (with none, every video gets one score)"),
+    ({"feature_names": [], "coef": []}, "'feature_names' is []; it must be a non-empty list of feature names '<model "
+                                        "or group>.<statistic>' (with none, every video gets one score)"),
+    ({"feature_names": "test_resnet.logit", "coef": [1.0] * 17},
+     "'feature_names' is 'test_resnet.logit'; it must be a non-empty list of feature names '<model or "
+     "group>.<statistic>' (with none, every video gets one score)"),
+    ({"coef": [[1.0]]}, "'coef' is [[1.0]]; it must be a list of numbers, one per feature"),
+    ({"coef": ["1"]}, "'coef' is ['1']; it must be a list of numbers, one per feature"),
+    ({"coef": [True]}, "'coef' is [True]; it must be a list of numbers, one per feature"),
+    ({"coef": "1"}, "'coef' is '1'; it must be a list of numbers, one per feature"),
+    ({"intercept": "0.5"}, "'intercept' is '0.5'; it must be a number"),
+    ({"intercept": True}, "'intercept' is True; it must be a number"),
+])
+def test_stacker_values_of_the_wrong_type_are_named(models, change, message):
+    with_stacker(models, {**STACKER, **change})
+    with pytest.raises(ManifestError) as error:
+        checks.check_manifest(models)
+    assert str(error.value) == f"stacker {models.parent / 'stacker.json'}: {message}"
+
+
+def test_a_variants_values_are_checked_too(models):
+    variant = {"groups": ["test_resnet"], **STACKER, "intercept": "0.5"}  # float() would take it
+    with_stacker(models, {**STACKER, "variants": [dict(STACKER, groups=["test_resnet"]), variant]})
+    with pytest.raises(ManifestError) as error:
+        checks.check_manifest(models)
+    assert str(error.value) == (f"stacker {models.parent / 'stacker.json'}: variants[1]: 'intercept' is '0.5'; it must "
+                                "be a number")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"aggregation": ["mean"]}, f"stacker: aggregation ['mean'] is not one of {sorted(STRATEGIES)}"),
+    ({"aggregation": {"mean": 1}}, f"stacker: aggregation {{'mean': 1}} is not one of {sorted(STRATEGIES)}"),
+    ({"feature_names": ["test_resnet.median", "test_resnet.logit", "test_resnet.share_above_0.9"], "coef": [1.0] * 3},
+     "stacker: features ['test_resnet.median', 'test_resnet.share_above_0.9'] are no statistic the kernel computes "
+     "(['logit', 'mean', 'std', 'share_above_0.8', 'share_below_0.2']); fit the stacker with python -m "
+     "ensemble.stack --features"),
+    ({"coef": [1.0000001e6]}, "stacker: a coefficient or the intercept is beyond ±1e+06 (intercept 0.0, coefficients "
+                              "[1000000.1]): scores would overflow; refit it with python -m ensemble.stack"),
+    ({"intercept": -1e300}, "stacker: a coefficient or the intercept is beyond ±1e+06 (intercept -1e+300, "
+                            "coefficients [1.0]): scores would overflow; refit it with python -m ensemble.stack"),
+])
+def test_stacker_values_of_the_wrong_range_are_named(models, change, message):
+    with_stacker(models, {**STACKER, **change})
+    with pytest.raises(ManifestError) as error:
+        checks.check_manifest(models)
+    assert str(error.value) == message
+
+
+def test_every_statistic_and_the_largest_coefficients_pass(models):
+    names = [f"test_resnet.{stat}" for stat in ("logit", "mean", "std", "share_above_0.8", "share_below_0.2")]
+    with_stacker(models, {"feature_names": names, "coef": [1e6, -1e6, 0, 1, 2], "intercept": -1e6})
+    checks.check_manifest(models)
+
+
+def test_a_manifest_name_too_long_to_open_is_named(tmp_path):
+    path = tmp_path / ("m" * 300 + ".json")
+    with pytest.raises(ManifestError) as error:
+        checks.check_manifest(path)
+    assert str(error.value) == (f"{path}: cannot read the manifest (File name too long); pass --manifest PATH to a "
+                                "weights_manifest.json")
+
+
+# ------------------------------------------------------------------------------------------ issue 33: weight files
+
+def png_bytes() -> bytes:
+    import cv2
+    import numpy as np
+
+    return cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
+
+
+def whole_model(path: Path) -> None:
+    torch.save(create_classifier("test_efficientnet"), path)
+
+
+@pytest.mark.parametrize("make,holds", [
+    (whole_model, " is a zip archive (torch.save's format) holding objects other than tensors and plain values (a "
+                  "whole pickled model?), refused unread (UnpicklingError: Unsupported global: GLOBAL "
+                  "timm.models.efficientnet.EfficientNet was not an allowed global by default)"),
+    (lambda path: path.write_text("conv_stem.weight: 0.1\n"), " is a text file that torch.load cannot read "
+                                                               "(UnpicklingError: Unsupported global: GLOBAL "),
+    (lambda path: path.write_text("hello"), " is a text file that torch.load cannot read (KeyError: 101)"),
+    (lambda path: path.write_bytes(png_bytes()), " is a PNG image that torch.load cannot read (UnpicklingError: "
+                                                 "Unsupported operand "),
+    (lambda path: path.write_bytes(b""), " is an empty file that torch.load cannot read (EOFError)"),
+    (lambda path: path.write_bytes(b"\x00\x01\x02" * 30), " is data of another format that torch.load cannot read "),
+    (lambda path: torch.save([torch.ones(2)], path), " holds a list, not a state_dict (names of tensors)"),
+    (lambda path: torch.save(torch.ones(2), path), " holds a Tensor, not a state_dict (names of tensors)"),
+    (lambda path: torch.save({"model": {"w": torch.ones(1)}, "epoch": 3}, path),
+     " holds a dict whose entry 'model' is a dict, not a tensor, not a state_dict (names of tensors)"),
+    (lambda path: torch.save({0: torch.ones(1)}, path), " holds a dict whose entry 0 is a Tensor, not a tensor, not a "
+                                                        "state_dict (names of tensors)"),
+])
+def test_a_weight_file_that_is_no_state_dict_is_named_with_what_it_holds(models, tmp_path, make, holds):
+    """Issue 33: such files passed the sha256 check and then ended in UnpicklingError/TypeError tracebacks."""
+    spec = load_manifest(models).models[0]
+    weights = tmp_path / "weights.pth"
+    make(weights)
+    with pytest.raises(ManifestError) as error:
+        load_classifier(ModelSpec(**{**vars(spec), "file": weights}))
+    assert str(error.value).startswith(f"weight file {weights} (model 'test_efficientnet'){holds}")
+    assert str(error.value).endswith("; export the model's weights with dfdc_core.models.save_fp16_state_dict (as "
+                                     "training does)")
+
+
+def test_a_truncated_weight_file_is_named(models, tmp_path):
+    spec = load_manifest(models).models[0]
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(spec.file.read_bytes()[:spec.file.stat().st_size // 2])
+    with pytest.raises(ManifestError) as error:
+        load_classifier(ModelSpec(**{**vars(spec), "file": weights}))
+    assert str(error.value) == (f"weight file {weights} (model 'test_efficientnet') is a zip archive (torch.save's "
+                                "format) that torch.load cannot read (RuntimeError: PytorchStreamReader failed reading "
+                                "zip archive: failed finding central directory); export the model's weights with "
+                                "dfdc_core.models.save_fp16_state_dict (as training does)")
+
+
+# ----------------------------------------------------------------------------------------- issue 33: no hang, no device
+
+def test_inputs_that_are_no_regular_file_are_refused_without_blocking(models, tmp_path):
+    from tests.helpers import pipe_that_unblocks
+
+    pipe = pipe_that_unblocks(tmp_path / "pipe.json")
+    for path in (pipe, Path("/dev/zero")):
+        with pytest.raises(ManifestError) as error:
+            checks.check_manifest(path)
+        assert str(error.value) == (f"{path}: cannot read the manifest (not a regular file (a device or a pipe)); "
+                                    "pass --manifest PATH to a weights_manifest.json")
+        with pytest.raises(ManifestError, match=re.escape(f"stacker {path}: cannot read it (") + ".*not a regular"):
+            checks.read_stacker(path)
+
+
+def test_out_may_not_be_a_device_or_a_pipe(tmp_path):
+    from tests.helpers import pipe_that_unblocks
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    with pytest.raises(SettingsError) as error:
+        checks.check_paths(videos, None, Path("/dev/null"))
+    assert str(error.value) == "--out /dev/null: /dev/null is no regular file (a device or a pipe); name a new file"
+    assert Path("/dev/null").is_char_device()
+    out = tmp_path / "s.csv"
+    pipe_that_unblocks(tmp_path / "s.csv.partial.jsonl")
+    with pytest.raises(SettingsError, match=re.escape(f"{out}.partial.jsonl is no regular file")):
+        checks.check_paths(videos, None, out)
+    (tmp_path / "s.csv.partial.jsonl").unlink()
+    (tmp_path / "s.csv").symlink_to(tmp_path / "nowhere.csv")  # a broken link is replaced, like any file
+    checks.check_paths(videos, None, out)

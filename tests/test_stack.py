@@ -1,6 +1,7 @@
 """ensemble.stack: the calibrator/stacker fitted to the target prior, honest nested grouped CV, plain JSON."""
 import csv
 import json
+import re
 from itertools import combinations
 
 import numpy as np
@@ -188,3 +189,97 @@ def test_c_is_the_one_with_the_lowest_grouped_cv_log_loss(monkeypatch):
     assert [c for c, _, _ in tried] == list(stack.C_GRID)
     assert {(splits, tuple(groups)) for _, splits, groups in tried} == {(4, tuple(clusters))}
     assert stack.choose_c(np.zeros((12, 1)), y, np.zeros(12), 5, 0.5, (0.01, 0.99)) == 1.0  # one cluster: no CV
+
+
+# ------------------------------------------------------------------------------------------ issue 33: bad input
+
+def replace_line(path, number: int, row: list) -> None:
+    """Line `number` (1-based, the header is line 1) of a CSV replaced by `row`."""
+    lines = path.read_text().splitlines()
+    lines[number - 1] = ",".join(str(value) for value in row)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("column,value,wanted", [
+    ("prob", "nan", "a number from 0 to 1"), ("prob", "inf", "a number from 0 to 1"),
+    ("prob", "high", "a number from 0 to 1"), ("prob", "", "a number from 0 to 1"),
+    ("prob", "-2", "a number from 0 to 1"), ("prob", "3", "a number from 0 to 1"),
+    ("label", "2", "0 (real) or 1 (fake)"), ("label", "0.5", "0 (real) or 1 (fake)"),
+    ("label", "FAKE", "0 (real) or 1 (fake)"), ("label", "", "0 (real) or 1 (fake)"),
+    ("frame", "", "a whole number"), ("frame", "1.5", "a whole number"), ("person", "p0", "a whole number"),
+    ("video", "", "a video name"),
+])
+def test_a_bad_oof_value_is_named_with_its_file_and_line(tmp_path, capsys, column, value, wanted):
+    oof, folds = write_oof(tmp_path, n_videos=30)
+    header = oof.read_text().splitlines()[0].split(",")
+    row = oof.read_text().splitlines()[4].split(",")
+    row[header.index(column)] = value
+    replace_line(oof, 5, row)
+    out = tmp_path / "s.json"
+    assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {oof}: line 5: '{column}' is {value!r}; it must be {wanted}; pass the oof.csv written by "
+                   "train_fold.py\n")
+    assert not out.exists()
+
+
+def test_a_blank_model_without_a_group_and_a_short_row_are_named(tmp_path):
+    oof = tmp_path / "oof.csv"
+    oof.write_text("video,frame,person,model,prob,label\nv.mp4,0,0,,0.5,1\n")
+    with pytest.raises(stack.OOFError, match=r"line 2: 'model' is ''; it must be a model name"):
+        stack.read_oof([oof])
+    oof.write_text("video,frame,person,model,prob,label\nv.mp4,0,0,m\n")
+    with pytest.raises(stack.OOFError, match=r"line 2: 'prob' is None; it must be a number from 0 to 1"):
+        stack.read_oof([oof])
+
+
+def test_unreadable_oof_and_folds_files_are_named(tmp_path, capsys):
+    oof, folds = write_oof(tmp_path, n_videos=30)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(oof.read_bytes().replace(b"v1.mp4", b"v\xe9.mp4"))
+    cases = [([str(tmp_path)], folds, f"{tmp_path}: cannot read it (Is a directory); pass the oof.csv written by "
+                                      "train_fold.py"),
+             ([str(tmp_path / "absent.csv")], folds, f"{tmp_path / 'absent.csv'}: cannot read it (No such file or "
+                                                     "directory); pass the oof.csv written by train_fold.py"),
+             ([str(latin)], folds, f"{latin}: cannot read it as UTF-8 CSV ('utf-8' codec can't decode byte 0xe9"),
+             ([str(oof)], tmp_path, f"{tmp_path}: cannot read it (Is a directory); pass the folds.csv of "
+                                    "training/folds.py")]
+    for oofs, folds_path, message in cases:
+        assert stack_main(["--oof", *oofs, "--folds", str(folds_path), "--out", str(tmp_path / "s.json")]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+    replace_line(folds, 3, ["v1.mp4", 1, "", "x", 0])
+    with pytest.raises(stack.OOFError, match=re.escape(f"{folds}: line 3: video 'v1.mp4', group 'x'; each row needs a "
+                                                       "video name and a whole-number group")):
+        stack.read_groups(folds)
+
+
+def test_out_is_checked_before_fitting_and_never_an_input(tmp_path, capsys, monkeypatch):
+    oof, folds = write_oof(tmp_path, n_videos=30)
+    monkeypatch.setattr(stack, "nested_predictions", lambda *a, **k: pytest.fail("fitted"))
+    before = oof.read_bytes(), folds.read_bytes()
+    (tmp_path / "a_file").write_text("")
+    for out, message in [(oof, f"--out {oof}: writing {oof} would overwrite the input {oof}; pass --out a new file "
+                                "name"),
+                         (folds, f"--out {folds}: writing {folds} would overwrite the input {folds}"),
+                         (tmp_path, f"--out {tmp_path}: {tmp_path} is a folder; name a file, e.g. --out "
+                                    f"{tmp_path / 'stacker.json'}"),
+                         (tmp_path / "a_file" / "s.json", f"--out {tmp_path / 'a_file' / 's.json'}: cannot write in "
+                                                          f"{tmp_path / 'a_file'} (")]:
+        assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert (oof.read_bytes(), folds.read_bytes()) == before
+    for splits in ("1", "0", "-3"):
+        assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(tmp_path / "s.json"),
+                           "--splits", splits]) == 2
+        assert capsys.readouterr().err == f"error: --splits {splits}: grouped cross-validation needs at least 2\n"
+
+
+def test_oof_and_folds_that_are_pipes_or_devices_are_refused_without_blocking(tmp_path, capsys):
+    from tests.helpers import pipe_that_unblocks
+
+    oof, folds = write_oof(tmp_path, n_videos=30)
+    pipe = pipe_that_unblocks(tmp_path / "pipe.csv")
+    for oofs, folds_path, named in [(pipe, folds, pipe), ("/dev/zero", folds, "/dev/zero"), (oof, pipe, pipe)]:
+        assert stack_main(["--oof", str(oofs), "--folds", str(folds_path), "--out", str(tmp_path / "s.json")]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {named}: cannot read it (not a regular file (a device or "
+                                                  "a pipe))")

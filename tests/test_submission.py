@@ -5,6 +5,7 @@ Fast unit tests: `make mutation` runs them against mutants of these modules (see
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -61,12 +62,16 @@ def test_without_a_sample_every_video_of_the_folder_in_sorted_order(tmp_path, ca
     assert messages(caplog) == []
 
 
-def test_a_sample_named_but_absent_gives_every_video_and_a_warning(tmp_path, caplog):
+def test_a_sample_named_but_absent_or_a_folder_is_refused_naming_the_flag(tmp_path):
+    """Issue 33: a mistyped --sample-submission no longer scores every video of the folder instead."""
     folder = make_videos(tmp_path / "videos", ["z.mp4", "y.mp4"])
-    absent = tmp_path / "sample_submission.csv"
-    with caplog.at_level(logging.WARNING):
-        assert target_filenames(folder, absent) == ["y.mp4", "z.mp4"]
-    assert messages(caplog) == [f"{absent} not found: predicting every video in {folder}"]
+    for sample, cause in [(tmp_path / "sample_submision.csv", "No such file or directory"),
+                          (folder, "Is a directory"), (tmp_path / ("s" * 300 + ".csv"), "File name too long"),
+                          (folder / "z.mp4" / "sample.csv", "Not a directory")]:
+        with pytest.raises(SettingsError) as error:
+            target_filenames(folder, sample)
+        assert str(error.value) == (f"--sample-submission {sample}: cannot read it ({cause}); pass the competition's "
+                                    "sample_submission.csv, or leave the flag out to predict every video of --videos")
 
 
 def test_the_sample_order_wins_over_the_folder(tmp_path):
@@ -77,6 +82,30 @@ def test_the_sample_order_wins_over_the_folder(tmp_path):
     sample.write_text("filename,label\n0001,0.5\n2,0.5\n")  # names as written, not numbers
     assert target_filenames(folder, sample) == ["0001", "2"]
     assert target_filenames(tmp_path / "no_folder", sample) == ["0001", "2"]  # the sample alone decides
+
+
+def test_some_video_must_be_there(tmp_path):
+    """Issue 33: a folder with no video (or none of those the sample lists) is refused: every video would get the
+    prior."""
+    empty = make_videos(tmp_path / "empty", [])
+    no_videos = make_videos(tmp_path / "no_videos", ["notes.txt", "x.mp4.part", "README"])
+    (no_videos / "folder.mp4").mkdir()
+    for folder in (empty, no_videos):
+        with pytest.raises(SettingsError) as error:
+            submission.check_videos_found(folder, target_filenames(folder, None), None)
+        assert str(error.value) == (f"--videos {folder}: no videos in it (files named *.mp4, *.avi, *.mov, *.mkv, "
+                                    "*.webm, *.jpg, *.jpeg, *.png, *.bmp, *.webp); pass the folder of the test videos")
+    make_videos(tmp_path, ["outside.mp4"])
+    sample = tmp_path / "sample.csv"
+    names = ["a.mp4", "folder.mp4", "../outside.mp4", str(tmp_path / "outside.mp4"), "x" * 300 + ".mp4"]
+    with pytest.raises(SettingsError) as error:
+        submission.check_videos_found(no_videos, names, sample)
+    assert str(error.value) == (f"--videos {no_videos}: none of the 5 videos {sample} lists is there (e.g. "
+                                "['a.mp4', 'folder.mp4', '../outside.mp4']); pass the folder that holds them")
+    (no_videos / "sub").mkdir()
+    make_videos(no_videos / "sub", ["b.mp4"])
+    submission.check_videos_found(no_videos, names + ["sub/b.mp4"], sample)  # one is enough: the rest get the prior
+    submission.check_videos_found(make_videos(tmp_path / "one", ["a.MOV"]), ["a.MOV"], None)
 
 
 def test_a_missing_videos_folder_names_the_flag(tmp_path):
@@ -466,3 +495,129 @@ def test_in_flight_marks_name_each_stages_video_and_thread(tmp_path, monkeypatch
     marks.clear()
     assert not marks.path.exists() and synced == []
     marks.clear()  # nothing to remove: no error
+
+
+# ------------------------------------------------------------------------------------------ issue 33: output errors
+
+WRITE_FIX = "free space there, lift the file size limit (ulimit -f) or pass another --out"
+
+
+def failing(code: int):
+    """A stand-in for a write that fails with the OS error `code` (ENOSPC: disk full, EFBIG: `ulimit -f`)."""
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+    return fail
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG, errno.EISDIR])
+def test_an_os_error_writing_the_checkpoint_header_names_the_file_and_the_cause(folder, tmp_path, monkeypatch, code):
+    path = tmp_path / "s.csv.partial.jsonl"
+    monkeypatch.setattr(submission, "write_atomic", failing(code))
+    with pytest.raises(SettingsError) as error:
+        Checkpoint(path, "sig", identities(folder))
+    assert str(error.value) == f"{path}: cannot write it ({os.strerror(code)}); {WRITE_FIX}"
+    assert isinstance(error.value.__cause__, OSError)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, where every write is ENOSPC")
+def test_an_os_error_appending_to_or_closing_the_checkpoint_is_a_settings_error(folder, tmp_path):
+    path = tmp_path / "s.csv.partial.jsonl"
+    checkpoint = Checkpoint(path, "sig", identities(folder))
+    checkpoint._handle.close()
+    checkpoint._handle = open("/dev/full", "a")  # a full disk
+    for action in (lambda: checkpoint.add("a.mp4", record(folder, "a.mp4")), checkpoint.close):
+        with pytest.raises(SettingsError) as error:
+            action()
+        assert str(error.value) == f"{path}: cannot write it (No space left on device); {WRITE_FIX}"
+    assert checkpoint._handle.closed
+
+
+def test_an_os_error_writing_an_in_flight_mark_or_the_submission_is_a_settings_error(tmp_path, monkeypatch):
+    marks = InFlight(tmp_path / "s.csv")
+    marks.path.mkdir()  # a folder in the way
+    with pytest.raises(SettingsError) as error:
+        marks.mark("decode", "a.mp4")
+    assert str(error.value) == f"{marks.path}: cannot write it (Is a directory); {WRITE_FIX}"
+    with pytest.raises(SettingsError, match=re.escape(f"{marks.path}: cannot write it (")):
+        marks.clear()
+    monkeypatch.setattr(submission, "write_atomic", failing(errno.EFBIG))
+    with pytest.raises(SettingsError) as error:
+        marks.mark("score", "b.mp4")
+    assert str(error.value) == f"{marks.path}: cannot write it (File too large); {WRITE_FIX}"
+    out = tmp_path / "out.csv"
+    with pytest.raises(SettingsError) as error:
+        write_submission(out, ["a.mp4"], {"a.mp4": 0.5}, BOUNDS)
+    assert str(error.value) == f"{out}: cannot write it (File too large); {WRITE_FIX}" and not out.exists()
+    assert not marks.lock.locked()  # a failed mark leaves the lock free for the other thread
+
+
+def test_writing_passes_other_errors_through(tmp_path):
+    with pytest.raises(KeyError):
+        with submission.writing(tmp_path / "x"):
+            raise KeyError("a bug, not the disk")
+    with submission.writing(tmp_path / "x"):
+        pass
+
+
+# ------------------------------------------------------------------------------------------ issue 33: damaged records
+
+GOOD_ROW = {"filename": "a.mp4", "label": 0.25, "reason": "ok", "seconds": 1.5, "identity": None, "dropped": ["m"]}
+
+
+@pytest.mark.parametrize("change", [
+    {"label": float("nan")}, {"label": float("inf")}, {"label": float("-inf")}, {"label": "nan"}, {"label": "0.5"},
+    {"label": True}, {"label": None}, {"label": -0.01}, {"label": 1.01}, {"label": [0.5]},
+    {"reason": None}, {"reason": 5}, {"reason": ""}, {"reason": ["ok"]},
+    {"filename": 5}, {"filename": None}, {"filename": ""}, {"filename": ["a.mp4"]},
+    {"seconds": "1"}, {"seconds": float("nan")}, {"seconds": -1}, {"seconds": True}, {"seconds": float("inf")},
+    {"identity": "a.mp4"}, {"identity": [1]}, {"identity": 5},
+    {"dropped": "abc"}, {"dropped": [1]}, {"dropped": None}, {"dropped": {"m": 1}},
+], ids=lambda change: repr(change))
+def test_a_record_with_a_field_of_the_wrong_type_or_range_is_damaged(change):
+    with pytest.raises(ValueError, match="a checkpoint record with a field of the wrong type or range"):
+        submission.record_of({**GOOD_ROW, **change})
+
+
+@pytest.mark.parametrize("row_json", ["[1, 2]", '"a.mp4"', "5", "null", "{}", '{"filename": "a.mp4"}'])
+def test_a_line_that_is_no_record_is_damaged(row_json):
+    with pytest.raises((KeyError, TypeError)):
+        submission.record_of(json.loads(row_json))
+
+
+def test_a_good_record_reads_back_with_its_edge_values():
+    assert submission.record_of(GOOD_ROW) == ("a.mp4", Record(0.25, "ok", 1.5, None, ("m",)))
+    edges = {"label": 0, "seconds": 0, "identity": {"path": "/v/a.mp4"}}
+    assert submission.record_of({**GOOD_ROW, **edges, "label": 1}) == (
+        "a.mp4", Record(1.0, "ok", 0.0, {"path": "/v/a.mp4"}, ("m",)))
+    without_dropped = {key: value for key, value in GOOD_ROW.items() if key != "dropped"}
+    assert submission.record_of(without_dropped)[1].dropped == ()
+    assert type(submission.record_of({**GOOD_ROW, "label": 0})[1].label) is float
+
+
+def test_a_damaged_line_with_the_right_signature_is_scored_again_not_a_crash(folder, tmp_path, caplog):
+    """Issue 33: NaN labels, a null reason and a number as filename used to crash every rerun."""
+    path = tmp_path / "s.csv.partial.jsonl"
+    good = json.dumps(row("a.mp4", record(folder, "a.mp4")))
+    identity = json.dumps(video_identity(folder / "b.mp4"))
+    damaged = [f'{{"filename": "b.mp4", "label": NaN, "reason": "ok", "seconds": 1, "identity": {identity}}}',
+               f'{{"filename": "b.mp4", "label": Infinity, "reason": "ok", "seconds": 1, "identity": {identity}}}',
+               f'{{"filename": "b.mp4", "label": "nan", "reason": "ok", "seconds": 1, "identity": {identity}}}',
+               f'{{"filename": "c.mp4", "label": 0.5, "reason": null, "seconds": 1, "identity": {identity}}}',
+               f'{{"filename": "c.mp4", "label": 0.5, "reason": 3, "seconds": 1, "identity": {identity}}}',
+               f'{{"filename": 7, "label": 0.5, "reason": "ok", "seconds": 1, "identity": {identity}}}']
+    path.write_text("\n".join([json.dumps({"signature": "sig", "format": 2}), good, *damaged]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        checkpoint = Checkpoint(path, "sig", identities(folder))
+    checkpoint.close()
+    assert checkpoint.done == {"a.mp4": record(folder, "a.mp4")} and checkpoint.retried == []
+    assert messages(caplog) == [f"{path}: line {n} is damaged; that video is scored again" for n in range(3, 9)]
+
+
+def test_a_sample_that_is_a_pipe_or_a_device_is_refused_without_blocking(tmp_path):
+    from tests.helpers import pipe_that_unblocks
+
+    for sample in (pipe_that_unblocks(tmp_path / "sample.csv"), Path("/dev/zero")):
+        with pytest.raises(SettingsError) as error:
+            sample_filenames(sample)
+        assert str(error.value).startswith(f"--sample-submission {sample}: cannot read it (not a regular file (a "
+                                           "device or a pipe)); ")

@@ -156,9 +156,21 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, crops, caplog):
     assert (run / "oof.csv").is_file()
 
 
-def test_resume_without_checkpoint_says_how_to_start(tmp_path, crops):
-    with pytest.raises(FileNotFoundError, match="run without --resume"):
-        train_main(["--config", str(write_config(tmp_path, crops)), "--fold", "0", "--resume"])
+def test_resume_without_checkpoint_says_how_to_start(tmp_path, crops, capsys):
+    assert train_main(["--config", str(write_config(tmp_path, crops)), "--fold", "0", "--resume"]) == 2
+    checkpoint = tmp_path / "runs" / f"{ARCH}_fold0" / "last.pt"
+    assert capsys.readouterr().err == f"error: --resume: no checkpoint at {checkpoint}; run without --resume to start\n"
+
+
+def test_resume_from_an_empty_checkpoint_is_exit_2_naming_it(tmp_path, crops, capsys):
+    """Issue 33: an empty last.pt (a kill while it was written by an older version, a full disk) traced back."""
+    config = write_config(tmp_path, crops)
+    checkpoint = tmp_path / "runs" / f"{ARCH}_fold0" / "last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    assert train_main(["--config", str(config), "--fold", "0", "--resume"]) == 2
+    assert capsys.readouterr().err == (f"error: --resume: {checkpoint} is an empty file that torch.load cannot read "
+                                       "(EOFError); run without --resume to start afresh\n")
 
 
 def test_unknown_config_key_is_named(tmp_path, crops):

@@ -16,9 +16,10 @@ metrics.csv per-class video accuracy, and confusion_matrix.png/.csv show the bes
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from training.trainer import run_training
+from training.trainer import ResumeError, run_training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,9 +32,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the fold is trained (or stopped by --stop-after); 2 when --resume cannot continue from the
+    checkpoint (missing, empty, damaged, of another run: the message names it and the fix)."""
     args = parse_args(argv)
-    run_training(args.config, args.fold, args.resume, args.stop_after)
+    try:
+        run_training(args.config, args.fold, args.resume, args.stop_after)
+    except ResumeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

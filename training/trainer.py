@@ -23,13 +23,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dfdc_core.config import save_resolved
+from dfdc_core.config import SettingsError, save_resolved
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, binary_report
 from dfdc_core.models import (
     ModelSpec,
+    UnreadableWeights,
     create_classifier,
     load_classifier,
+    load_tensors,
     manifest_entry,
     save_fp16_state_dict,
     update_manifest,
@@ -316,32 +318,46 @@ def save_checkpoint(path: Path, model: torch.nn.Module, ema: AveragedModel | Non
     tmp.replace(path)
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "train_state", "rng", "arch", "input_size", "ema")
+
+
+class ResumeError(SettingsError):
+    """`--resume` cannot continue from the checkpoint; the message names it and the fix (train_fold.py exits 2)."""
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, ema: AveragedModel | None, optimizer, scheduler, scaler,
                     config: dict[str, Any]) -> TrainState:
-    """Restore a `save_checkpoint` file with `weights_only=True`: tensors and plain values, no other object."""
-    from pickle import UnpicklingError
-
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}; run without --resume to start")
+    """Restore a `save_checkpoint` file with `weights_only=True`: tensors and plain values, no other object.
+    `ResumeError` naming the file and the fix when it is missing, empty, damaged, not a train_fold.py checkpoint, or
+    of another run."""
+    afresh = "run without --resume to start afresh"
+    if not os.path.isfile(path):
+        raise ResumeError(f"--resume: no checkpoint at {path}; run without --resume to start")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except UnpicklingError as error:
-        raise ValueError(f"--resume: {path} holds objects other than tensors and plain values (an older "
-                         f"train_fold.py wrote it, or it is not a checkpoint), refused unread: {error}. "
-                         "Run without --resume to start afresh") from error
+        payload = load_tensors(path)
+    except UnreadableWeights as error:
+        raise ResumeError(f"--resume: {path} is {error}; {afresh}") from error
+    missing = [key for key in CHECKPOINT_KEYS if key not in payload] if isinstance(payload, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise ResumeError(f"--resume: {path} is no train_fold.py checkpoint ({type(payload).__name__} without "
+                          f"{list(missing)}); {afresh}")
     if (payload["arch"], payload["input_size"]) != (config["arch"], config["input_size"]):
-        raise ValueError(f"--resume: {path} is {payload['arch']}@{payload['input_size']}, the config asks for "
-                         f"{config['arch']}@{config['input_size']}; use the run's own config")
-    model.load_state_dict(payload["model"])
-    if ema is not None:
-        if payload.get("ema") is None:
-            raise ValueError(f"--resume: {path} was trained without ema; use the run's own config")
-        ema.load_state_dict(payload["ema"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    scaler.load_state_dict(payload["scaler"])
-    restore_rng(payload["rng"])
-    return TrainState(**payload["train_state"])
+        raise ResumeError(f"--resume: {path} is {payload['arch']}@{payload['input_size']}, the config asks for "
+                          f"{config['arch']}@{config['input_size']}; use the run's own config")
+    if ema is not None and payload["ema"] is None:
+        raise ResumeError(f"--resume: {path} was trained without ema; use the run's own config")
+    try:
+        model.load_state_dict(payload["model"])
+        if ema is not None:
+            ema.load_state_dict(payload["ema"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload["rng"])
+        return TrainState(**payload["train_state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ResumeError(f"--resume: {path} does not fit this run ({type(error).__name__}: {error}); use the run's "
+                          f"own config, or {afresh}") from error
 
 
 def train_one_epoch(model, ema: AveragedModel | None, loader: DataLoader, criterion, optimizer, scheduler, scaler,
