@@ -152,8 +152,12 @@ def test_shortcut_baseline_probes_the_untrained_backbone_beside_the_stacker(reci
 def test_quality_rows_of_a_run_cover_all_videos_the_subset_and_each_method(recipe_run):
     videos = pd.read_csv(recipe_run / "oof_videos.csv")
     rows = pd.DataFrame(seed_results(recipe_run, 3, r"(real|fake)[01]\.mp4"))
+    source = rows[rows["videos"].str.startswith("source ")]
     assert set(rows["seed"]) == {3} and rows.groupby("videos")["n"].max().to_dict() == {
-        "all": 8, "subset": 4, "by method": 4}
+        "all": 8, "subset": 4, "by method": 4, source["videos"].iloc[0]: 8}
+    source = source.set_index("name")
+    assert source.loc["stacker", "log_loss"] == pytest.approx(
+        rows.set_index(["videos", "name"]).loc[("all", "stacker (nested CV)"), "log_loss"])
     by_method = rows[rows["videos"] == "by method"].set_index("name")
     assert list(by_method.index) == ["real", "fake"]  # no FF++ names here: methods from the labels
     fakes = videos[videos["label"] == 1]
