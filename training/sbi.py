@@ -62,7 +62,7 @@ def jittered_hull(hull: np.ndarray, landmarks: np.ndarray, rng: np.random.Genera
 def blend_mask(shape: tuple[int, int], landmarks: np.ndarray, box: tuple[int, int, int, int],
                rng: np.random.Generator, hull: np.ndarray | None = None) -> np.ndarray:
     """A soft `(H, W)` mask in [0, 1]: the face polygon (the dense `hull` when given, else drawn around the five
-    landmarks), eroded or dilated, blurred twice, scaled by a blend ratio, and zero outside the face `box`."""
+    landmarks and zero outside the face `box`), eroded or dilated, blurred twice, scaled by a blend ratio."""
     height, width = shape
     hard = np.zeros(shape, dtype=np.float32)
     polygon = face_polygon(landmarks, rng) if hull is None else jittered_hull(hull, landmarks, rng)
@@ -76,6 +76,8 @@ def blend_mask(shape: tuple[int, int], landmarks: np.ndarray, box: tuple[int, in
         sigma = max(0.5, face * share)
         soft = cv2.GaussianBlur(soft, (0, 0), sigma)
         soft = soft / max(float(soft.max()), 1e-6)
+    if hull is not None:  # the face's own outline bounds it (forehead and chin lie outside MTCNN's box)
+        return soft * float(rng.choice(BLEND_RATIOS))
     inside = np.zeros(shape, dtype=np.float32)
     inside[max(0, box[1]):min(height, box[3]), max(0, box[0]):min(width, box[2])] = 1.0
     return soft * inside * float(rng.choice(BLEND_RATIOS))
