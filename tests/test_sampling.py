@@ -203,3 +203,24 @@ def test_first_batch_loss_is_the_entropy_of_the_sampled_share(arch, size, sample
     with torch.no_grad():
         loss = float(criterion(model(images), torch.as_tensor(labels, dtype=torch.float32)))
     assert abs(loss - entropy) < 0.1
+
+
+def test_a_fake_without_its_original_is_paired_with_a_real_of_its_person_or_at_least_its_source(tmp_path):
+    """FF++ crops beside many real photos: pairing their fakes with any real would let "looks like an FF++ crop"
+    explain the label; a fake is paired with a real of the same estimated person, else of the same source."""
+    specs = [(f"photos/r{i}.jpg", 0, "", 0) for i in range(20)]
+    specs += [(f"ffpp/real{i}.jpg", 0, "", 0) for i in range(3)] + [(f"ffpp/fake{i}.jpg", 1, "", 0) for i in range(4)]
+    rows = crop_rows(tmp_path, specs)
+    rows["source"] = ["photos"] * 20 + ["ffpp"] * 7
+    rows["ffpp_id_estimate"] = [""] * 20 + ["101", "102", "103", "101", "101", "102", "999"]
+    sampler = PairSampler(rows, seed=0, person_columns=("ffpp_id_estimate",))
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        pairs = np.array(list(sampler)).reshape(-1, 2)
+        partner_of = {rows["video"][fake]: rows["video"][real] for fake, real in pairs}
+        assert partner_of["ffpp/fake0.jpg"] == partner_of["ffpp/fake1.jpg"] == "ffpp/real0.jpg"
+        assert partner_of["ffpp/fake2.jpg"] == "ffpp/real1.jpg"
+        assert partner_of["ffpp/fake3.jpg"].startswith("ffpp/real")  # no real of person 999: its source's
+    plain = PairSampler(rows.drop(columns=["source", "ffpp_id_estimate"]), seed=0)
+    partners = {rows["video"][real] for _, real in np.array(list(plain)).reshape(-1, 2)}
+    assert any(name.startswith("photos/") for name in partners)  # without sources: any real, as before

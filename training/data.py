@@ -252,11 +252,49 @@ def partner_rows(rows: pd.DataFrame) -> np.ndarray:
     return partners
 
 
+def person_keys(rows: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
+    """Who each crop shows, as far as the index says: its `group`, else the first of `columns` (estimated person
+    ids) with a value; "" where none does."""
+    keys = pd.Series("", index=rows.index)
+    for column in ("group", *columns):
+        if column in rows.columns:
+            values = rows[column].astype(str)
+            keys = keys.where(keys != "", values)
+    return keys
+
+
+def partner_pools(rows: pd.DataFrame, fakes: np.ndarray, reals: np.ndarray,
+                  person_columns: tuple[str, ...] = ()) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For the fakes whose original is not in the data: (fakes, the real crops to pair them with) — the reals
+    showing the same person (`person_keys`) where there are any, else those of the same source, else every real.
+
+    Without this a fake crop source with few reals (FF++ crops beside thousands of real photos) would be paired
+    with other sources' reals, and "looks like that source" would explain the label."""
+    sources = rows["source"].astype(str).to_numpy() if "source" in rows.columns else np.full(len(rows), "")
+    persons = person_keys(rows, person_columns).to_numpy()
+    by_source = {source: reals[sources[reals] == source] for source in np.unique(sources[reals])}
+    by_person = pd.Series(reals).groupby([sources[reals], persons[reals]]).apply(np.asarray).to_dict()
+    pools: dict[tuple[str, str], list[int]] = {}
+    for fake in fakes.tolist():
+        key = (sources[fake], persons[fake])
+        if persons[fake] == "" or key not in by_person:
+            key = (sources[fake], "") if sources[fake] in by_source else ("", "")
+        pools.setdefault(key, []).append(fake)
+
+    def pool(key: tuple[str, str]) -> np.ndarray:
+        if key[1]:
+            return by_person[key]
+        return by_source[key[0]] if key[0] in by_source else reals
+
+    return [(np.asarray(members), pool(key)) for key, members in pools.items()]
+
+
 class PairSampler(EpochSampler):
     """Batches of fake-real pairs, so identity cannot explain a label (`sampler: pairs`).
 
-    Every fake crop comes with a crop of its own original (`partner_rows`: time-aligned where both exist), or a
-    random real crop when its original is not in the training data. With `sbi` > 0, that share of the pairs are
+    Every fake crop comes with a crop of its own original (`partner_rows`: time-aligned where both exist), or, when
+    its original is not in the training data, a random real crop of the same person or at least the same source
+    (`partner_pools`). With `sbi` > 0, that share of the pairs are
     a real crop and its self-blended fake; with `sbi` 1 or no fakes at all, every pair is one (each real crop once,
     in turn, until the epoch holds `size` items). Pairs are consecutive items, so an even batch size keeps each
     pair in one batch.
@@ -265,12 +303,17 @@ class PairSampler(EpochSampler):
     block = 2
 
     def __init__(self, rows: pd.DataFrame, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 size: int | None = None, sbi: float = 0.0, blendable: np.ndarray | None = None):
+                 size: int | None = None, sbi: float = 0.0, blendable: np.ndarray | None = None,
+                 person_columns: tuple[str, ...] = ()):
         super().__init__(rank, world_size, seed)
+        rows = rows.reset_index(drop=True)
         labels = rows["label"].to_numpy(dtype=np.int64)
         self.count, self.size, self.sbi = len(rows), size, sbi
         self.fakes, self.reals = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-        self.partners = partner_rows(rows.reset_index(drop=True))[self.fakes]
+        self.partners = partner_rows(rows)[self.fakes]
+        orphans = self.fakes[self.partners < 0]
+        pools = partner_pools(rows, orphans, self.reals, person_columns) if len(self.reals) else []
+        self.pools = [(np.searchsorted(self.fakes, members), pool) for members, pool in pools]  # positions in fakes
         self.blendable = blendable if blendable is not None else np.zeros(0, np.int64)
         self.blends_only = sbi >= 1.0 or not len(self.fakes)
         if not len(self.reals) or (self.blends_only and not (sbi > 0 and len(self.blendable))):
@@ -280,8 +323,7 @@ class PairSampler(EpochSampler):
         if self.blends_only:
             pairs = [self.blended_pairs(self.blends_only_choice(generator))]
         else:
-            partners = np.where(self.partners >= 0, self.partners, generator.choice(self.reals, len(self.fakes)))
-            pairs = [np.stack([self.fakes, partners], axis=1)]
+            pairs = [np.stack([self.fakes, self.drawn_partners(generator)], axis=1)]
             if self.sbi > 0 and len(self.blendable):
                 count = int(round(len(self.fakes) * self.sbi / (1.0 - self.sbi)))
                 pairs.append(self.blended_pairs(generator.choice(self.blendable, count)))
@@ -289,6 +331,13 @@ class PairSampler(EpochSampler):
         if self.size:
             pairs = pairs[:max(1, self.size // 2)]
         return pairs.reshape(-1)
+
+    def drawn_partners(self, generator: np.random.Generator) -> np.ndarray:
+        """Each fake's real partner: its original's crop, or one drawn from its pool (`partner_pools`)."""
+        partners = self.partners.copy()
+        for positions, pool in self.pools:
+            partners[positions] = generator.choice(pool, len(positions))
+        return partners
 
     def blended_pairs(self, chosen: np.ndarray) -> np.ndarray:
         """(self-blended fake, its real crop) rows for the real crops `chosen`."""

@@ -49,6 +49,7 @@ from training.evaluate import (
     video_probs,
 )
 from training.face_mesh import read_hulls
+from training.grouping import DEFAULT_PERSON_IDS, read_person_ids
 from training.pretrained import class_shares, init_head, load_pretrained
 from training.train_config import resolve_config
 
@@ -153,7 +154,9 @@ def make_sampler(config: dict[str, Any], train: pd.DataFrame, dataset: CropDatas
     if config["sampler"] == "balanced":
         return BalancedSampler(dataset.labels, sbi=sbi, blendable=dataset.blendable(), **common)
     if config["sampler"] == "pairs":
-        return PairSampler(train, sbi=sbi, blendable=dataset.blendable(), **common)
+        return PairSampler(train, sbi=sbi, blendable=dataset.blendable(),
+                           person_columns=tuple(rule["column"] for rule in read_person_ids(DEFAULT_PERSON_IDS)),
+                           **common)
     return ShuffleSampler(len(dataset.labels), **common)
 
 
