@@ -29,6 +29,7 @@ MAX_DETECT_THREADS = 256
 SHARES = ("prior", "min_face_score", "track_iou", "min_track_share", "min_track_size_ratio")  # numbers in [0, 1]
 NON_NEGATIVE = ("min_face_px", "track_max_shift", "crop_margin", "still_pad", "time_budget_hours")
 MAX_CROP_MARGIN = 2.0  # a crop 5 faces wide: beyond it the crop is mostly zero padding, and its memory unbounded
+MAX_STILL_PAD = 2.0  # an image padded to 5 times its side: room for any crop margin allowed above
 # A setting that cannot exceed another: (key, the other, why)
 NOT_ABOVE = (("mtcnn_min_face_size", "detect_long_side", "no larger face fits the detector's copy of a frame"),
              ("min_face_px", "max_frame_side", "no face is larger than the frame"))
@@ -86,6 +87,9 @@ def check_config(config: dict[str, Any]) -> None:
     if config["crop_margin"] > MAX_CROP_MARGIN:
         raise setting_error("crop_margin", config["crop_margin"], f"at most {MAX_CROP_MARGIN} (a crop "
                             f"{2 * MAX_CROP_MARGIN + 1:g} faces wide); more only pads the crop and exhausts memory")
+    if config["still_pad"] > MAX_STILL_PAD:
+        raise setting_error("still_pad", config["still_pad"], f"at most {MAX_STILL_PAD} (an image padded to "
+                            f"{2 * MAX_STILL_PAD + 1:g} times its side); more only exhausts memory")
     for key, other, why in NOT_ABOVE:
         if config[key] > config[other]:
             raise setting_error(key, config[key], f"at most {other} ({config[other]}): {why}")

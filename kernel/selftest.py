@@ -492,6 +492,8 @@ SETTINGS_CASES = (
     SettingsCase("--frames 2**63", "at most 1000", flag("--frames", str(2**63))),
     SettingsCase("config crop_margin 1e6", "'crop_margin' is 1000000.0",
                  lambda s: s.write_config({"crop_margin": 1e6})),
+    SettingsCase("config still_pad 1e6", "'still_pad' is 1000000.0",
+                 lambda s: s.write_config({"still_pad": 1e6})),
     SettingsCase("--classify-batch-size 10**9", "at most 1024", flag("--classify-batch-size", str(10**9))),
 )
 

@@ -630,6 +630,12 @@ def test_the_crop_margin_threads_and_face_sizes_have_upper_bounds():
     for value in (2.01, 1e6):
         refused(config, "crop_margin", value, "at most 2.0 (a crop 5 faces wide); more only pads the crop and "
                                               "exhausts memory")
+    checks.check_config(dict(config, still_pad=2.0))
+    for value in (2.01, 1e6):
+        refused(config, "still_pad", value, "at most 2.0 (an image padded to 5 times its side); more only exhausts "
+                                            "memory")
+    for value in (-0.1, float("nan"), "0.4", None):
+        refused(config, "still_pad", value, "a finite number of 0 or more")
     for value in (257, 2**63):
         refused(config, "detect_threads", value, "at most 256 threads")
     refused(config, "mtcnn_min_face_size", 481, "at most detect_long_side (480): no larger face fits the detector's "
