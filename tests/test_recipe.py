@@ -253,3 +253,96 @@ def test_recipe_folds_hold_only_its_data_videos_when_the_crop_folder_holds_more(
     (part / "metadata.json").write_text(json.dumps(kept))
     folds = make_folds(crops, tmp_path / "out", 2, 0, {item.video for item in collect_items(part)[0]})
     assert sorted(folds["video"]) == sorted(kept) and len(pd.read_csv(crops / "index.csv")["video"].unique()) == 8
+
+
+@pytest.fixture(scope="module")
+def photo_source(tmp_path_factory) -> Path:
+    """A real/-only folder of six photos of three people, with a metadata.csv naming each one's group."""
+    folder = tmp_path_factory.mktemp("sources") / "photos"
+    rows = []
+    for number, face in enumerate((50, 51, 60, 61, 70, 71)):
+        canvas = np.full((220, 200, 3), 90, np.uint8)
+        canvas[35:185, 25:175] = lfw_face(face, 150)
+        (folder / "real").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / "real" / f"p{number}.jpg"), canvas)
+        rows.append({"file": f"real/p{number}.jpg", "label": "REAL", "group": f"person{number // 2}"})
+    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_source_run(face_videos, photo_source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("two_source_run")
+    recipe = out / "tiny_recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "train": {**TINY_RECIPE["train"], "validate_every": 0}}))
+    assert recipe_main(["--data", str(face_videos), "--data", str(photo_source), "--out", str(out / "run"),
+                        "--recipe", str(recipe), "--device", "cpu"]) == 0
+    return out / "run"
+
+
+def test_the_recipe_over_two_sources_fits_the_calibrator_on_the_videos_and_reports_each_source(two_source_run,
+                                                                                             face_videos):
+    report = json.loads((two_source_run / "report.json").read_text())
+    assert report["calibrated_on"] == "videos" and report["videos"] == 8
+    sources = {(row["source"], row["method"]): row for row in report["sources"]}
+    assert set(sources) == {(face_videos.name, ""), ("photos", "")}
+    photos, videos = sources[("photos", "")], sources[(face_videos.name, "")]
+    assert (photos["n"], photos["real"], photos["fake"]) == (6, 6, 0) and np.isnan(photos["auc"])
+    assert (videos["n"], videos["real"], videos["fake"]) == (8, 4, 4)
+    stacker_row = next(row for row in report["rows"] if row["name"] == "stacker (nested CV)")
+    assert videos["log_loss"] == pytest.approx(stacker_row["log_loss"])
+    items = pd.read_csv(two_source_run / "oof_videos.csv", keep_default_na=False)
+    stills = items[items["source"] == "photos"]
+    assert sorted(stills["video"]) == [f"photos/real/p{n}.jpg" for n in range(6)]
+    stacker = json.loads((two_source_run / "stacker.json").read_text())
+    assert stacker["videos"] == 8  # fitted on the videos only, then applied to the stills:
+    expected = sigmoid(stacker["coef"][0] * logit(stills["score_tiny"].to_numpy()) + stacker["intercept"])
+    assert np.allclose(stills["calibrated"], expected, atol=1e-5)
+    assert photos["reals_called_fake"] == pytest.approx(float((stills["calibrated"] > 0.5).mean()))
+    assert photos["log_loss"] == pytest.approx(log_loss(np.zeros(6), stills["calibrated"]))
+    folds = pd.read_csv(two_source_run / "folds.csv", keep_default_na=False)
+    photo_folds = folds[folds["source"] == "photos"].assign(person=lambda t: t["video"].str[-5].astype(int) // 2)
+    assert (photo_folds.groupby("person")["fold"].nunique() == 1).all()
+
+
+def test_framing_cue_scores_each_sources_crops_three_ways(two_source_run, face_videos, capsys):
+    from bench.framing_cue import main as framing_main
+    from bench.framing_cue import reframed
+
+    crop = np.full((130, 130, 3), 200, np.uint8)
+    crop[:20] = 7
+    black, edges = reframed(crop, 0.3, "black margin"), reframed(crop, 0.3, "edge margin")
+    assert black.shape == edges.shape == crop.shape and black[0, 0].tolist() == [0, 0, 0]
+    assert (black[25:105, 25:105] == 200).all() and (edges == 200).all()  # the face box's own edges fill it
+    assert np.array_equal(reframed(crop, 0.3, "as cut"), crop)
+    assert framing_main(["--run", str(two_source_run), "--sources", "photos", face_videos.name]) == 0
+    table = pd.read_csv(two_source_run / "framing_cue.csv")
+    assert set(zip(table["source"], table["way"])) == {(source, way) for source in ("photos", face_videos.name)
+                                                      for way in ("as cut", "black margin", "edge margin")}
+    as_cut = table[table["way"] == "as cut"]
+    assert (as_cut["logit_shift_reals"] == 0).all() and (table["items"] == table["source"].map(
+        {"photos": 6, face_videos.name: 8})).all()
+    assert (two_source_run / "framing_cue.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_people_scaling_draws_nested_persons_of_a_source(tmp_path):
+    from bench.people_scaling import people_subset
+
+    source = tmp_path / "ffpp"
+    rows = []
+    for person in range(10):
+        for label in (0, 1):
+            (source / ("real" if label == 0 else "fake")).mkdir(parents=True, exist_ok=True)
+            file = f"{'real' if label == 0 else 'fake'}/{person}.jpg"
+            cv2.imwrite(str(source / file), np.zeros((8, 8, 3), np.uint8))
+            rows.append({"file": file, "label": "FAKE" if label else "REAL", "ffpp_id_estimate": 100 + 10 * person})
+    pd.DataFrame(rows).to_csv(source / "metadata.csv", index=False)
+    small, three = people_subset(source, 3, 0, tmp_path / "three")
+    large, seven = people_subset(source, 7, 0, tmp_path / "seven")
+    assert (small.name, three, seven) == ("ffpp", 3, 7)  # named as the source, so its extraction records apply
+    few = set(pd.read_csv(small / "metadata.csv")["ffpp_id_estimate"])
+    many = set(pd.read_csv(large / "metadata.csv")["ffpp_id_estimate"])
+    assert len(few) == 3 and few < many and len(many) == 7
+    table = pd.read_csv(small / "metadata.csv", keep_default_na=False)
+    assert len(table) == 6 and set(table["label"]) == {"REAL", "FAKE"}
+    assert all((small / file).resolve() == (source / file).resolve() for file in table["file"])
