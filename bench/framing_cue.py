@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", nargs="+", default=["videos"], help="sources whose validation crops to score")
     parser.add_argument("--max-crops", type=int, default=4000, help="crops per source, sampled (0: all)")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     table = measure(args.run, args.sources, args.max_crops or 10**9)
     write_atomic(args.run / "framing_cue.csv", table.to_csv(index=False, float_format="%.4f"))
     plot(table, args.run / "framing_cue.png")

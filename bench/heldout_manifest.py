@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.recipe_quality import FFPP_PAIRS, in_subset
+from bench.quality import FFPP_PAIRS, in_subset
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from kernel import predict

@@ -40,7 +40,12 @@ import torch
 
 from bench.videos import DEV_VIDEOS, frame_size, select_videos
 from dfdc_core.faces import crop_face, face_crops
-from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict, write_manifest
+from dfdc_core.models import (
+    create_classifier,
+    manifest_entry,
+    save_fp16_state_dict,
+    write_manifest,
+)
 from dfdc_core.video import decode_video
 from kernel.config import load_config
 from kernel.pipeline import load_scorer, predict

@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.quality import FFPP_PAIRS
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.plots import pyplot, save_figure
 from training.grouping import DEFAULT_PERSON_IDS, read_person_ids
 from training.sources import METADATA_CSV, collect_items
 from training.workflow import run_recipe
-
-FFPP_PAIRS = r"ffc\d+_(yt|df|f2f|fs|nt)_.*"
 
 
 def person_column(table: pd.DataFrame) -> str:

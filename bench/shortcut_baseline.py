@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from bench.recipe_quality import FFPP_PAIRS, in_subset, subset_rows
+from bench.quality import FFPP_PAIRS, in_subset, subset_rows
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import prior_weights
 from dfdc_core.models import create_classifier

@@ -84,7 +84,8 @@ def test_image_folder_dataset(tmp_path):
                                            "images/real/real_0.png", "images/real/real_1.png"]
     assert set(index["source"]) == {"images"}
     assert (index.groupby("video").size() >= 1).all() and len(index) >= 4
-    assert (index["label"] == index["part"].map({"real": 0, "fake": 1})).all() and set(index["part"]) == {"real", "fake"}
+    assert (index["label"] == index["part"].map({"real": 0, "fake": 1})).all()
+    assert set(index["part"]) == {"real", "fake"}
     assert (index["frame"] == 0).all()
     for row in index.itertuples():
         left, top, right, bottom = crop_window(tuple(map(float, row.box.split())), 0.3)

@@ -169,7 +169,8 @@ def test_cli_writes_the_csv_training_reads(tmp_path):
     fold = dict(zip(linked["video"], linked["fold"]))
     assert all(fold[v] == fold[v.split(".mp4_")[1]]
                for v in linked["video"] if v.startswith("swap_"))
-    assert list(table.columns) == ["video", "label", "original", "source", "group", "fold"] and len(table) == len(videos)
+    assert list(table.columns) == ["video", "label", "original", "source", "group", "fold"]
+    assert len(table) == len(videos)
     assert_leak_free(table)
 
 

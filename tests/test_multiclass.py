@@ -13,7 +13,7 @@ from kernel.pipeline import load_scorer
 from tests.test_train import ARCH, write_config, write_synthetic_crops
 from training.data import read_crop
 from training.index import read_index
-from training.methods import label_methods, method_of
+from training.labels import label_methods, method_of
 from training.train_fold import main as train_main
 
 CLASSES = ["A", "B", "real"]

@@ -13,7 +13,7 @@ import yaml
 
 from bench.heldout_manifest import main as heldout_main
 from bench.heldout_manifest import score_rows
-from bench.recipe_quality import method_rows, seed_results
+from bench.quality import method_rows, seed_results
 from bench.shortcut_baseline import main as shortcut_main
 from bench.shortcut_baseline import probe_oof
 from dfdc_core.aggregate import logit, sigmoid
@@ -24,8 +24,8 @@ from kernel.config import load_config
 from kernel.pipeline import load_scorer
 from tests.helpers import lfw_face, write_h264
 from training.extraction import run_extraction
-from training.sources import collect_items
 from training.recipe import main as recipe_main
+from training.sources import collect_items
 from training.workflow import make_folds, read_recipe
 
 TINY_RECIPE = {"frames": 4, "folds": 2, "target_prior": 0.5, "aggregation": "mean", "features": ["logit"],

@@ -12,7 +12,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from dfdc_core.faces import isotropic_resize_pad, normalise
-from training.data import BalancedSampler, CropDataset, PairSampler, build_augmentation, partner_rows
+from training.data import (
+    BalancedSampler,
+    CropDataset,
+    PairSampler,
+    build_augmentation,
+    partner_rows,
+)
 from training.sbi import blend_mask, face_box, self_blend
 from training.trainer import BinaryLoss, build_loss, build_model
 

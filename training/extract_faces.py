@@ -29,7 +29,8 @@ from training.extraction import run_extraction
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, action="append",
-                        help="a source: DFDC root/part folder, or a folder with real/ and/or fake/ (repeat for several)")
+                        help="a source: DFDC root/part folder, or a folder with real/ and/or fake/ "
+                        "(repeat for several)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for crops, index.csv, problems.csv")
     parser.add_argument("--frames", type=int, default=None,
                         help="evenly spaced frames sampled per video (default: the kernel's, 32)")

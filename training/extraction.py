@@ -14,7 +14,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dfdc_core.faces import Track, crop_window, detector_from_config, face_crops, isotropic_resize, person_tracks
+from dfdc_core.faces import (
+    Track,
+    crop_window,
+    detector_from_config,
+    face_crops,
+    isotropic_resize,
+    person_tracks,
+)
 from dfdc_core.io import write_atomic
 from dfdc_core.video import VideoReadError, decode_video, read_frames_at
 from kernel.config import load_config

@@ -83,7 +83,7 @@ def read_person_ids(path: Path) -> list[dict[str, Any]]:
     rules = yaml.safe_load(Path(path).read_text()) or []
     for rule in rules if isinstance(rules, list) else [None]:
         if not (isinstance(rule, dict) and set(rule) == PERSON_ID_KEYS and isinstance(rule["tolerance"], int)
-                and isinstance(rule["block"], int) and rule["tolerance"] >= 0 and rule["block"] > 2 * rule["tolerance"]):
+                and isinstance(rule["block"], int) and 0 <= rule["tolerance"] < rule["block"] / 2):
             raise ValueError(f"{path}: expected a list of {{column, namespace, tolerance: N >= 0, block: M > 2N}}, "
                              f"got {rule!r}")
     return rules

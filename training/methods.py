@@ -12,46 +12,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from pathlib import Path
-
-import pandas as pd
 
 from dfdc_core.io import write_atomic
 from training.index import read_index
+from training.labels import label_methods
 
 log = logging.getLogger("methods")
-
-REAL = "real"
-METHOD_PATTERNS = (
-    (r"(?:^|_)df_", "Deepfakes"),
-    (r"(?:^|_)f2f_", "Face2Face"),
-    (r"(?:^|_)fs_", "FaceSwap"),
-    (r"(?:^|_)nt_", "NeuralTextures"),
-    (r"(?:^|_)(?:yt|actor)_", REAL),
-)
-
-
-def method_of(video: str, label: int, unmatched: str = "skip") -> str:
-    """The method a video name names; else "" (`unmatched="skip"`) or "real"/"fake" from its 0/1 label."""
-    for pattern, method in METHOD_PATTERNS:
-        if re.search(pattern, video):
-            return method
-    if unmatched == "skip":
-        return ""
-    return REAL if int(label) == 0 else "fake"
-
-
-def label_methods(index: pd.DataFrame, column: str = "method", unmatched: str = "skip") -> pd.DataFrame:
-    """`index` with `column` set per video; warns where a name's method contradicts its REAL/FAKE label."""
-    videos = index.drop_duplicates("video")
-    methods = {video: method_of(video, label, unmatched) for video, label in zip(videos["video"], videos["label"])}
-    contradicting = [video for video, label in zip(videos["video"], videos["label"])
-                     if methods[video] and (methods[video] == REAL) != (int(label) == 0)]
-    if contradicting:
-        log.warning("%d videos' names contradict their label (e.g. %s): check METHOD_PATTERNS",
-                    len(contradicting), contradicting[0])
-    return index.assign(**{column: index["video"].map(methods)})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,9 +5,10 @@ out-of-fold predictions → calibrator/stacker → a manifest ready for `python 
                               [--crops DIR]
 
 Each DIR is a source `training/extract_faces.py` reads (DFDC parts, one folder with metadata.json, or a folder with
-real/ and/or fake/ images or videos and an optional metadata.csv); every source goes into one crop cache, one
-index (with a `source` column) and one set of group folds. A recipe (training/recipes/*.yaml) names the frames sampled, the folds, the calibration
-target and the models; each model's keys override `train`, which overrides training/configs/default.yaml.
+real/ and/or fake/ images or videos and an optional metadata.csv); every source goes into one crop cache, one index
+(with a `source` column) and one set of group folds. A recipe (training/recipes/*.yaml) names the frames sampled,
+the folds, the calibration target and the models; each model's keys override `train`, which overrides
+training/configs/default.yaml.
 
 Outputs in OUT: folds.csv, configs/, runs/<model>_fold<k>/ (weights, metrics, oof.csv), stacker.json,
 weights_manifest.json (every fold model, grouped by recipe model, and the stacker), oof_videos.csv (per video:

@@ -37,7 +37,15 @@ from training.attacks import PixelModel, attack_toward
 from training.data import CropDataset
 from training.evaluate import load_fold_rows, predict_logits, video_probs
 from training.index import read_index
-from training.perturb import LEVELS, PARAMETERS, STRENGTHS, apply, fixed, image_seed, strengths_table
+from training.perturb import (
+    LEVELS,
+    PARAMETERS,
+    STRENGTHS,
+    apply,
+    fixed,
+    image_seed,
+    strengths_table,
+)
 
 log = logging.getLogger("robustness")
 

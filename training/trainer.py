@@ -38,7 +38,14 @@ from dfdc_core.models import (
 )
 from dfdc_core.plots import plot_confusion_matrix, pyplot, save_figure
 from kernel.config import load_config as load_kernel_config
-from training.data import BalancedSampler, CropDataset, EpochSampler, PairSampler, ShuffleSampler, build_augmentation
+from training.data import (
+    BalancedSampler,
+    CropDataset,
+    EpochSampler,
+    PairSampler,
+    ShuffleSampler,
+    build_augmentation,
+)
 from training.defences import defence_from_config
 from training.evaluate import (
     class_metrics,
@@ -466,7 +473,8 @@ def export(config: dict[str, Any], paths: RunPaths, state: TrainState, val: pd.D
                            val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
     update_manifest(paths.manifest, [entry])
     oof = val[["video", "frame", "person"]].assign(model=config["name"], group=config["group"],
-                                                   prob=crop_fake_probs(logits, config), label=val["label"])[OOF_COLUMNS]
+                                                   prob=crop_fake_probs(logits, config), label=val["label"])
+    oof = oof[OOF_COLUMNS]
     if classes:
         oof = oof.join(class_outputs(val, logits, config, paths.run_dir))
     write_atomic(paths.run_dir / "oof.csv", oof.to_csv(index=False, float_format="%.6f"))

@@ -20,7 +20,13 @@ from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.models import model_family, update_manifest
 from dfdc_core.plots import pyplot, save_figure
 from dfdc_core.video import is_image
-from ensemble.stacking import fit_stacker, format_report, oof_table, shift_prior, verdict
+from ensemble.stacking import (
+    fit_stacker,
+    format_report,
+    oof_table,
+    shift_prior,
+    verdict,
+)
 from training.extraction import run_extraction
 from training.grouping import (
     DEFAULT_LINK_RULES,
@@ -256,7 +262,9 @@ def run_recipe(data: list[Path], out: Path, recipe_name: str = "cpu", seed: int 
     make_folds(crops, out, recipe["folds"], seed, {item.video for item in collect_sources(data)[0]})
     if any((model.get("sbi") or recipe["train"].get("sbi") or {}).get("mask") == "face_mesh"
            for model in recipe["models"]):
-        from training.face_mesh import run_face_mesh  # mediapipe: a training-time dependency only
+        from training.face_mesh import (
+            run_face_mesh,  # mediapipe: a training-time dependency only
+        )
 
         run_face_mesh(crops, progress)
     oofs = train_all(recipe, crops, out, seed, device)
