@@ -47,10 +47,9 @@ from dfdc_core.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_clas
 from kernel.config import load_config
 from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames
 
-# kernel_utils.py's FaceExtractor uses [0.7, 0.8, 0.8]; his training-time face_detector.py uses
-# [0.85, 0.95, 0.95]. Either can be chosen with --baseline-thresholds.
+# kernel_utils.py's FaceExtractor uses [0.7, 0.8, 0.8] (his training-time face_detector.py [0.85, 0.95, 0.95]:
+# --baseline-thresholds 0.85,0.95,0.95).
 KERNEL_UTILS_THRESHOLDS = (0.7, 0.8, 0.8)
-PREPROCESSING_THRESHOLDS = (0.85, 0.95, 0.95)
 
 
 # ----------------------------------------------------------------------------------------------- videos

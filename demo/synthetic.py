@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from dfdc_core.faces import detector_from_config, filter_detections
 from dfdc_core.io import write_atomic
+from dfdc_core.synthetic import write_video
 from kernel.config import load_config
 
 FRAME_SIZE = (320, 240)  # width, height
@@ -99,19 +100,6 @@ def film(image: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray
     return np.stack(clip)
 
 
-def write_clip(path: Path, frames: np.ndarray, fps: int) -> None:
-    """H.264 mp4 through PyAV (OpenCV cannot write H.264 here)."""
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-
-
 def make_dataset(root: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     """Write `spec.identities` REAL clips and their FAKEs as mp4s plus a DFDC `metadata.json` in `root`."""
     root = Path(root)
@@ -125,11 +113,11 @@ def make_dataset(root: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
         if not faces:
             raise RuntimeError(f"demo identity {index}: the detector finds no face in its portrait")
         real = f"real_{index:03d}.mp4"
-        write_clip(root / real, film(image, spec.frames, rng), spec.fps)
+        write_video(root / real, film(image, spec.frames, rng), spec.fps)
         metadata[real] = {"label": "REAL", "original": None, "split": "train"}
         for fake_index in range(spec.fakes_per_real):
             fake = f"fake_{index:03d}_{fake_index}.mp4"
-            write_clip(root / fake, film(simulate_swap(image, faces[0].box, rng), spec.frames, rng), spec.fps)
+            write_video(root / fake, film(simulate_swap(image, faces[0].box, rng), spec.frames, rng), spec.fps)
             metadata[fake] = {"label": "FAKE", "original": real, "split": "train"}
     write_atomic(root / "metadata.json", json.dumps(metadata, indent=1))
     return root

@@ -243,11 +243,6 @@ def pad_square(image: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def isotropic_resize_pad(image: np.ndarray, size: int) -> np.ndarray:
-    """The model input geometry: `isotropic_resize` to `size`, then `pad_square`."""
-    return pad_square(isotropic_resize(image, size), size)
-
-
 def face_crops(frames: np.ndarray, tracks: list[Track], margin: float) -> list[np.ndarray]:
     """One crop per detection of `tracks`, in track order: the kernel's crops, which extraction stores."""
     return [crop_face(frames[detection.frame], detection.box, margin) for track in tracks

@@ -36,7 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_SOURCE = REPO_ROOT / "kernel" / "kaggle.py"
 NOTEBOOK_IMPORT = "from dfdc_core.io import write_atomic"  # the notebook's one import from the kit, inlined
 NOTEBOOK_MAIN = '\n\nif __name__ == "__main__":\n    if status := main():\n        sys.exit(status)\n'
-KIT_PACKAGES = ("dfdc_core", "kernel")  # what `python -m kernel` imports: the kit's wheel holds only these
+KIT_PACKAGES = ("dfdc_core", "kernel")  # what `python -m kernel` imports: the kit's wheel holds only these,
+TEST_SUPPORT = ("selftest.py", "synthetic.py")  # less the self-test and its synthetic media, which the notebook never runs
 EXTRA_WHEELS = ("facenet-pytorch==2.6.0", "decord==0.6.0", "av==18.1.0")
 KAGGLE_PYTHONS = ("3.12", "3.11")  # Kaggle's image: CPython 3.12 today, 3.11 in older pinned images
 # Kaggle's image is Ubuntu 22.04 (glibc 2.35) on x86_64: wheels for any manylinux up to glibc 2.35 run there.
@@ -111,7 +112,8 @@ def kit_sources(folder: Path) -> Path:
     with no stale `build/` left in the repository (or taken from it)."""
     shutil.copy2(REPO_ROOT / "setup.py", folder / "setup.py")
     for package in KIT_PACKAGES:
-        shutil.copytree(REPO_ROOT / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO_ROOT / package, folder / package,
+                        ignore=shutil.ignore_patterns("__pycache__", *TEST_SUPPORT))
     return folder
 
 

@@ -1,4 +1,4 @@
-"""Small data the suite makes itself: synthetic H.264 clips, tiny random models and their manifest."""
+"""Small data the suite makes itself (with `dfdc_core.synthetic`: clips, tiny random models and their manifest)."""
 from __future__ import annotations
 
 import os
@@ -10,31 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kernel.selftest import RANDOM_MODELS as TINY_MODELS  # noqa: F401  (tiny random models + manifest)
-from kernel.selftest import random_manifest as tiny_manifest  # noqa: F401
+from dfdc_core.synthetic import RANDOM_MODELS as TINY_MODELS
+from dfdc_core.synthetic import frames_of, write_video
+from dfdc_core.synthetic import random_manifest as tiny_manifest
 
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
-
-
-def write_h264(path: Path, frames: np.ndarray, fps: int = 30, faststart: bool = False) -> Path:
-    """Encode RGB uint8 frames `(n, H, W, 3)` (even H and W) to an H.264 mp4 with PyAV.
-
-    `faststart` puts the index (moov) before the data, so a truncated file still opens.
-    """
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), mode="w", options=options) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def faceless_frames(n: int = 40, height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
@@ -96,11 +76,8 @@ def grouped_manifest(folder: Path, groups: dict[str, int], stacker: dict | None 
 
 def face_videos(folder: Path, count: int, frames: int = 4) -> Path:
     """`count` small H.264 clips of the scikit-image astronaut's face, `face_0.mp4` ..., in `folder`."""
-    from kernel.selftest import with_face
-
-    folder.mkdir(parents=True, exist_ok=True)
     for number in range(count):
-        with_face(180, 320, count=frames)(folder / f"face_{number}.mp4")
+        write_video(folder / f"face_{number}.mp4", frames_of(frames, 180, 320, face=True))
     return folder
 
 

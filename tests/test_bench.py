@@ -5,13 +5,13 @@ import json
 import math
 
 from bench.kernel_speed import main as kernel_speed_main
-from tests.helpers import faces_clip, write_h264
+from tests.helpers import faces_clip, write_video
 
 
 def test_kernel_speed_times_every_stage_and_the_baseline(tmp_path, capsys):
     videos = tmp_path / "videos"
     for number in range(2):
-        write_h264(videos / f"clip_{number}.mp4", faces_clip(40, swap_right=bool(number), seed=number))
+        write_video(videos / f"clip_{number}.mp4", faces_clip(40, swap_right=bool(number), seed=number))
     out = tmp_path / "speed.json"
     assert kernel_speed_main(["--videos", str(videos), "--frames", "4", "--threads", "1",
                               "--archs", "test_efficientnet@64", "--json", str(out)]) == 0

@@ -60,6 +60,9 @@ def test_bundle_is_flat_with_weights_stacker_pinned_wheels_and_notebook(registry
     kit_wheel = next(out.glob("dfdc_kit-*.whl"))
     packages = {name.split("/")[0] for name in zipfile.ZipFile(kit_wheel).namelist() if "/" in name}
     assert {p for p in packages if not p.endswith(".dist-info")} == {"dfdc_core", "kernel"}
+    modules = set(zipfile.ZipFile(kit_wheel).namelist())
+    assert {"kernel/cli.py", "kernel/pipeline.py", "dfdc_core/video.py"} <= modules
+    assert not modules & {"kernel/selftest.py", "dfdc_core/synthetic.py"}  # test support stays out of the wheel
     printed = capsys.readouterr().out
     assert "MB of 1000 MB" in printed and f"kaggle datasets create -p {out}" in printed
 

@@ -11,7 +11,7 @@ from kernel.config import load_config
 from kernel.explain import main as explain_main
 from kernel.explain import shown_samples
 from kernel.pipeline import load_scorer
-from tests.helpers import faceless_frames, faces_clip, write_h264
+from tests.helpers import faceless_frames, faces_clip, write_video
 
 FRAMES = 8
 
@@ -22,7 +22,7 @@ def explain_json(out) -> dict:
 
 def test_video_explanation_has_the_kernels_score(tiny_manifest_path, tmp_path):
     """The JSON's scores are those the kernel's scorer gives the same frames, and its label the submission's."""
-    video = write_h264(tmp_path / "videos" / "two_faces.mp4", faces_clip(40, swap_right=True))
+    video = write_video(tmp_path / "videos" / "two_faces.mp4", faces_clip(40, swap_right=True))
     config = load_config(frames=FRAMES)
     run = predict(video.parent, None, tiny_manifest_path, tmp_path / "submission.csv", config=config, progress=False)
     assert run.reasons == {video.name: "ok"}

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfdc_core.faces import crop_face, crop_window, isotropic_resize_pad, normalise
+from dfdc_core.faces import crop_face, crop_window, model_images, normalise
 from dfdc_core.video import decode_video
 from kernel.config import load_config
 from kernel.pipeline import load_scorer
-from tests.helpers import faceless_frames, faces_clip, write_h264
+from tests.helpers import faceless_frames, faces_clip, write_video
 from training.data import CropDataset
 from training.extract_faces import main as extract_main
 from training.extraction import cap_long_side, run_extraction, shard_of
@@ -97,7 +97,7 @@ def write_part(part: Path, entries: dict[str, dict], videos: list[str], seed: in
     part.mkdir(parents=True)
     (part / "metadata.json").write_text(json.dumps(entries))
     for number, name in enumerate(videos):
-        write_h264(part / name, faceless_frames(n=8, seed=seed + number))
+        write_video(part / name, faceless_frames(n=8, seed=seed + number))
 
 
 @pytest.fixture()
@@ -165,7 +165,7 @@ def write_dfdc(folder: Path, clips: dict[str, tuple[np.ndarray, str, str | None]
     """A DFDC part: each name → (frames, label, original), H.264 files and metadata.json."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, (frames, _, _) in clips.items():
-        write_h264(folder / name, frames, fps=10)
+        write_video(folder / name, frames, fps=10)
     metadata = {name: {"label": label, "original": original} for name, (_, label, original) in clips.items()}
     (folder / "metadata.json").write_text(json.dumps(metadata))
     return folder
@@ -196,7 +196,7 @@ def test_training_tensor_is_the_kernels_tensor(two_person_extraction, tiny_manif
     dataset = CropDataset(rows, root / "crops", 96, (0.5,) * 3, (0.25,) * 3)
     for track in tracks:
         for detection in track.detections:
-            kernel = normalise(isotropic_resize_pad(crop_face(frames[detection.frame], detection.box, 0.3), 96)[None],
+            kernel = normalise(model_images([crop_face(frames[detection.frame], detection.box, 0.3)], 96),
                                (0.5,) * 3, (0.25,) * 3)[0]
             row = rows[(rows["frame"] == numbers[detection.frame]) & (rows["person"] == track.person)].index[0]
             assert (dataset[row][0] - kernel).abs().max() * 0.25 <= 1 / 255

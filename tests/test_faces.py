@@ -15,8 +15,8 @@ from dfdc_core.faces import (
     detection_scale,
     filter_detections,
     isotropic_resize,
-    isotropic_resize_pad,
     link_tracks,
+    model_images,
     normalise,
     pad_square,
     person_tracks,
@@ -73,7 +73,7 @@ def test_isotropic_resize_filters_area_down_cubic_up_and_pad_square_centres():
     assert (padded[1:3] == 7).all() and not padded[[0, 3, 4]].any()  # (5 - 2) // 2 = 1 row above
     tall = pad_square(np.full((5, 2), 9, np.uint16), 5)
     assert tall.dtype == np.uint16 and (tall[:, 1:3] == 9).all() and not tall[:, [0, 3, 4]].any()
-    assert np.array_equal(isotropic_resize_pad(image, 10), pad_square(isotropic_resize(image, 10), 10))
+    assert np.array_equal(model_images([image], 10)[0], pad_square(isotropic_resize(image, 10), 10))
 
 
 def test_face_framing_is_the_same_at_the_edge_and_inside():
@@ -86,9 +86,9 @@ def test_face_framing_is_the_same_at_the_edge_and_inside():
 
 
 @pytest.mark.parametrize("shape,size", [((100, 50, 3), 64), ((30, 90, 3), 96), ((300, 300, 3), 224)])
-def test_isotropic_resize_pad_keeps_aspect_and_centres(shape, size):
+def test_the_model_image_keeps_aspect_and_centres(shape, size):
     image = np.full(shape, 200, dtype=np.uint8)
-    out = isotropic_resize_pad(image, size)
+    out = model_images([image], size)[0]
     assert out.shape == (size, size, 3)
     rows, cols = np.nonzero(out[..., 0])
     content_h, content_w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
@@ -202,7 +202,7 @@ def test_faces_found_in_95_percent_of_frames_of_labelled_full_frame_videos(dev_d
         tracks = link_tracks(per_frame)
         if tracks:
             d = tracks[0].detections[0]
-            crop = isotropic_resize_pad(crop_face(frames[d.frame], d.box, config["crop_margin"]), 224)
+            crop = model_images([crop_face(frames[d.frame], d.box, config["crop_margin"])], 224)[0]
             assert crop.shape == (224, 224, 3) and crop.std() > 5
     assert found / total >= 0.95, f"faces in {found}/{total} sampled frames"
 

@@ -14,7 +14,7 @@ import kernel.pipeline as pipeline
 from kernel import kaggle, predict
 from kernel.cli import main as kernel_main
 from kernel.config import load_config
-from tests.helpers import face_videos, faceless_frames, write_h264
+from tests.helpers import face_videos, faceless_frames, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 SLUG = kaggle.COMPETITION
@@ -25,7 +25,7 @@ def competition(root: Path, layout: str, names=("a.mp4", "b.mp4"), sample: bool 
     """The competition's folder in `layout` under `root`, with faceless clips `names` and a sample submission."""
     folder = root / LAYOUTS[layout]
     for name in names:
-        write_h264(folder / "test_videos" / name, faceless_frames(6, 64, 96))
+        write_video(folder / "test_videos" / name, faceless_frames(6, 64, 96))
     if sample:
         pd.DataFrame({"filename": list(names)[::-1], "label": 0.5}).to_csv(folder / "sample_submission.csv",
                                                                           index=False)

@@ -19,7 +19,13 @@ from dfdc_core.faces import Detection, Track, face_crops
 from dfdc_core.models import ManifestError
 from kernel import predict
 from kernel.config import load_config
-from tests.helpers import DEV_DATA, face_videos, faceless_frames, faces_clip, write_h264
+from tests.helpers import (
+    DEV_DATA,
+    face_videos,
+    faceless_frames,
+    faces_clip,
+    write_video,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = load_config(frames=8)
@@ -30,11 +36,11 @@ def bad_videos(tmp_path_factory):
     """Crafted files the kernel must survive, with the fallback reason each must get."""
     folder = tmp_path_factory.mktemp("bad_videos")
     (folder / "zero_bytes.mp4").write_bytes(b"")
-    truncated = write_h264(folder / "truncated.mp4", faceless_frames(60))
+    truncated = write_video(folder / "truncated.mp4", faceless_frames(60))
     truncated.write_bytes(truncated.read_bytes()[:3000])
     (folder / "random_bytes.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
-    write_h264(folder / "no_face.mp4", faceless_frames(40, 240, 320))
-    write_h264(folder / "tiny_64x64.mp4", faceless_frames(30, 64, 64, seed=1))
+    write_video(folder / "no_face.mp4", faceless_frames(40, 240, 320))
+    write_video(folder / "tiny_64x64.mp4", faceless_frames(30, 64, 64, seed=1))
     return folder, {"zero_bytes.mp4": "decode_error", "truncated.mp4": "decode_error",
                     "random_bytes.mp4": "decode_error", "no_face.mp4": "no_face", "tiny_64x64.mp4": "no_face"}
 
@@ -195,7 +201,7 @@ def labelled_videos(tmp_path) -> tuple[Path, list[str], Path]:
         for name in REAL_VIDEOS:
             os.symlink(DEV_DATA / "videos" / name, videos / name)
         return videos, REAL_VIDEOS, DEV_DATA / "videos" / "metadata.json"
-    names = [write_h264(videos / f"clip_{i}.mp4", faces_clip(8, swap_right=bool(i % 2), seed=i)).name for i in range(4)]
+    names = [write_video(videos / f"clip_{i}.mp4", faces_clip(8, swap_right=bool(i % 2), seed=i)).name for i in range(4)]
     metadata = tmp_path / "metadata.json"
     metadata.write_text(json.dumps({name: {"label": "FAKE" if i % 2 else "REAL"} for i, name in enumerate(names)}))
     return videos, names, metadata
@@ -324,7 +330,7 @@ def test_a_folder_of_a_video_and_photos_is_scored_and_validated(tiny_manifest_pa
     from tests.helpers import lfw_face
 
     folder = tmp_path / "media"
-    write_h264(folder / "clip.mp4", faces_clip(8), fps=10)
+    write_video(folder / "clip.mp4", faces_clip(8), fps=10)
     cv2.imwrite(str(folder / "photo.jpg"), cv2.cvtColor(faces_clip(1, seed=3)[0], cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(folder / "tight_face.png"), lfw_face(2, 160))
     cv2.imwrite(str(folder / "blank.webp"), np.full((90, 120, 3), 128, np.uint8))

@@ -23,7 +23,7 @@ from kernel.checks import check_manifest
 from kernel.cli import main as cli_main
 from kernel.config import load_config
 from kernel.submission import inside_folder, write_submission, writing
-from tests.helpers import faceless_frames, write_h264
+from tests.helpers import faceless_frames, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = load_config(frames=4)
@@ -43,7 +43,7 @@ def test_video_corpus_gets_the_expected_outcomes(tmp_path, tiny_manifest_path):
 def one_video(tmp_path_factory):
     """A folder with one decodable clip and a sample submission naming it."""
     folder = tmp_path_factory.mktemp("one_video")
-    write_h264(folder / "videos" / "clip.mp4", faceless_frames(10, 96, 128))
+    write_video(folder / "videos" / "clip.mp4", faceless_frames(10, 96, 128))
     (folder / "sample.csv").write_text("filename,label\nclip.mp4,0.5\n")
     return folder
 

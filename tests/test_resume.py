@@ -8,7 +8,7 @@ import kernel.pipeline as pipeline
 from kernel import predict
 from kernel.config import load_config
 from kernel.submission import Checkpoint, Record, video_identity
-from tests.helpers import faceless_frames, write_h264
+from tests.helpers import faceless_frames, write_video
 
 FAST = load_config(frames=4)
 
@@ -29,15 +29,15 @@ def run_recording_decodes(monkeypatch, videos: Path, sample: Path, manifest: Pat
 def test_resume_rescores_changed_videos_and_retries_environment_fallbacks(monkeypatch, tiny_manifest_path,
                                                                           tmp_path, caplog):
     videos = tmp_path / "videos"
-    write_h264(videos / "same.mp4", faceless_frames(10, 96, 128, seed=1))
-    write_h264(videos / "replaced.mp4", faceless_frames(10, 96, 128, seed=2))
+    write_video(videos / "same.mp4", faceless_frames(10, 96, 128, seed=1))
+    write_video(videos / "replaced.mp4", faceless_frames(10, 96, 128, seed=2))
     sample = tmp_path / "sample.csv"
     sample.write_text("filename,label\nsame.mp4,0\nreplaced.mp4,0\nlate.mp4,0\n")
     out = tmp_path / "submission.csv"
     first, decoded = run_recording_decodes(monkeypatch, videos, sample, tiny_manifest_path, out)
     assert first.reasons == {"same.mp4": "no_face", "replaced.mp4": "no_face", "late.mp4": "missing_file"}
-    write_h264(videos / "replaced.mp4", faceless_frames(14, 120, 160, seed=3))  # another file, same name
-    write_h264(videos / "late.mp4", faceless_frames(10, 96, 128, seed=4))  # the file now there
+    write_video(videos / "replaced.mp4", faceless_frames(14, 120, 160, seed=3))  # another file, same name
+    write_video(videos / "late.mp4", faceless_frames(10, 96, 128, seed=4))  # the file now there
     with caplog.at_level(logging.WARNING, logger="kernel"):
         second, decoded = run_recording_decodes(monkeypatch, videos, sample, tiny_manifest_path, out)
     assert sorted(decoded) == ["late.mp4", "replaced.mp4"]

@@ -15,7 +15,7 @@ import yaml
 import training.robustness as robustness
 from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict
 from kernel.config import load_config
-from tests.helpers import TINY_MODELS, faces_clip, write_h264
+from tests.helpers import TINY_MODELS, faces_clip, write_video
 from tests.test_train import write_config, write_synthetic_crops
 from training.attacks import PixelModel, attack_toward
 from training.data import CropDataset
@@ -264,7 +264,7 @@ def test_faces_lost_counts_clean_faces_without_a_match():
 
 def test_faces_lost_are_counted_per_perturbation(tmp_path, monkeypatch):
     """A 'strong blur' that blanks the right half of each frame loses the right person's faces, and only those."""
-    video = write_h264(tmp_path / "two_faces.mp4", faces_clip(40))
+    video = write_video(tmp_path / "two_faces.mp4", faces_clip(40))
 
     def perturb(transform: tuple[str, str], frame: np.ndarray, seed: int) -> np.ndarray:
         blanked = frame.copy()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dfdc_core.faces import isotropic_resize_pad, normalise
+from dfdc_core.faces import model_images, normalise
 from training.data import (
     BalancedSampler,
     CropDataset,
@@ -51,7 +51,7 @@ def test_validation_tensor_is_the_kernels_tensor(tmp_path):
     rows = crop_rows(tmp_path, [("a.mp4", 0, "", 0)])
     crop = cv2.cvtColor(cv2.imread(str(tmp_path / rows["path"][0])), cv2.COLOR_BGR2RGB)
     tensor, _ = CropDataset(rows, tmp_path, 96, MEAN, STD)[0]
-    assert torch.equal(tensor, normalise(isotropic_resize_pad(crop, 96)[None], MEAN, STD)[0])
+    assert torch.equal(tensor, normalise(model_images([crop], 96), MEAN, STD)[0])
 
 
 def test_augmentation_never_touches_the_zero_padding(tmp_path):

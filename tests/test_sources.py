@@ -15,7 +15,7 @@ import yaml
 from dfdc_core.faces import crop_window
 from dfdc_core.video import decode_video, pad_still
 from kernel.config import load_config
-from tests.helpers import faces_clip, lfw_face, write_h264
+from tests.helpers import faces_clip, lfw_face, write_video
 from training.extraction import run_extraction
 from training.folds import main as folds_main
 from training.grouping import (
@@ -53,8 +53,8 @@ def write_dfdc(folder: Path) -> Path:
     folder.mkdir(parents=True)
     metadata = {}
     for seed in range(2):
-        write_h264(folder / f"real{seed}.mp4", faces_clip(4, seed=seed), fps=10)
-        write_h264(folder / f"fake{seed}.mp4", faces_clip(4, swap_right=True, seed=seed), fps=10)
+        write_video(folder / f"real{seed}.mp4", faces_clip(4, seed=seed), fps=10)
+        write_video(folder / f"fake{seed}.mp4", faces_clip(4, swap_right=True, seed=seed), fps=10)
         metadata[f"real{seed}.mp4"] = {"label": "REAL"}
         metadata[f"fake{seed}.mp4"] = {"label": "FAKE", "original": f"real{seed}.mp4"}
     (folder / "metadata.json").write_text(json.dumps(metadata))
@@ -174,7 +174,7 @@ def test_same_stems_and_sub_folder_names_each_keep_their_own_crops(tmp_path):
     write_image(images / "real" / "face.png", photo(1))
     write_image(images / "real" / "nested" / "face.png", photo(2))
     part = tmp_path / "part"
-    write_h264(part / "sub" / "i.mp4", faces_clip(3), fps=10)
+    write_video(part / "sub" / "i.mp4", faces_clip(3), fps=10)
     (part / "metadata.json").write_text(json.dumps({"sub/i.mp4": {"label": "REAL"}}))
     index, problems = run_extraction([images, part], tmp_path / "out", frames=2, progress=False)
     assert problems.empty

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from dfdc_core.video import VideoReadError, evenly_spaced_indices, read_frames
-from tests.helpers import faceless_frames, write_h264
+from tests.helpers import faceless_frames, write_video
 
 
 def test_evenly_spaced_indices_cover_the_video():
@@ -17,7 +17,7 @@ def test_evenly_spaced_indices_cover_the_video():
 @pytest.mark.parametrize("height,width", [(120, 160), (146, 98), (64, 64)])  # landscape, portrait, tiny
 def test_backends_decode_the_same_frames(tmp_path, backend, height, width):
     clip = faceless_frames(50, height, width)
-    path = write_h264(tmp_path / "clip.mp4", clip)
+    path = write_video(tmp_path / "clip.mp4", clip)
     frames, indices = read_frames(path, 8, (backend,))
     assert frames.shape == (8, height, width, 3) and frames.dtype == np.uint8
     offsets = np.abs(indices - evenly_spaced_indices(50, 8))
@@ -63,7 +63,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_truncated_video_without_its_index_is_an_error(tmp_path):
-    path = write_h264(tmp_path / "clip.mp4", faceless_frames(60))  # moov atom at the end: cut off
+    path = write_video(tmp_path / "clip.mp4", faceless_frames(60))  # moov atom at the end: cut off
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     with pytest.raises(VideoReadError, match="clip.mp4"):
         read_frames(path, 8)
@@ -72,7 +72,7 @@ def test_truncated_video_without_its_index_is_an_error(tmp_path):
 @pytest.mark.parametrize("backends", [("pyav",), ("decord", "opencv")])
 def test_truncated_video_with_its_index_reads_what_is_there(tmp_path, backends):
     clip = faceless_frames(60)
-    path = write_h264(tmp_path / "clip.mp4", clip, faststart=True)
+    path = write_video(tmp_path / "clip.mp4", clip, faststart=True)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(VideoReadError):
         read_frames(path, 8, ("decord",))
