@@ -22,7 +22,7 @@ from dfdc_core.video import decode_video
 from kernel import predict
 from kernel.config import load_config
 from kernel.pipeline import load_scorer
-from tests.helpers import lfw_face, write_h264
+from tests.helpers import lfw_face, write_video
 from training.extraction import run_extraction
 from training.recipe import main as recipe_main
 from training.sources import collect_items
@@ -50,8 +50,8 @@ def face_videos(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("recipe_data")
     metadata = {}
     for person, face in enumerate((0, 10, 30, 40)):
-        write_h264(folder / f"real{person}.mp4", one_face_clip(face, False), fps=10)
-        write_h264(folder / f"fake{person}.mp4", one_face_clip(face, True), fps=10)
+        write_video(folder / f"real{person}.mp4", one_face_clip(face, False), fps=10)
+        write_video(folder / f"fake{person}.mp4", one_face_clip(face, True), fps=10)
         metadata[f"real{person}.mp4"] = {"label": "REAL", "original": None}
         metadata[f"fake{person}.mp4"] = {"label": "FAKE", "original": f"real{person}.mp4"}
     (folder / "metadata.json").write_text(json.dumps(metadata))
@@ -129,6 +129,29 @@ def test_shipped_recipes_are_valid():
         assert recipe["target_prior"] == 0.5 and recipe["frames"] == load_config()["frames"]
     with pytest.raises(FileNotFoundError, match="no such recipe"):
         read_recipe("tpu")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("models", "abc", "models: 'abc' must be a list of mappings"),
+    ("models", ["abc"], "must be a list of mappings"),
+    ("models", [], "must be a list of mappings"),
+    ("models", [{"name": "a"}, {"name": "a"}], "every model needs a unique name"),
+    ("models", [{"arch": "resnet18"}], "every model needs a unique name"),
+    ("train", "abc", "train: 'abc' must be a mapping"),
+    ("frames", 0, "frames: 0 must be a whole number of at least 1"),
+    ("frames", 2.5, "frames: 2.5 must be a whole number"),
+    ("folds", 1, "folds: 1 must be a whole number of at least 2"),
+    ("folds", True, "folds: True must be a whole number"),
+    ("target_prior", 1.0, "target_prior: 1.0 must be a share of fakes strictly between 0 and 1"),
+    ("target_prior", "half", "target_prior: 'half' must be a share"),
+    ("features", "logit", "features: 'logit' must be a list of statistic names"),
+    ("aggregation", ["mean"], "aggregation: ['mean'] must be the name"),
+])
+def test_a_recipe_of_the_wrong_shape_is_refused_naming_the_file_and_key(tmp_path, key, value, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**read_recipe("cpu"), key: value}))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: .*{re.escape(message)}"):
+        read_recipe(str(path))
 
 
 def test_shortcut_baseline_probes_the_untrained_backbone_beside_the_stacker(recipe_run, tmp_path, capsys):

@@ -57,10 +57,36 @@ def read_recipe(name: str) -> dict[str, Any]:
     recipe = read_settings(path, "--recipe")
     if not RECIPE_KEYS <= set(recipe) or set(recipe) - RECIPE_KEYS:
         raise ValueError(f"{path}: a recipe has exactly the keys {sorted(RECIPE_KEYS)}")
-    names = [model.get("name") for model in recipe["models"]]
-    if not names or None in names or len(set(names)) != len(names):
-        raise ValueError(f"{path}: every model needs a unique name, got {names}")
+    problems = recipe_problems(recipe)
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
     return recipe
+
+
+def recipe_problems(recipe: dict[str, Any]) -> list[str]:
+    """What is wrong with the shape of a recipe's values (the training settings are checked per model later)."""
+    whole = {key: recipe[key] for key in ("frames", "folds")}
+    problems = [f"{key}: {value!r} must be a whole number of at least {1 if key == 'frames' else 2}"
+                for key, value in whole.items()
+                if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "frames" else 2)]
+    prior = recipe["target_prior"]
+    if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 < prior < 1:
+        problems.append(f"target_prior: {prior!r} must be a share of fakes strictly between 0 and 1")
+    if not isinstance(recipe["aggregation"], str):
+        problems.append(f"aggregation: {recipe['aggregation']!r} must be the name of a frame -> video rule")
+    features = recipe["features"]
+    if not isinstance(features, list) or not features or not all(isinstance(name, str) for name in features):
+        problems.append(f"features: {features!r} must be a list of statistic names, such as [logit]")
+    if not isinstance(recipe["train"], dict):
+        problems.append(f"train: {recipe['train']!r} must be a mapping of training settings (or {{}})")
+    models = recipe["models"]
+    if not isinstance(models, list) or not models or not all(isinstance(model, dict) for model in models):
+        problems.append(f"models: {models!r} must be a list of mappings, such as [{{name: lite0, arch: ...}}]")
+    else:
+        names = [model.get("name") for model in models]
+        if not all(isinstance(name, str) and name for name in names) or len(set(names)) != len(names):
+            problems.append(f"every model needs a unique name, got {names}")
+    return problems
 
 
 def make_folds(crops: Path, out: Path, k: int, seed: int, names: set[str] | None = None) -> pd.DataFrame:
@@ -260,13 +286,6 @@ def run_recipe(data: list[Path], out: Path, recipe_name: str = "cpu", seed: int 
                                                      sort_keys=False))
     run_extraction(data, crops, recipe["frames"], progress=progress)
     make_folds(crops, out, recipe["folds"], seed, {item.video for item in collect_sources(data)[0]})
-    if any((model.get("sbi") or recipe["train"].get("sbi") or {}).get("mask") == "face_mesh"
-           for model in recipe["models"]):
-        from training.face_mesh import (
-            run_face_mesh,  # mediapipe: a training-time dependency only
-        )
-
-        run_face_mesh(crops, progress)
     oofs = train_all(recipe, crops, out, seed, device)
     folds = pd.read_csv(out / "folds.csv", dtype={"video": str, "source": str}, keep_default_na=False)
     fitted_on = calibration_videos(folds)
