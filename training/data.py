@@ -80,18 +80,15 @@ class CropDataset(Dataset):
 
     A crop goes through the kernel's geometry (`isotropic_resize`, then `pad_square`) with the augmentation, if
     any, between the two, so it never touches the zero padding. Items `len(rows) + i` are self-blended fakes
-    (training/sbi.py) made from crop i, when `sbi_margin` is given and crop i has landmarks (blended through its dense
-    face hull when `hulls` maps its path to one).
+    (training/sbi.py) made from crop i, when `sbi_margin` is given and crop i has landmarks.
     Every item's random draws come from (seed, epoch, item), so two epochs, two workers and two runs differ
     where they should and repeat where they should; call `set_epoch` every epoch.
     """
 
     def __init__(self, rows: pd.DataFrame, root: Path, input_size: int, mean: tuple[float, float, float],
                  std: tuple[float, float, float], augmentation: A.BasicTransform | None = None,
-                 label_column: str = "label", seed: int = 0, sbi_margin: float | None = None,
-                 hulls: dict[str, np.ndarray | None] | None = None):
+                 label_column: str = "label", seed: int = 0, sbi_margin: float | None = None):
         self.paths = [root / path for path in rows["path"]]
-        self.hulls = [hulls.get(path) for path in rows["path"]] if hulls is not None else [None] * len(rows)
         self.labels = rows[label_column].to_numpy(dtype=np.float32)
         self.landmarks = [parse_landmarks(text) for text in rows["landmarks"]] if "landmarks" in rows else \
             [None] * len(rows)
@@ -117,7 +114,7 @@ class CropDataset(Dataset):
             if self.landmarks[row] is None:
                 raise ValueError(f"{self.paths[row]}: no landmarks for a self-blended fake; re-run extract_faces.py")
             crop = self_blend(crop, self.landmarks[row], self.sbi_margin,
-                              np.random.default_rng(image_seed(self.seed, self.epoch, index, 1)), self.hulls[row])[0]
+                              np.random.default_rng(image_seed(self.seed, self.epoch, index, 1)))[0]
         return crop
 
     def augment(self, index: int) -> Callable[[np.ndarray], np.ndarray] | None:

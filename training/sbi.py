@@ -51,22 +51,13 @@ def face_polygon(landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.convexHull((np.asarray(points) + jitter).astype(np.float32)).reshape(-1, 2)
 
 
-def jittered_hull(hull: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A dense face outline (FaceMesh's hull, training/face_mesh.py) with each point moved a little, so no two masks
-    are alike."""
-    eye_distance = max(float(np.linalg.norm(landmarks[1] - landmarks[0])), 1.0)
-    moved = hull + rng.normal(0.0, 0.04 * eye_distance, hull.shape)
-    return cv2.convexHull(moved.astype(np.float32)).reshape(-1, 2)
-
-
 def blend_mask(shape: tuple[int, int], landmarks: np.ndarray, box: tuple[int, int, int, int],
-               rng: np.random.Generator, hull: np.ndarray | None = None) -> np.ndarray:
-    """A soft `(H, W)` mask in [0, 1]: the face polygon (the dense `hull` when given, else drawn around the five
-    landmarks and zero outside the face `box`), eroded or dilated, blurred twice, scaled by a blend ratio."""
+               rng: np.random.Generator) -> np.ndarray:
+    """A soft `(H, W)` mask in [0, 1]: the face polygon, eroded or dilated, blurred twice, scaled by a blend
+    ratio, and zero outside the face `box`."""
     height, width = shape
     hard = np.zeros(shape, dtype=np.float32)
-    polygon = face_polygon(landmarks, rng) if hull is None else jittered_hull(hull, landmarks, rng)
-    cv2.fillConvexPoly(hard, np.round(polygon).astype(np.int32), 1.0)
+    cv2.fillConvexPoly(hard, np.round(face_polygon(landmarks, rng)).astype(np.int32), 1.0)
     face = max(box[2] - box[0], box[3] - box[1], 8)
     kernel = max(3, int(face * rng.uniform(0.02, 0.08)) | 1)
     morph = cv2.erode if rng.random() < 0.5 else cv2.dilate
@@ -76,8 +67,6 @@ def blend_mask(shape: tuple[int, int], landmarks: np.ndarray, box: tuple[int, in
         sigma = max(0.5, face * share)
         soft = cv2.GaussianBlur(soft, (0, 0), sigma)
         soft = soft / max(float(soft.max()), 1e-6)
-    if hull is not None:  # the face's own outline bounds it (forehead and chin lie outside MTCNN's box)
-        return soft * float(rng.choice(BLEND_RATIOS))
     inside = np.zeros(shape, dtype=np.float32)
     inside[max(0, box[1]):min(height, box[3]), max(0, box[0]):min(width, box[2])] = 1.0
     return soft * inside * float(rng.choice(BLEND_RATIOS))
@@ -115,14 +104,14 @@ def shift_and_scale(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def self_blend(crop: np.ndarray, landmarks: np.ndarray, margin: float, rng: np.random.Generator,
-               hull: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def self_blend(crop: np.ndarray, landmarks: np.ndarray, margin: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A self-blended fake of an RGB uint8 face crop (cut with `margin`) and the mask it was blended through.
 
-    `landmarks` are the five MTCNN points in the crop's pixels; `hull`, when given, a dense face outline there.
+    `landmarks` are the five MTCNN points in the crop's pixels.
     """
     target = crop.astype(np.float32)
     source = shift_and_scale(sharpness_change(colour_shift(target, rng), rng), rng)
-    mask = blend_mask(crop.shape[:2], landmarks, face_box(crop.shape[:2], margin), rng, hull)[..., None]
+    mask = blend_mask(crop.shape[:2], landmarks, face_box(crop.shape[:2], margin), rng)[..., None]
     blended = mask * np.clip(source, 0, 255) + (1.0 - mask) * target
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8), mask[..., 0]

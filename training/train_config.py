@@ -11,7 +11,6 @@ from dfdc_core.models import model_family
 from training.defences import defence_from_config
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
-SBI_MASKS = ("five_points", "face_mesh")  # the blend mask's outline: around MTCNN's 5 points, or FaceMesh's hull
 
 
 def resolve_config(path: Path, fold: int) -> dict[str, Any]:
@@ -42,10 +41,8 @@ def check_sbi(config: dict[str, Any], path: Path) -> None:
     sbi = config["sbi"]
     if sbi is None:
         return
-    if not (isinstance(sbi, dict) and "p" in sbi and set(sbi) <= {"p", "mask"} and 0.0 <= float(sbi["p"]) <= 1.0
-            and sbi.get("mask", "five_points") in SBI_MASKS):
-        raise ValueError(f"{path}: sbi is {sbi!r}; write sbi: {{p: 0.5}} (the share of fakes that are self-blended) "
-                         f"and optionally mask: one of {list(SBI_MASKS)}")
+    if not isinstance(sbi, dict) or set(sbi) != {"p"} or not 0.0 <= float(sbi["p"]) <= 1.0:
+        raise ValueError(f"{path}: sbi is {sbi!r}; write sbi: {{p: 0.5}} (the share of fakes that are self-blended)")
     if config["num_classes"] != 1 or config["sampler"] == "shuffle":
         raise ValueError(f"{path}: sbi needs num_classes: 1 and sampler: balanced or pairs")
 

@@ -55,7 +55,6 @@ from training.evaluate import (
     video_class_matrix,
     video_probs,
 )
-from training.face_mesh import read_hulls
 from training.grouping import DEFAULT_PERSON_IDS, read_person_ids
 from training.pretrained import class_shares, init_head, load_pretrained
 from training.train_config import resolve_config
@@ -172,9 +171,8 @@ def make_loaders(config: dict[str, Any], train: pd.DataFrame, val: pd.DataFrame,
     crops, size = Path(config["crops"]), config["input_size"]
     mean, std = config["mean"], config["std"]
     margin = crop_margin(crops) if config["sbi"] else None
-    hulls = read_hulls(crops) if config["sbi"] and config["sbi"].get("mask") == "face_mesh" else None
     train_set = CropDataset(train, crops, size, mean, std, build_augmentation(config["augment"]), "target",
-                            seed=config["seed"], sbi_margin=margin, hulls=hulls)
+                            seed=config["seed"], sbi_margin=margin)
     val_set = CropDataset(val, crops, size, mean, std, label_column="target")
     sampler = make_sampler(config, train, train_set, context)
     common = dict(batch_size=config["batch_size"], num_workers=config["num_workers"],
