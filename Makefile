@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo mutation
+.PHONY: install test quick demo mutation
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: requirements.txt setup.py
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# the quick loop while editing: every test but those marked slow (training, the demo, the simulated Kaggle)
+quick: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m demo

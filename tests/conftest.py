@@ -20,3 +20,14 @@ def tiny_manifest_path(tmp_path_factory):
     from tests.helpers import tiny_manifest
 
     return tiny_manifest(tmp_path_factory.mktemp("tiny_models"))
+
+
+# Module-scoped fixtures that extract, train or encode for seconds to a minute: a test that uses one is slow.
+SLOW_FIXTURES = {"dev_extraction", "recipe_run", "two_source_run", "three_class_run", "oversized_clip"}
+
+
+def pytest_collection_modifyitems(items):
+    """`slow` for the tests of a slow fixture (the quick loop, `pytest -m "not slow"`, leaves them out)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfdc_core.synthetic import RANDOM_MODELS as TINY_MODELS
+from dfdc_core.synthetic import RANDOM_MODELS as TINY_MODELS  # noqa: F401  (the tests import it from here)
 from dfdc_core.synthetic import frames_of, write_video
 from dfdc_core.synthetic import random_manifest as tiny_manifest
 

@@ -39,6 +39,7 @@ def registry(tmp_path_factory) -> None:
         pytest.skip(why)
 
 
+@pytest.mark.slow
 def test_bundle_is_flat_with_weights_stacker_pinned_wheels_and_notebook(registry, models, tmp_path, capsys):
     out = tmp_path / "bundle"
     assert main(["--manifest", str(models), "--out", str(out), "--dataset-id", "me/dfdc-test"]) == 0

@@ -41,6 +41,7 @@ def proc_status_bytes(key: str) -> int:
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.slow
 def test_oversized_frames_are_shrunk_as_they_are_decoded(oversized_clip, backend):
     frames, indices = read_frames(oversized_clip, 6, (backend,), max_side=2160)
     assert frames.shape[1:] == (2160, 2160, 3) and len(frames) == len(indices) >= 4

@@ -4,7 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dfdc_core.models import load_manifest, verify_manifest
+
+pytestmark = pytest.mark.slow  # runs the whole kit: a minute or more
 
 REPO = Path(__file__).resolve().parents[1]
 

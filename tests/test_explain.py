@@ -20,6 +20,7 @@ def explain_json(out) -> dict:
     return json.loads(next(out.glob("*_explain.json")).read_text())
 
 
+@pytest.mark.slow
 def test_video_explanation_has_the_kernels_score(tiny_manifest_path, tmp_path):
     """The JSON's scores are those the kernel's scorer gives the same frames, and its label the submission's."""
     video = write_video(tmp_path / "videos" / "two_faces.mp4", faces_clip(40, swap_right=True))

@@ -31,6 +31,7 @@ def dev_extraction(dev_data, tmp_path_factory):
     return out, read_index(out / "index.csv"), pd.read_csv(out / "problems.csv")
 
 
+@pytest.mark.slow
 def test_every_labelled_dev_video_with_a_face_has_crops_and_matching_labels(dev_data, dev_extraction):
     out, index, problems = dev_extraction
     metadata = json.loads((dev_data / "videos" / "metadata.json").read_text())

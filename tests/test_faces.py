@@ -150,6 +150,7 @@ def test_faces_much_smaller_than_the_largest_person_are_dropped():
     assert len(link_tracks(per_frame)) == 3
 
 
+@pytest.mark.slow
 def test_dev_picture_on_the_wall_is_no_person(dev_data, detector):
     """yhffcuhhjy: a ~48 px face in a picture frame beside the speaker was a person (FAKE in training, the max in
     the kernel); now every kept person is at least half the main face's size."""
@@ -187,6 +188,7 @@ def test_detector_finds_every_face_in_a_group_photo(dev_data, detector):
         assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0] and 60 < x2 - x1 < 130
 
 
+@pytest.mark.slow
 def test_faces_found_in_95_percent_of_frames_of_labelled_full_frame_videos(dev_data, detector):
     """Every labelled FF++ and DFDC full-frame dev video (8 sampled frames each); crops have the model size."""
     config = load_config()

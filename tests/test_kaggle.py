@@ -150,6 +150,7 @@ sys.exit(main())
 """
 
 
+@pytest.mark.slow
 def test_the_notebook_loop_gives_a_video_that_crashed_the_kernel_twice_the_prior(tmp_path, tiny_manifest_path):
     """The real kernel, killed by SIGABRT whenever it decodes b_poison.mp4: two deaths, then a run that finishes
     with the other videos scored (the first one resumed) and the poison given the prior as `crashed`."""

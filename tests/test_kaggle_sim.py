@@ -25,6 +25,8 @@ from ensemble.bundle import build_bundle, top_level_files
 from kernel.kaggle import BUNDLE_MARKER, COMPETITION
 from tests.helpers import face_videos, registry_unreachable
 
+pytestmark = pytest.mark.slow  # builds wheels and runs the notebook in a simulated Kaggle: minutes
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_SITE = Path(sysconfig.get_paths()["purelib"])
 BROUGHT_BY_THE_BUNDLE = {"dfdc_kit", "facenet_pytorch", "av", "decord"}

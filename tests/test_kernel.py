@@ -163,6 +163,7 @@ def test_faces_are_cut_with_the_crop_margin_the_manifests_models_were_trained_wi
         assert np.allclose(prediction.face_probs[name], probs)
 
 
+@pytest.mark.slow
 def test_stacker_from_the_manifest_is_applied(tiny_manifest_path, tmp_path):
     """Each coefficient meets its own group's feature (names listed against sorted order), then the clip."""
     videos = face_videos(tmp_path / "videos", 2)
@@ -207,6 +208,7 @@ def labelled_videos(tmp_path) -> tuple[Path, list[str], Path]:
     return videos, names, metadata
 
 
+@pytest.mark.slow
 def test_real_videos_give_a_valid_submission_offline(labelled_videos, tiny_manifest_path, tmp_path):
     """`python -m kernel --block-network` with two tiny random models, a --config file and --prior, then validate."""
     videos, names, metadata = labelled_videos
@@ -255,6 +257,7 @@ def test_block_network_refuses_connections_and_lookups():
     assert result.stdout.split() == ["blocked"] * 3, result.stderr
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_manifest_clearly(tmp_path):
     manifest = tmp_path / "weights_manifest.json"
     manifest.write_text('{"models": [], "stacker": null}')
@@ -322,6 +325,7 @@ def test_the_aggregation_is_the_configs_unless_the_stacker_names_its_own(tiny_ma
     assert scorer.score_crops(crops, [track]).score == pytest.approx(0.46)  # the plain mean, through logit/sigmoid
 
 
+@pytest.mark.slow
 def test_a_folder_of_a_video_and_photos_is_scored_and_validated(tiny_manifest_path, tmp_path):
     """Images are one-frame videos: listed beside the videos, each face cut from the photo padded by its edges
     (as training cuts stills), scored; kernel.validate reads the submission against a DFDC-style metadata.json."""

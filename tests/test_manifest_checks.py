@@ -1,7 +1,7 @@
 """Settings, manifest and weight checks (`kernel/checks.py`, the load/verify parts of `dfdc_core/models.py`) on crafted
 inputs: each bad value refused with the message naming it and the fix, each good value accepted.
 
-Fast unit tests: `make mutation` runs them against mutants of these modules (see "Tests" in the README).
+Fast unit tests: `make mutation` runs them against mutants of these modules (see docs/testing.md).
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ def test_unsupported_arch_is_refused_with_the_choices():
 
 
 @pytest.mark.parametrize("arch,size", [("legacy_xception", 64), ("efficientnet_b0", 64), ("resnet18", 64)])
+@pytest.mark.slow
 def test_each_family_builds_a_single_logit_head(arch, size):
     model = create_classifier(arch).eval()
     with torch.inference_mode():

@@ -31,6 +31,7 @@ def test_no_faces_in_blank_or_tiny_frames(detector, shape):
                for boxes, scores, points in found)
 
 
+@pytest.mark.slow
 def test_same_faces_as_facenet_pytorch(dev_data, detector):
     """Every face facenet-pytorch's MTCNN finds (score >= 0.9) on real dev frames is found again, same box and
     the same five landmarks."""

@@ -65,6 +65,7 @@ def three_class_run(tmp_path_factory):
     return folder / "runs", crops
 
 
+@pytest.mark.slow
 def test_multiclass_training_writes_confusion_matrix_and_one_minus_p_real(three_class_run):
     runs, crops = three_class_run
     run = runs / f"{ARCH}_fold0"

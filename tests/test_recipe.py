@@ -67,6 +67,7 @@ def recipe_run(face_videos, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_recipe_writes_a_calibrated_manifest_the_kernel_scores(recipe_run, face_videos, tmp_path):
     manifest = json.loads((recipe_run / "weights_manifest.json").read_text())
     assert sorted(m["name"] for m in manifest["models"]) == ["tiny_fold0", "tiny_fold1"]
@@ -101,6 +102,7 @@ def test_recipe_resumes_without_training_again(recipe_run, face_videos, caplog):
     assert "training tiny" not in caplog.text and "8 already done, 0 to extract" in caplog.text
 
 
+@pytest.mark.slow
 def test_kernel_applies_the_calibrator_as_numpy_does(recipe_run, face_videos, tmp_path):
     """Every video's label in the submission equals sigmoid(coef * capped logit(mean face score of the most fake
     person, fold models averaged per face) + intercept), computed here with numpy from the models' face scores."""
@@ -212,6 +214,7 @@ def test_shortcut_probe_never_sees_the_fold_it_scores():
     assert auc(labels, probs) == 0.0
 
 
+@pytest.mark.slow
 def test_heldout_manifest_scores_each_outer_fold_with_a_manifest_that_never_saw_it(face_videos, tmp_path, caplog,
                                                                                    capsys):
     """Outer folds run one process each, then combined: every video is held out once, by a recipe whose folds,
@@ -262,6 +265,7 @@ def test_heldout_figures_of_no_videos_are_nan_not_an_error():
     assert one["auc"] == 1.0 and one["constant"] == pytest.approx(np.log(2))
 
 
+@pytest.mark.slow
 def test_recipe_folds_hold_only_its_data_videos_when_the_crop_folder_holds_more(face_videos, tmp_path):
     """A crop folder shared with a larger data set: the recipe's folds (hence its training) take only --data's
     videos, and nothing is extracted again."""
@@ -303,6 +307,7 @@ def two_source_run(face_videos, photo_source, tmp_path_factory) -> Path:
     return out / "run"
 
 
+@pytest.mark.slow
 def test_the_recipe_over_two_sources_fits_the_calibrator_on_the_videos_and_reports_each_source(two_source_run,
                                                                                              face_videos):
     report = json.loads((two_source_run / "report.json").read_text())
@@ -328,6 +333,7 @@ def test_the_recipe_over_two_sources_fits_the_calibrator_on_the_videos_and_repor
     assert (photo_folds.groupby("person")["fold"].nunique() == 1).all()
 
 
+@pytest.mark.slow
 def test_framing_cue_scores_each_sources_crops_three_ways(two_source_run, face_videos, capsys):
     from bench.framing_cue import main as framing_main
     from bench.framing_cue import reframed

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = load_config(frames=4)
 
 
+@pytest.mark.slow
 def test_video_corpus_gets_the_expected_outcomes(tmp_path, tiny_manifest_path):
     """`python -m kernel.selftest`'s videos: every crafted file gets its reason and a finite, clipped label."""
     outcomes = selftest.run_video_corpus(tmp_path, tiny_manifest_path)
@@ -58,6 +59,7 @@ def test_bad_setting_is_refused_before_the_first_video(case, one_video, tiny_man
     assert outcome.passed, outcome.got
 
 
+@pytest.mark.slow
 def test_cli_exits_2_with_a_message_and_no_traceback(one_video, tiny_manifest_path, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "kernel", "--videos", str(one_video / "videos"), "--sample-submission",
@@ -202,6 +204,7 @@ def test_an_error_decoding_one_video_still_costs_only_that_video(monkeypatch, on
     (150, 2, "s.csv.partial.jsonl: cannot write it (File too large)"),  # its first record
     (800, 0, "s.csv.summary.json: cannot write the run summary (File too large); "),  # after the submission
 ])
+@pytest.mark.slow
 def test_the_file_size_limit_ends_in_exit_2_or_a_warning_never_a_traceback(limit, code, message, one_video,
                                                                            tiny_manifest_path, tmp_path):
     """`ulimit -f` (EFBIG) for real: the kernel in a process whose files may not grow past `limit` bytes."""

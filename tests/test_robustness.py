@@ -93,6 +93,7 @@ def trained(crops) -> PixelModel:
 
 @pytest.mark.parametrize("method", ["fgsm", "pgd"])
 @pytest.mark.parametrize("eps", [2, 8])
+@pytest.mark.slow
 def test_attack_raises_the_loss_within_eps_and_the_pixel_range(trained, method, eps):
     fakes = trained.fake_pixels
     adversarial = attack_toward(trained, fakes, 0.0, method, eps / 255, steps=5, step_size=0.25, seed=1)
@@ -101,6 +102,7 @@ def test_attack_raises_the_loss_within_eps_and_the_pixel_range(trained, method, 
     assert bce_toward_fake(trained, adversarial) > bce_toward_fake(trained, fakes) + 0.1
 
 
+@pytest.mark.slow
 def test_pgd_is_deterministic_under_its_seed(trained):
     fakes = trained.fake_pixels[:4]
     first, again, other = (attack_toward(trained, fakes, 0.0, "pgd", 2 / 255, steps=2, seed=s) for s in (3, 3, 4))
@@ -138,6 +140,7 @@ def test_seeded_crop_dataset_repeats_its_perturbation(crops):
     assert image_seed(5, 3) != image_seed(5, 4) and image_seed(5, 3) == image_seed(5, 3)
 
 
+@pytest.mark.slow
 def test_adversarial_batch_stays_in_the_pixel_ball_and_box(trained):
     pixels = torch.cat([trained.fake_pixels[:3], torch.zeros(1, 3, SIZE, SIZE), torch.ones(2, 3, SIZE, SIZE)])
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
@@ -186,6 +189,7 @@ def test_bad_defence_settings_are_named():
         defence_from_config({**base, "adversarial": None, "lipschitz": -1})
 
 
+@pytest.mark.slow
 def test_train_fold_with_pgd_and_lipschitz_runs_and_resumes(tmp_path, crops):
     config = write_config(tmp_path, crops, epochs=2, lipschitz=0.01,
                           adversarial={"method": "pgd", "eps": 4, "steps": 2, "ratio": 0.5})
@@ -212,6 +216,7 @@ def save_manifest(folder: Path, trained: PixelModel) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_writes_the_matrix_attacks_heatmaps_and_report(tmp_path, crops, trained, capsys):
     crops = Path(shutil.copytree(crops, tmp_path / "crops"))
     add_disguised_fake(crops)
@@ -262,6 +267,7 @@ def test_faces_lost_counts_clean_faces_without_a_match():
     assert faces_lost(clean, perturbed) == 2
 
 
+@pytest.mark.slow
 def test_faces_lost_are_counted_per_perturbation(tmp_path, monkeypatch):
     """A 'strong blur' that blanks the right half of each frame loses the right person's faces, and only those."""
     video = write_video(tmp_path / "two_faces.mp4", faces_clip(40))

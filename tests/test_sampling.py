@@ -194,6 +194,7 @@ def test_class_weights_weigh_each_class_equally():
                                        ("legacy_xception", 96)])
 @pytest.mark.parametrize("sampler,num_classes,share", [("balanced", 1, 0.5), ("shuffle", 1, 0.75),
                                                        ("balanced", 3, None)])
+@pytest.mark.slow
 def test_first_batch_loss_is_the_entropy_of_the_sampled_share(arch, size, sampler, num_classes, share):
     torch.manual_seed(0)
     config = {"arch": arch, "num_classes": num_classes, "pretrained": None, "sampler": sampler,

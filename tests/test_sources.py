@@ -167,6 +167,7 @@ def test_sources_need_distinct_names_and_keys(tmp_path):
         collect_sources([tmp_path / "bad"])
 
 
+@pytest.mark.slow
 def test_same_stems_and_sub_folder_names_each_keep_their_own_crops(tmp_path):
     """Every item ends in the index or in problems.csv, with a crop folder of its own."""
     images = tmp_path / "images"
@@ -280,6 +281,7 @@ def test_person_id_rules_are_checked(tmp_path):
         read_person_ids(path)
 
 
+@pytest.mark.slow
 def test_a_real_only_folder_trains_with_self_blending_and_without_landmarks_is_refused(tmp_path, two_sources):
     """A folder of real photos alone is a training set: every fake is self-blended. Crops without landmarks cannot
     be blended: refused with a message naming the fix."""

@@ -39,6 +39,7 @@ def rows_by_name(report):
     return {row["name"]: row for row in report}
 
 
+@pytest.mark.slow
 def test_stacker_beats_the_plain_mean_when_one_model_is_noise(tmp_path):
     oof, folds = write_oof(tmp_path)
     stacker, report, _ = stack.fit_stacker([oof], folds)
@@ -50,6 +51,7 @@ def test_stacker_beats_the_plain_mean_when_one_model_is_noise(tmp_path):
     assert coef["good.logit"] > 3 * abs(coef["noise.logit"])
 
 
+@pytest.mark.slow
 def test_calibrator_is_fitted_to_the_target_prior_not_the_oof_share(tmp_path):
     """70 % of the OOF videos are fake; the calibrator's weighted mean output sits at the target prior."""
     oof, folds = write_oof(tmp_path, n_videos=300, models=("noise",))
@@ -94,6 +96,7 @@ def test_json_applied_with_numpy_equals_sklearn(tmp_path):
     assert np.max(np.abs(applied.predict(table.features) - model.predict_proba(table.features)[:, 1])) < 1e-9
 
 
+@pytest.mark.slow
 def test_cross_validation_never_trains_on_the_cluster_it_predicts(tmp_path, monkeypatch):
     """Every split of the nested CV and of the choice of C keeps each original cluster (from the folds CSV, not from
     what the splitter was handed) on one side, for the stacker and for its variants (a subset of the columns)."""
@@ -118,6 +121,7 @@ def test_cross_validation_never_trains_on_the_cluster_it_predicts(tmp_path, monk
         assert not {row_cluster[tuple(x[i])] for i in train} & {row_cluster[tuple(x[i])] for i in test}
 
 
+@pytest.mark.slow
 def test_cli_writes_json_and_prints_the_comparison(tmp_path, capsys):
     oof, folds = write_oof(tmp_path)
     out = tmp_path / "stacker.json"
@@ -146,6 +150,7 @@ def test_bad_inputs_are_named(tmp_path, capsys):
         stack.fit_stacker([oof], folds)
 
 
+@pytest.mark.slow
 def test_variants_for_every_subset_of_the_groups_and_the_kernel_picks_the_one_left(tmp_path, capsys):
     """Issue 11: with several groups the JSON carries a refit per proper subset, which `Stacker.for_groups` picks
     when the kernel's time budget leaves only those groups."""

@@ -1,7 +1,7 @@
 """The submission writer and the crash checkpoint (`kernel/submission.py`, `kernel.pipeline.run_signature`) on crafted
 inputs: which videos and in what order, clipping, atomic writes, and which records a resume may reuse.
 
-Fast unit tests: `make mutation` runs them against mutants of these modules (see "Tests" in the README).
+Fast unit tests: `make mutation` runs them against mutants of these modules (see docs/testing.md).
 """
 from __future__ import annotations
 

@@ -63,6 +63,7 @@ def crops(tmp_path_factory) -> Path:
     return write_synthetic_crops(tmp_path_factory.mktemp("crops"))
 
 
+@pytest.mark.slow
 def test_one_epoch_writes_weights_manifest_oof_and_plots(tmp_path, crops):
     train_main(["--config", str(write_config(tmp_path, crops)), "--fold", "0"])
     run = tmp_path / "runs" / f"{ARCH}_fold0"
@@ -88,6 +89,7 @@ def test_one_epoch_writes_weights_manifest_oof_and_plots(tmp_path, crops):
     assert oof["prob"].between(0, 1).all() and (oof["model"] == spec.name).all()
 
 
+@pytest.mark.slow
 def test_the_manifest_records_the_crop_margin_of_the_crops_and_the_kernel_cuts_with_it(tmp_path, crops):
     config = write_config(tmp_path, crops, out=str(tmp_path / "default"))
     train_main(["--config", str(config), "--fold", "0"])
@@ -103,6 +105,7 @@ def test_the_manifest_records_the_crop_margin_of_the_crops_and_the_kernel_cuts_w
     assert load_scorer(manifest, load_config()).config["crop_margin"] == 0.1
 
 
+@pytest.mark.slow
 def test_rerun_replaces_its_manifest_entry_and_keeps_others(tmp_path, crops):
     config = write_config(tmp_path, crops)
     for fold in (0, 1, 0):
@@ -111,6 +114,7 @@ def test_rerun_replaces_its_manifest_entry_and_keeps_others(tmp_path, crops):
     assert sorted(names) == [f"{ARCH}_fold0", f"{ARCH}_fold1"]
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_training_after_that_many_epochs_without_a_better_val_log_loss(tmp_path, crops,
                                                                                          monkeypatch):
     import training.trainer as trainer
@@ -127,6 +131,7 @@ def test_early_stopping_ends_training_after_that_many_epochs_without_a_better_va
     assert entry["val_log_loss"] == pytest.approx(0.5)  # the best epoch's weights exported
 
 
+@pytest.mark.slow
 def test_the_manifest_may_be_named_in_out_or_a_parent_of_it(tmp_path, crops):
     out = tmp_path / "project" / "runs"
     manifest = tmp_path / "project" / "models.json"
@@ -140,6 +145,7 @@ def test_the_manifest_may_be_named_in_out_or_a_parent_of_it(tmp_path, crops):
         train_main(["--config", str(elsewhere), "--fold", "0"])
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_epoch(tmp_path, crops, caplog):
     config = write_config(tmp_path, crops, epochs=2, sampler="shuffle", class_weights=True, schedule="onecycle",
                           optimizer="sgd", label_smoothing=0.1, ema=0.9)
@@ -178,6 +184,7 @@ def test_unknown_config_key_is_named(tmp_path, crops):
         train_main(["--config", str(write_config(tmp_path, crops, learning_rate=0.1)), "--fold", "0"])
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path, crops):
     config = write_config(tmp_path, crops, arch=TINY_MODELS[1][0], input_size=TINY_MODELS[1][1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -39,6 +39,7 @@ def test_validate_reports_metrics_and_plots(labelled):
         assert (labelled / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_validate_cli_prints_the_figures_and_fails_clearly(labelled):
     ok = subprocess.run([sys.executable, "-m", "kernel.validate", "--submission", str(labelled / "submission.csv"),
                          "--metadata", str(labelled / "metadata.json")], cwd=REPO, capture_output=True, text=True)

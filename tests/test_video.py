@@ -29,6 +29,7 @@ def test_backends_decode_the_same_frames(tmp_path, backend, height, width):
     assert errors[np.arange(8), indices].max() < 7  # codec error 4-5; a neighbouring frame is 8-11 away
 
 
+@pytest.mark.slow
 def test_reference_frames_are_decords_frames(dev_data):
     """PyAV's reference-frame sampling returns bit-identical frames to decord's where the numbers agree,
     never more than one frame away from the evenly spaced numbers on DFDC and FF++ clips."""
@@ -41,6 +42,7 @@ def test_reference_frames_are_decords_frames(dev_data):
         assert np.array_equal(frames[same], exact[same])
 
 
+@pytest.mark.slow
 def test_real_portrait_video_is_rgb_and_upright(dev_data):
     frames, _ = read_frames(dev_data / "videos" / "brtujopkby.mp4", 4)
     assert frames.shape[1:] == (1920, 1080, 3)
