@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from dfdc_core.aggregate import STRATEGIES
 from dfdc_core.io import write_atomic
-from dfdc_core.models import load_classifier, load_manifest
+from dfdc_core.manifest import Manifest
+from dfdc_core.models import load_classifier
 from ensemble.stacking import fit_stacker
 from training.data import CropDataset
 from training.evaluate import crop_fake_probs, load_fold_rows, predict_logits
@@ -36,7 +37,7 @@ def flipped_oof(run: Path) -> Path:
     config = yaml.safe_load((run / "config.yaml").read_text())
     _, val = load_fold_rows(config, config["fold"])
     manifest = Path(config["manifest"])
-    spec = next(s for s in load_manifest(manifest).models if s.name == config["name"])
+    spec = next(s for s in Manifest.load(manifest).models if s.name == config["name"])
     dataset = CropDataset(val, Path(config["crops"]), spec.input_size, spec.mean, spec.std)
     logits = predict_logits(load_classifier(spec), DataLoader(dataset, batch_size=64), torch.device("cpu"), True)
     oof = pd.read_csv(run / "oof.csv")

@@ -30,8 +30,9 @@ import yaml
 
 from dfdc_core.faces import model_input
 from dfdc_core.io import write_atomic
+from dfdc_core.manifest import Manifest
 from dfdc_core.metrics import auc, log_loss
-from dfdc_core.models import load_classifier, load_manifest
+from dfdc_core.models import load_classifier
 from dfdc_core.plots import pyplot, save_figure
 from training.data import read_crop
 from training.evaluate import video_probs
@@ -79,7 +80,7 @@ def fold_rows(run: Path, sources: list[str], max_crops: int, seed: int) -> tuple
 
 def measure(run: Path, sources: list[str], max_crops: int, seed: int = 0) -> pd.DataFrame:
     rows, crops, margin = fold_rows(run, sources, max_crops, seed)
-    manifest = load_manifest(run / "weights_manifest.json")
+    manifest = Manifest.load(run / "weights_manifest.json")
     folds_of = {entry["name"]: int(entry.get("fold", -1))
                 for entry in json.loads(manifest.path.read_text())["models"]}
     logits = {way: np.full(len(rows), np.nan) for way in WAYS}

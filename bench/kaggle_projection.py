@@ -40,12 +40,8 @@ import torch
 
 from bench.videos import DEV_VIDEOS, frame_size, select_videos
 from dfdc_core.faces import crop_face, face_crops
-from dfdc_core.models import (
-    create_classifier,
-    manifest_entry,
-    save_fp16_state_dict,
-    write_manifest,
-)
+from dfdc_core.manifest import Manifest, manifest_entry, write_manifest
+from dfdc_core.models import create_classifier, save_fp16_state_dict
 from dfdc_core.video import decode_video
 from kernel.config import load_config
 from kernel.pipeline import load_scorer, predict
@@ -95,7 +91,7 @@ def one_thread_cpu(manifest: Path, videos: list[Path], config: dict[str, Any]) -
     threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    scorer = load_scorer(manifest, dict(config, detect_threads=1), "cpu")
+    scorer = load_scorer(Manifest.load(manifest), dict(config, detect_threads=1), "cpu")
     try:
         warm = decode_video(videos[0], config)[0][:2]
         scorer.classify_crops([crop_face(warm[0], np.array([0, 0, 64, 64]), 0.3)])

@@ -43,7 +43,8 @@ from tqdm import tqdm
 from bench.videos import DEV_VIDEOS, frame_size, select_videos
 from dfdc_core import video as kvideo
 from dfdc_core.faces import face_crops
-from dfdc_core.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, create_classifier
+from dfdc_core.manifest import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from dfdc_core.models import create_classifier
 from kernel.config import load_config
 from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames
 

@@ -19,8 +19,8 @@ import pandas as pd
 import yaml
 
 from dfdc_core.io import write_atomic
+from dfdc_core.manifest import write_manifest
 from dfdc_core.metrics import binary_report
-from dfdc_core.models import write_manifest
 from kernel.config import load_config
 from kernel.pipeline import predict
 from training.evaluate import video_probs

@@ -84,12 +84,8 @@ def random_manifest(folder: Path, models: tuple[tuple[str, int], ...] = RANDOM_M
     """Randomly initialised tiny timm models saved fp16 with a `weights_manifest.json` beside them."""
     import torch
 
-    from dfdc_core.models import (
-        create_classifier,
-        manifest_entry,
-        save_fp16_state_dict,
-        write_manifest,
-    )
+    from dfdc_core.manifest import manifest_entry, write_manifest
+    from dfdc_core.models import create_classifier, save_fp16_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []

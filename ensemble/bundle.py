@@ -27,8 +27,8 @@ from pathlib import Path
 
 from dfdc_core.config import SettingsError, writable_folder
 from dfdc_core.io import write_atomic
-from dfdc_core.models import Manifest, ManifestError, load_classifier, load_manifest, verify_manifest
-from kernel.checks import check_manifest
+from dfdc_core.manifest import Manifest, ManifestError, verify_manifest
+from dfdc_core.models import load_classifier
 from kernel.kaggle import BUNDLE_MARKER
 
 KAGGLE_LIMIT_BYTES = 10**9
@@ -69,7 +69,7 @@ def bundle_names(manifest: Manifest) -> list[tuple[Path, str]]:
     """Each weight file (and the stacker) with its file name in the bundle, `<model name><suffix>`; `BundleError` if a
     model's name is no plain file name (a '/' or '..' would write outside --out) or two files would share a name."""
     copies = [(spec.file, f"{spec.name}{spec.file.suffix}") for spec in manifest.models]
-    copies += [(manifest.stacker, manifest.stacker.name)] if manifest.stacker is not None else []
+    copies += [(manifest.stacker_file, manifest.stacker_file.name)] if manifest.stacker_file is not None else []
     for spec, (_, copy) in zip(manifest.models, copies):
         if Path(copy).name != copy or copy in (".", ".."):
             raise BundleError(f"{manifest.path}: model name {spec.name!r} makes {copy!r}, which is no plain file name, "
@@ -92,8 +92,8 @@ def copy_weights(manifest: Manifest, out: Path) -> dict:
     for entry, (source, copy) in zip(data["models"], copies):  # the stacker, if any, comes last
         shutil.copy2(source, out / copy)
         entry["file"] = copy
-    if manifest.stacker is not None:
-        shutil.copy2(manifest.stacker, out / copies[-1][1])
+    if manifest.stacker_file is not None:
+        shutil.copy2(manifest.stacker_file, out / copies[-1][1])
         data["stacker"] = copies[-1][1]
     return data
 
@@ -156,9 +156,9 @@ def top_level_files(folder: Path) -> list[Path]:
 
 def checked_manifest(manifest_path: Path, limit: int) -> Manifest:
     """The manifest, refused (`ManifestError`, `BundleError`) on anything the kernel would refuse on Kaggle: the
-    kernel's own checks (`kernel.checks.check_manifest`), the weights' size limit, sha256 and content (each loaded as
+    kernel's own checks (`dfdc_core.manifest.Manifest.load`), the weights' size limit, sha256 and content (each loaded as
     the kernel loads it), and names the bundle cannot hold."""
-    manifest = check_manifest(manifest_path)
+    manifest = Manifest.load(manifest_path)
     bundle_names(manifest)
     check_size([spec.file for spec in manifest.models if os.path.isfile(spec.file)], limit,
                f"the weights of {manifest_path}")
@@ -182,7 +182,7 @@ def build_bundle(manifest_path: str | Path, out: str | Path, dataset_id: str = "
     try:
         data = copy_weights(manifest, out)
         write_atomic(out / "weights_manifest.json", json.dumps(data, indent=1))
-        verify_manifest(load_manifest(out / "weights_manifest.json"))  # the copies, not only the sources
+        verify_manifest(Manifest.load(out / "weights_manifest.json"))  # the copies, not only the sources
         wheel_files = build_wheels(out, extra_wheels) if wheels else []
         write_atomic(out / BUNDLE_MARKER, json.dumps(
             {"requirements": sorted({wheel_requirement(wheel) for wheel in wheel_files}),

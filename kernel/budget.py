@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
-from dfdc_core.models import Manifest, ModelSpec
+from dfdc_core.manifest import Manifest, ModelSpec
 
 log = logging.getLogger("kernel")
 

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.block_network:  # first: a new network namespace needs a process that has started no thread yet
         log.info("%s", block_network().describe())
-    from dfdc_core.models import ManifestError  # torch, numpy and OpenCV start their threads from here on
+    from dfdc_core.manifest import ManifestError
     from kernel.checks import check_not_an_input
     from kernel.pipeline import predict
 

@@ -25,10 +25,11 @@ from dfdc_core.aggregate import person_scores
 from dfdc_core.config import SettingsError, writable_folder
 from dfdc_core.faces import Detection, Track, model_images, normalise
 from dfdc_core.io import write_atomic
-from dfdc_core.models import ManifestError, fake_logit, model_family
+from dfdc_core.manifest import Manifest, ManifestError, model_family
+from dfdc_core.models import fake_logit
 from dfdc_core.plots import pyplot, save_figure
 from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, decode_video, is_image, read_image
-from kernel.checks import check_config, check_device, check_manifest, check_not_an_input
+from kernel.checks import check_config, check_device, check_not_an_input
 from kernel.config import load_config
 from kernel.device import choose_device
 from kernel.pipeline import LoadedModel, NoFaceError, Scorer, VideoPrediction, load_scorer
@@ -241,8 +242,7 @@ def checked_scorer(args: argparse.Namespace) -> Scorer:
         raise ExplainError(f"{args.path}: no such file")
     written = [args.out / f"{args.path.stem}_explain{suffix}" for suffix in (".png", ".json")]
     check_not_an_input(args.out, [args.path, args.manifest] + ([Path(args.config)] if args.config else []), written)
-    check_manifest(args.manifest)
-    return load_scorer(args.manifest, config, choose_device(args.device).device)
+    return load_scorer(Manifest.load(args.manifest), config, choose_device(args.device).device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,18 +23,11 @@ from tqdm import tqdm
 from dfdc_core.aggregate import Stacker, feature_name, video_features, video_score
 from dfdc_core.config import SettingsError
 from dfdc_core.faces import Track, detector_from_config, face_crops, model_images, normalise, person_tracks
-from dfdc_core.models import (
-    Manifest,
-    ModelSpec,
-    fake_probability,
-    forward_logits,
-    load_classifier,
-    load_manifest,
-    verify_manifest,
-)
+from dfdc_core.manifest import Manifest, ModelSpec, verify_manifest
+from dfdc_core.models import fake_probability, forward_logits, load_classifier
 from dfdc_core.video import MissingVideoError, VideoReadError, decode_video
 from kernel.budget import BudgetPlanner, drop_order
-from kernel.checks import check_config, check_device, check_manifest, check_not_an_input, check_paths
+from kernel.checks import check_config, check_device, check_not_an_input, check_paths
 from kernel.config import load_config
 from kernel.device import DeviceChoice, choose_device
 from kernel.kaggle import NotFoundOnKaggle, find_competition, kaggle_root
@@ -244,18 +237,16 @@ def combiner_for(stacker: Stacker | None, groups: set[str]) -> tuple[Stacker | N
     return chosen, "the stacker" if chosen is stacker else f"the stacker variant for groups {chosen.groups}"
 
 
-def load_scorer(manifest_path: str | Path, config: dict[str, Any], device: str = "cpu") -> Scorer:
-    """Verify every file of the manifest, then load classifiers, stacker and face detector."""
-    manifest = load_manifest(manifest_path)
+def load_scorer(manifest: Manifest, config: dict[str, Any], device: str = "cpu") -> Scorer:
+    """Verify every weight file of the checked manifest, then load classifiers, stacker and face detector."""
     verify_manifest(manifest)
     config = with_manifest_crop_margin(config, manifest)
     models = [LoadedModel(spec, load_classifier(spec, device)) for spec in manifest.models]
-    stacker = Stacker.from_json(manifest.stacker) if manifest.stacker is not None else None
-    if stacker is None:
+    if manifest.stacker is None:
         log.warning("%s names no stacker or calibrator: raw model scores, fitted at the training data's share of "
                     "fakes, go into the submission; fit one with python -m training.recipe or ensemble.stack",
                     manifest.path)
-    return Scorer(models, config, device, stacker)
+    return Scorer(models, config, device, manifest.stacker)
 
 
 def with_manifest_crop_margin(config: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
@@ -346,9 +337,7 @@ def fallback_reason(error: Exception) -> str:
 def run_signature(manifest: Manifest, config: dict[str, Any]) -> str:
     """Identifies a set-up (manifest, its stacker, config, checkpoint format), so only the same one resumes. The time
     budget is left out: a resumed run gets the time left, and a video's score does not depend on it."""
-    digest = hashlib.sha256(manifest.path.read_bytes())
-    if manifest.stacker is not None:
-        digest.update(manifest.stacker.read_bytes())
+    digest = hashlib.sha256(manifest.content)
     scoring = {key: value for key, value in config.items() if key != "time_budget_hours"}
     digest.update(json.dumps(scoring, sort_keys=True).encode())
     digest.update(f"checkpoint format {CHECKPOINT_FORMAT}".encode())
@@ -403,7 +392,7 @@ def checked_inputs(videos_dir: Path, sample: Path | None, manifest: Path, out: P
     check_device(device)
     check_paths(videos_dir, sample, out)
     filenames = target_filenames(videos_dir, sample)
-    manifest_checked = check_manifest(manifest)
+    manifest_checked = Manifest.load(manifest)
     check_videos_found(videos_dir, filenames, sample)
     check_not_an_input(out, input_files(videos_dir, filenames, sample, manifest_checked))
     choice = choose_device(device)
@@ -413,7 +402,7 @@ def checked_inputs(videos_dir: Path, sample: Path | None, manifest: Path, out: P
 
 def input_files(videos_dir: Path, filenames: list[str], sample: Path | None, manifest: Manifest) -> list[Path]:
     """Every file a run reads: the sample submission, the manifest, its stacker and weights, and the videos."""
-    files = [path for path in (sample, manifest.path, manifest.stacker) if path is not None]
+    files = [path for path in (sample, manifest.path, manifest.stacker_file) if path is not None]
     return files + [spec.file for spec in manifest.models] + [videos_dir / name for name in filenames
                                                              if inside_folder(name)]
 
@@ -450,7 +439,7 @@ def predict(videos_dir: str | Path | None = None, sample_submission: str | Path 
     videos_dir, sample = kaggle_inputs(videos_dir, sample_submission)
     out = Path(out) if out is not None else kaggle_root() / "working" / "submission.csv"
     filenames, checked_manifest, choice = checked_inputs(videos_dir, sample, Path(manifest), out, device, config)
-    scorer = load_scorer(manifest, config, choice.device)
+    scorer = load_scorer(checked_manifest, config, choice.device)
     skipped = {name: "outside_videos" for name in outside_names(filenames, videos_dir)}
     skipped.update({name: "crashed" for name in crashed_names(filenames, crashed)})
     checkpoint = open_checkpoint(out, run_signature(checked_manifest, config), videos_dir, filenames)

@@ -177,12 +177,12 @@ DAMAGED_LINES = {"face.mp4": "NaN label", "one_frame.mp4": "label 'nan'", "portr
 def damaged_checkpoint(out: Path, manifest: Path, config: dict, videos: Path) -> list[str]:
     """A checkpoint of this very set-up (its signature) whose lines are damaged (`DAMAGED_LINES`, and a number as a
     file name): the run must score their videos again (each used to crash every rerun); returns their names."""
-    from dfdc_core.models import load_manifest
+    from dfdc_core.manifest import Manifest
     from kernel.pipeline import run_signature
     from kernel.submission import CHECKPOINT_FORMAT, checkpoint_path, video_identity
 
     changes = [{"label": float("nan")}, {"label": "nan"}, {"reason": None}, {"reason": 5}]
-    lines = [{"signature": run_signature(load_manifest(manifest), config), "format": CHECKPOINT_FORMAT}]
+    lines = [{"signature": run_signature(Manifest.load(manifest), config), "format": CHECKPOINT_FORMAT}]
     lines += [{"filename": name, "label": 0.3, "reason": "ok", "seconds": DAMAGED_SECONDS,
                "identity": video_identity(videos / name), "dropped": [], **change}
               for name, change in zip(DAMAGED_LINES, changes)]
@@ -240,7 +240,7 @@ def nan_weights(setup: Setup) -> dict[str, str]:
     """The first model's weights with one NaN, and a manifest entry whose sha256 and size match them."""
     import torch
 
-    from dfdc_core.models import manifest_entry
+    from dfdc_core.manifest import manifest_entry
 
     entry = setup.first_model()
     path = setup.folder / entry["file"]
@@ -294,7 +294,7 @@ def sample_text(text: str) -> Callable[[Setup], dict[str, str]]:
 def weights_holding(save: Callable[[Path], object]) -> Callable[[Setup], dict[str, str]]:
     """Arrangement: the first model's weight file replaced by what `save` writes, its sha256 and size matching."""
     def arrange(setup: Setup) -> dict[str, str]:
-        from dfdc_core.models import manifest_entry
+        from dfdc_core.manifest import manifest_entry
 
         entry = setup.first_model()
         path = setup.folder / entry["file"]

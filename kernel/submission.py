@@ -17,8 +17,8 @@ import pandas as pd
 
 from dfdc_core.config import SettingsError, read_regular_file
 from dfdc_core.io import write_atomic
+from dfdc_core.values import is_number
 from dfdc_core.video import IMAGE_SUFFIXES
-from kernel.checks import is_number
 from kernel.kaggle import (  # noqa: F401  (re-exported)
     VIDEO_SUFFIXES,
     checkpoint_path,

@@ -57,7 +57,7 @@ def grouped_manifest(folder: Path, groups: dict[str, int], stacker: dict | None 
     with `stacker` written beside it and named, and `extra` top-level keys."""
     import json
 
-    from dfdc_core.models import manifest_entry
+    from dfdc_core.manifest import manifest_entry
 
     source = tiny_manifest(folder / "source", models=(("test_efficientnet", 64),))
     weights = source.parent / json.loads(source.read_text())["models"][0]["file"]

@@ -9,10 +9,9 @@ import pytest
 
 import kernel.pipeline as pipeline
 from dfdc_core.aggregate import logit
-from dfdc_core.models import ManifestError, load_manifest
+from dfdc_core.manifest import Manifest, ManifestError
 from kernel import predict
 from kernel.budget import BudgetPlanner, default_drop_order
-from kernel.checks import check_manifest
 from kernel.config import load_config
 from tests.helpers import face_videos, grouped_manifest
 
@@ -110,7 +109,7 @@ def test_default_drop_order_takes_extra_folds_first_then_groups_and_keeps_the_fi
     entries = [{"name": name, "arch": "test_efficientnet", "file": f"{name}.pth", "sha256": "0" * 64,
                 "input_size": 64, "group": name.split("_")[0]} for name in names]  # parsed only: no weights needed
     (tmp_path / "weights_manifest.json").write_text(json.dumps({"models": entries}))
-    manifest = load_manifest(tmp_path / "weights_manifest.json")
+    manifest = Manifest.load(tmp_path / "weights_manifest.json")
     assert default_drop_order(manifest.models) == ["b_1", "a_2", "a_1", "c_0", "b_0"]
 
 
@@ -133,18 +132,18 @@ def test_planner_projects_the_rate_of_the_models_it_keeps():
 def test_a_bad_drop_order_is_refused(tmp_path, order, message):
     manifest = grouped_manifest(tmp_path, {"a": 2, "b": 1}, drop_order=order)
     with pytest.raises(ManifestError, match=message):
-        check_manifest(manifest)
+        Manifest.load(manifest)
 
 
 def test_an_explicit_drop_order_is_followed(clock, videos, tmp_path, caplog):
     manifest = grouped_manifest(tmp_path / "models", {"a": 2, "b": 1}, drop_order=["b_0"])
     result = run(videos, manifest, tmp_path, 190, caplog)  # dropping b_0 alone brings 35 s/video to 25 s/video
     assert set(result.model_sets.values()) == {(), ("b_0",)}
-    assert check_manifest(manifest).drop_order == ("b_0",)
+    assert Manifest.load(manifest).drop_order == ("b_0",)
 
 
 def test_a_stacker_variant_is_checked_like_the_stacker(tmp_path):
     stacker = constant_stacker(["a.logit", "b.logit"], 0.33)
     stacker["variants"] = [dict(constant_stacker(["a.logit"], 0.77), groups=["a"], intercept=float("nan"))]
     with pytest.raises(ManifestError, match=r"not finite.*in its variant for groups \['a'\]"):
-        check_manifest(grouped_manifest(tmp_path, {"a": 2, "b": 1}, stacker))
+        Manifest.load(grouped_manifest(tmp_path, {"a": 2, "b": 1}, stacker))

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from dfdc_core.models import ManifestError, load_manifest, verify_manifest
+from dfdc_core.manifest import Manifest, ManifestError, verify_manifest
 from ensemble.bundle import (
     KAGGLE_LIMIT_BYTES,
     KAGGLE_PLATFORMS,
@@ -44,9 +44,9 @@ def test_bundle_is_flat_with_weights_stacker_pinned_wheels_and_notebook(registry
     out = tmp_path / "bundle"
     assert main(["--manifest", str(models), "--out", str(out), "--dataset-id", "me/dfdc-test"]) == 0
     assert all(path.is_file() for path in out.iterdir())  # kaggle datasets create skips folders by default
-    manifest = load_manifest(out / "weights_manifest.json")
+    manifest = Manifest.load(out / "weights_manifest.json")
     verify_manifest(manifest)
-    assert all(spec.file.parent == out for spec in manifest.models) and manifest.stacker == out / "stacker.json"
+    assert all(spec.file.parent == out for spec in manifest.models) and manifest.stacker_file == out / "stacker.json"
     wheels = sorted(p.name.split("-")[0] for p in out.glob("*.whl"))
     assert sorted(set(wheels)) == ["av", "decord", "dfdc_kit", "facenet_pytorch"]
     assert not [p.name for p in out.glob("*.whl") if "macosx" in p.name or "aarch64" in p.name or "win" in p.name]
@@ -213,7 +213,7 @@ def test_what_the_kernel_would_refuse_is_refused_before_anything_is_written(mode
 
 def text_weights(models) -> None:
     """The first model's weights replaced by text, with the manifest's sha256 and size matching it."""
-    from dfdc_core.models import manifest_entry
+    from dfdc_core.manifest import manifest_entry
 
     data = json.loads(models.read_text())
     entry = data["models"][0]
@@ -253,4 +253,4 @@ def test_a_bundle_of_checked_models_keeps_names_and_content(models, tmp_path):
     data = json.loads((tmp_path / "bundle" / "weights_manifest.json").read_text())
     assert [entry["file"] for entry in data["models"]] == ["test_efficientnet.pth", "test_resnet.pth"]
     assert data["stacker"] == "stacker.json"
-    verify_manifest(load_manifest(tmp_path / "bundle" / "weights_manifest.json"))
+    verify_manifest(Manifest.load(tmp_path / "bundle" / "weights_manifest.json"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dfdc_core.models import load_manifest, verify_manifest
+from dfdc_core.manifest import Manifest, verify_manifest
 
 pytestmark = pytest.mark.slow  # runs the whole kit: a minute or more
 
@@ -21,12 +21,12 @@ def test_reduced_demo_runs_the_kit_end_to_end(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "held-out videos:" in result.stdout and "log loss" in result.stdout
-    manifest = load_manifest(out / "bundle" / "weights_manifest.json")
+    manifest = Manifest.load(out / "bundle" / "weights_manifest.json")
     verify_manifest(manifest)
     assert sorted(spec.arch for spec in manifest.models) == sorted(["legacy_xception", "resnet18",
                                                                     "tf_efficientnet_lite0"] * 2)
     assert {spec.group for spec in manifest.models} == {"xception", "lite0", "resnet18"}
-    stacker = json.loads(manifest.stacker.read_text())
+    stacker = json.loads(manifest.stacker_file.read_text())
     assert stacker["feature_names"] == ["lite0.logit", "resnet18.logit", "xception.logit"]
     assert stacker["target_prior"] == 0.5
     with open(out / "holdout_folds.csv", newline="") as handle:

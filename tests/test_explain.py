@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dfdc_core.manifest import Manifest
 from dfdc_core.video import decode_video
 from kernel import predict
 from kernel.config import load_config
@@ -27,7 +28,7 @@ def test_video_explanation_has_the_kernels_score(tiny_manifest_path, tmp_path):
     config = load_config(frames=FRAMES)
     run = predict(video.parent, None, tiny_manifest_path, tmp_path / "submission.csv", config=config, progress=False)
     assert run.reasons == {video.name: "ok"}
-    expected = load_scorer(tiny_manifest_path, config).score(decode_video(video, config)[0])
+    expected = load_scorer(Manifest.load(tiny_manifest_path), config).score(decode_video(video, config)[0])
     heights = {}
     for rows in (1, 3):
         out = tmp_path / f"explain_{rows}"
@@ -60,7 +61,7 @@ def test_image_as_face_crop(tiny_manifest_path, tmp_path):
     assert explain_main([str(image), "--crop", "--manifest", str(tiny_manifest_path), "--out", str(out)]) == 0
     data = explain_json(out)
     (face,) = data["faces"]
-    probs = load_scorer(tiny_manifest_path, load_config()).classify_crops([cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)])
+    probs = load_scorer(Manifest.load(tiny_manifest_path), load_config()).classify_crops([cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)])
     assert face["probs"] == pytest.approx({name: float(p[0]) for name, p in probs.items()}, abs=1e-5)
     assert data["score"] == pytest.approx(np.mean([p[0] for p in probs.values()]), abs=1e-5)
     assert data["kind"] == "crop" and face["box"] == [0.0, 0.0, 70.0, 90.0]

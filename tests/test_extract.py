@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from dfdc_core.faces import crop_face, crop_window, model_images, normalise
+from dfdc_core.manifest import Manifest
 from dfdc_core.video import decode_video
 from kernel.config import load_config
 from kernel.pipeline import load_scorer
@@ -189,7 +190,7 @@ def test_training_tensor_is_the_kernels_tensor(two_person_extraction, tiny_manif
     """For the same video and box, train_fold's input equals the kernel's (before augmentation) within 1/255."""
     root, data, index = two_person_extraction
     config = load_config(frames=4)
-    scorer = load_scorer(tiny_manifest_path, config)
+    scorer = load_scorer(Manifest.load(tiny_manifest_path), config)
     frames, numbers = decode_video(data / "real.mp4", config)
     tracks = scorer.find_tracks(frames)
     rows = index[index["video"] == "real.mp4"].reset_index(drop=True)

@@ -21,6 +21,7 @@ from dfdc_core.faces import (
     pad_square,
     person_tracks,
 )
+from dfdc_core.manifest import Manifest
 from dfdc_core.video import read_frames
 from kernel.config import load_config
 
@@ -242,7 +243,7 @@ def test_dark_frames_are_lifted_for_the_detector_only(monkeypatch, tiny_manifest
     monkeypatch.setattr(faces, "detect_faces", lambda batch, *args: seen.append(batch.copy()) or detect(batch, *args))
     dark = (faces_clip(4).astype(np.float32) * 0.2).astype(np.uint8)
     before = dark.copy()
-    prediction = load_scorer(tiny_manifest_path, load_config(frames=4)).score(dark)
+    prediction = load_scorer(Manifest.load(tiny_manifest_path), load_config(frames=4)).score(dark)
     assert np.array_equal(dark, before) and dark.mean() < 30
     assert len(seen) == 1 and 90 < seen[0].mean() < 130  # the detector's copy, lifted
     assert len(prediction.tracks) == 2

@@ -16,7 +16,7 @@ import pytest
 import kernel.pipeline as pipeline
 from dfdc_core.aggregate import Stacker, logit, sigmoid
 from dfdc_core.faces import Detection, Track, face_crops
-from dfdc_core.models import ManifestError
+from dfdc_core.manifest import Manifest, ManifestError
 from kernel import predict
 from kernel.config import load_config
 from tests.helpers import (
@@ -152,7 +152,7 @@ def test_faces_are_cut_with_the_crop_margin_the_manifests_models_were_trained_wi
     for entry in manifest["models"]:
         entry["crop_margin"] = 0.05
     (folder / "weights_manifest.json").write_text(json.dumps(manifest))
-    scorer = pipeline.load_scorer(folder / "weights_manifest.json", FAST)
+    scorer = pipeline.load_scorer(Manifest.load(folder / "weights_manifest.json"), FAST)
     assert scorer.config["crop_margin"] == 0.05 and FAST["crop_margin"] == 0.3  # the caller's config is not changed
     tracks = scorer.find_tracks(frames)
     prediction = scorer.score_tracks(frames, tracks)
@@ -168,7 +168,7 @@ def test_stacker_from_the_manifest_is_applied(tiny_manifest_path, tmp_path):
     """Each coefficient meets its own group's feature (names listed against sorted order), then the clip."""
     videos = face_videos(tmp_path / "videos", 2)
     frames = pipeline.decode_video(videos / "face_0.mp4", FAST)[0]
-    scores = pipeline.load_scorer(tiny_manifest_path, FAST).score(frames).model_scores  # no stacker: raw scores
+    scores = pipeline.load_scorer(Manifest.load(tiny_manifest_path), FAST).score(frames).model_scores  # no stacker: raw scores
     folder = tmp_path / "models"
     shutil.copytree(tiny_manifest_path.parent, folder)
     manifest = json.loads((folder / "weights_manifest.json").read_text())
@@ -314,7 +314,7 @@ def test_the_decoding_thread_works_ahead_and_starts_nothing_after_a_crash(monkey
 
 def test_the_aggregation_is_the_configs_unless_the_stacker_names_its_own(tiny_manifest_path, monkeypatch):
     """`--aggregation` (the config's) turns frame scores into the video score; a stacker's own aggregation wins."""
-    scorer = pipeline.load_scorer(tiny_manifest_path, dict(FAST, aggregation="trimmed_mean"))
+    scorer = pipeline.load_scorer(Manifest.load(tiny_manifest_path), dict(FAST, aggregation="trimmed_mean"))
     names = [model.spec.name for model in scorer.models]
     probs = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0])
     monkeypatch.setattr(scorer, "classify_crops", lambda crops: {name: probs for name in names})

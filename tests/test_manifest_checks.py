@@ -1,4 +1,4 @@
-"""Settings, manifest and weight checks (`kernel/checks.py`, the load/verify parts of `dfdc_core/models.py`) on crafted
+"""Settings, manifest and weight checks (`kernel/checks.py`, `dfdc_core/manifest.py`, `dfdc_core/models.py`) on crafted
 inputs: each bad value refused with the message naming it and the fix, each good value accepted.
 
 Fast unit tests: `make mutation` runs them against mutants of these modules (see docs/testing.md).
@@ -18,21 +18,21 @@ import torch
 import kernel.checks as checks
 from dfdc_core.aggregate import STRATEGIES, Stacker
 from dfdc_core.config import SettingsError
-from dfdc_core.models import (
+from dfdc_core.manifest import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Manifest,
     ManifestError,
     ModelSpec,
+    check_stacker,
     class_keys,
-    create_classifier,
-    load_classifier,
-    load_manifest,
-    save_fp16_state_dict,
+    read_stacker,
     sha256_of,
     update_manifest,
     verify_manifest,
 )
+from dfdc_core.models import create_classifier, load_classifier, save_fp16_state_dict
+from dfdc_core.values import is_one_of
 from kernel.config import load_config
 
 FIX = "; fix it in the --config JSON or its command-line flag"
@@ -183,21 +183,21 @@ def entry_refused(manifest: Path, key: str, value, message: str) -> None:
     original = manifest.read_text()
     edit(manifest, change)
     with pytest.raises(ManifestError) as error:
-        checks.check_manifest(manifest)
+        Manifest.load(manifest)
     assert str(error.value) == f"{manifest}: models[0]{message}", key
     manifest.write_text(original)
 
 
 def test_a_good_manifest_is_parsed(models):
-    manifest = checks.check_manifest(models)
-    assert isinstance(manifest, Manifest) and manifest.path == models and manifest.stacker is None
+    manifest = Manifest.load(models)
+    assert isinstance(manifest, Manifest) and manifest.path == models and manifest.stacker_file is None
     assert [spec.arch for spec in manifest.models] == ["test_efficientnet", "test_resnet"]
 
 
 def test_each_bad_entry_value_is_named(models):
     sha = "Ab" * 32  # upper-case hex is fine
     edit(models, lambda data: data["models"][0].update(sha256=sha))
-    checks.check_manifest(models)
+    Manifest.load(models)
     for key in ("arch", "file", "sha256", "input_size"):
         entry_refused(models, key, ..., f" lacks ['{key}']")
     cases = [
@@ -233,7 +233,7 @@ def test_each_bad_entry_value_is_named(models):
         entry_refused(models, key, value, message)
     with pytest.raises(ManifestError, match=r"models\[0\]: model 'vit_base_patch16_224' is not in a supported family"):
         edit(models, lambda data: data["models"][0].update(arch="vit_base_patch16_224"))
-        checks.check_manifest(models)
+        Manifest.load(models)
 
 
 def test_the_manifest_shape_is_named(models):
@@ -248,7 +248,7 @@ def test_the_manifest_shape_is_named(models):
                           ('{"models": ["m.pth"]}', ": models[0] is a JSON str; each model is an object")]:
         models.write_text(text)
         with pytest.raises(ManifestError) as error:
-            checks.check_manifest(models)
+            Manifest.load(models)
         assert str(error.value) == f"{models}{message}"
 
 
@@ -256,13 +256,13 @@ def test_a_missing_or_unreadable_manifest_is_named(tmp_path):
     fix = "pass --manifest PATH to a weights_manifest.json"
     for path in (tmp_path / "absent.json", tmp_path):
         with pytest.raises(ManifestError) as error:
-            checks.check_manifest(path)
+            Manifest.load(path)
         assert str(error.value) == f"{path}: manifest not found; {fix}"
     for content in (b"{", b"\xff\xfe{}"):
         (tmp_path / "m.json").write_bytes(content)
         with pytest.raises(ManifestError, match=re.escape(f"{tmp_path / 'm.json'}: manifest is not valid JSON (") +
                            f".*\\); {fix}$"):
-            checks.check_manifest(tmp_path / "m.json")
+            Manifest.load(tmp_path / "m.json")
 
 
 # ------------------------------------------------------------------------------------------ the stacker
@@ -282,10 +282,10 @@ def with_stacker(manifest: Path, stacker, groups: dict[int, str] | None = None) 
 def test_a_stacker_may_name_models_and_groups(models):
     with_stacker(models, {"feature_names": ["test_resnet.logit", "tiny.mean"], "coef": [1.0, -2.0], "intercept": 0.5,
                           "aggregation": "confident"}, {0: "tiny"})
-    manifest = checks.check_manifest(models)
-    assert manifest.stacker == models.parent / "stacker.json"
+    manifest = Manifest.load(models)
+    assert manifest.stacker_file == models.parent / "stacker.json"
     with_stacker(models, {"feature_names": ["test_efficientnet.logit"], "coef": [1.0], "intercept": 0.0})
-    checks.check_manifest(models)  # a name stays usable beside its group
+    Manifest.load(models)  # a name stays usable beside its group
 
 
 @pytest.mark.parametrize("stacker,message", [
@@ -308,7 +308,7 @@ def test_a_stacker_may_name_models_and_groups(models):
 def test_a_bad_stacker_is_named(models, stacker, message):
     with_stacker(models, stacker)
     with pytest.raises(ManifestError) as error:
-        checks.check_manifest(models)
+        Manifest.load(models)
     assert str(error.value) == message
 
 
@@ -316,9 +316,9 @@ def test_a_stacker_with_more_names_than_coefficients_is_refused():
     stacker = Stacker(["a.logit"], [1.0], 0.0)
     stacker.feature_names = ["a.logit", "a.std"]
     with pytest.raises(ManifestError) as error:
-        checks.check_stacker(stacker, {"a"})
+        check_stacker(stacker, {"a"})
     assert str(error.value) == "stacker: 2 feature names but 1 coefficients"
-    checks.check_stacker(Stacker(["a.logit"], [1.0], 0.0, aggregation=None), {"a"})
+    check_stacker(Stacker(["a.logit"], [1.0], 0.0, aggregation=None), {"a"})
 
 
 @pytest.mark.parametrize("text,message", [
@@ -334,22 +334,22 @@ def test_an_unreadable_stacker_is_named(tmp_path, text, message):
     path = tmp_path / "stacker.json"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ManifestError, match="^" + re.escape(f"stacker {path}") + message):
-        checks.read_stacker(path)
+        read_stacker(path)
 
 
 def test_a_missing_stacker_file_and_a_bad_stacker_entry_are_named(models, tmp_path):
     with pytest.raises(ManifestError, match="^" + re.escape(f"stacker {tmp_path / 'none.json'}: cannot read it (") +
                        r".*\); put it beside the manifest$"):
-        checks.read_stacker(tmp_path / "none.json")
+        read_stacker(tmp_path / "none.json")
     for value in ("", 3, ["s.json"]):
         edit(models, lambda data: data.update(stacker=value))
         with pytest.raises(ManifestError) as error:
-            checks.check_manifest(models)
+            Manifest.load(models)
         assert str(error.value) == (f"{models}: 'stacker' is {value!r}; name the stacker JSON beside the manifest or "
                                     "set it to null")
     edit(models, lambda data: data.update(stacker="absent.json"))
     with pytest.raises(ManifestError, match="cannot read it"):
-        checks.check_manifest(models)
+        Manifest.load(models)
 
 
 # ------------------------------------------------------------------------------------------ dfdc_core.models
@@ -363,51 +363,57 @@ def test_sha256_of_reads_the_whole_file_in_chunks(tmp_path):
     assert sha256_of(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
 
 
-def test_load_manifest_fills_defaults_and_resolves_files(tmp_path):
-    (tmp_path / "stacker.json").write_text("{}")
+def test_load_fills_defaults_resolves_files_and_keeps_what_it_read(tmp_path):
+    stacker = {"feature_names": ["w.logit", "g.mean"], "coef": [1.0, -0.5], "intercept": 0.25}
+    (tmp_path / "stacker.json").write_text(json.dumps(stacker))
     path = tmp_path / "weights_manifest.json"
     path.write_text(json.dumps({"models": [
-        {"arch": "test_resnet", "file": "sub/w.pth", "sha256": "AB" * 32, "input_size": "96"},
+        {"arch": "test_resnet", "file": "sub/w.pth", "sha256": "AB" * 32, "input_size": 96},
         {"name": "beta", "arch": "test_resnet", "file": "b.pth", "sha256": "cd" * 32, "input_size": 64, "bytes": 10,
          "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "group": "g", "num_classes": 3, "real_class": 2}],
         "stacker": "stacker.json"}))
-    manifest = load_manifest(path)
+    manifest = Manifest.load(path)
     first, second = manifest.models
     assert first == ModelSpec(name="w", arch="test_resnet", file=tmp_path / "sub" / "w.pth", sha256="ab" * 32,
                               bytes=-1, input_size=96, mean=IMAGENET_MEAN, std=IMAGENET_STD, group="w")
     assert second == ModelSpec(name="beta", arch="test_resnet", file=tmp_path / "b.pth", sha256="cd" * 32, bytes=10,
                                input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=3,
                                classes=None, real_index=2, group="g")
-    assert manifest.stacker == tmp_path / "stacker.json" and manifest.path == path and manifest.drop_order is None
+    assert manifest.stacker_file == tmp_path / "stacker.json" and manifest.path == path and manifest.drop_order is None
+    assert manifest.stacker.feature_names == stacker["feature_names"] and manifest.stacker.intercept == 0.25
+    assert manifest.content == path.read_bytes() + (tmp_path / "stacker.json").read_bytes()  # read once, as used
     for drop_order in (["w"], []):
         path.write_text(json.dumps({"models": [{"arch": "test_resnet", "file": "w.pth", "sha256": "ab" * 32,
-                                                "input_size": 8}], "drop_order": drop_order}))
-        assert load_manifest(path).drop_order == tuple(drop_order)
+                                                "input_size": 8}, {"arch": "test_resnet", "file": "v.pth",
+                                                                   "sha256": "cd" * 32, "input_size": 8}],
+                                    "drop_order": drop_order}))
+        assert Manifest.load(path).drop_order == tuple(drop_order)
     path.write_text(json.dumps({"models": [{"arch": "test_resnet", "file": "w.pth", "sha256": "ab" * 32,
-                                            "input_size": 8, "group": None}], "stacker": ""}))
-    manifest = load_manifest(path)
-    assert manifest.stacker is None and manifest.models[0].group == "w"
+                                            "input_size": 8, "group": None}], "stacker": None}))
+    manifest = Manifest.load(path)
+    assert manifest.stacker_file is None and manifest.stacker is None and manifest.models[0].group == "w"
+    assert manifest.content == path.read_bytes()
 
 
 @pytest.mark.parametrize("text,message", [
-    ("{", r": not valid JSON \(.*\)$"),
-    ('{"models": []}', r": 'models' is empty; add at least one entry \(name, arch, file, sha256, bytes, input_size, "
-                       r"mean, std\)$"),
-    ('{"models": [{"arch": "a", "file": "f", "input_size": 8}]}', r": models\[0\] lacks \['sha256'\]$"),
-    ('{"models": [{"arch": "a", "file": "f", "sha256": "x", "input_size": 8, "num_classes": 3, "classes": ["a"]}]}',
-     r": models\[0\]: 'classes' has 1 names but num_classes is 3$"),
-    ('{"models": [{"arch": "a", "file": "x/m.pth", "sha256": "x", "input_size": 8}, '
-     '{"arch": "a", "file": "m.pth", "sha256": "y", "input_size": 8}]}',
+    ("{", r": manifest is not valid JSON \(.*\); pass --manifest PATH to a weights_manifest\.json$"),
+    ('{"models": []}', r": 'models' is empty or not a list; add at least one entry \(name, arch, file, sha256, bytes, "
+                       r"input_size, mean, std\)$"),
+    ('{"models": [{"arch": "test_resnet", "file": "f", "input_size": 8}]}', r": models\[0\] lacks \['sha256'\]$"),
+    ('{"models": [{"arch": "test_resnet", "file": "f", "sha256": "%s", "input_size": 8, "num_classes": 3, '
+     '"classes": ["a"]}]}' % ("ab" * 32), r": models\[0\]: 'classes' has 1 names but num_classes is 3$"),
+    ('{"models": [{"arch": "test_resnet", "file": "x/m.pth", "sha256": "%s", "input_size": 8}, '
+     '{"arch": "test_resnet", "file": "m.pth", "sha256": "%s", "input_size": 8}]}' % ("ab" * 32, "cd" * 32),
      r": model names must be unique, got \['m', 'm'\]$"),
 ])
-def test_load_manifest_names_the_problem(tmp_path, text, message):
+def test_load_names_the_problem(tmp_path, text, message):
     path = tmp_path / "weights_manifest.json"
     path.write_text(text)
     with pytest.raises(ManifestError, match="^" + re.escape(str(path)) + message):
-        load_manifest(path)
+        Manifest.load(path)
     with pytest.raises(ManifestError, match=r"absent.json: manifest not found; pass --manifest PATH to a "
                                             r"weights_manifest\.json$"):
-        load_manifest(tmp_path / "absent.json")
+        Manifest.load(tmp_path / "absent.json")
 
 
 def test_class_keys_of_multi_class_entries():
@@ -429,7 +435,7 @@ def test_class_keys_of_multi_class_entries():
 
 
 def test_verify_manifest_checks_presence_size_and_sha256_of_every_file(models):
-    manifest = load_manifest(models)
+    manifest = Manifest.load(models)
     verify_manifest(manifest)
     second = manifest.models[1]
     data = second.file.read_bytes()
@@ -464,7 +470,7 @@ def test_verify_manifest_checks_presence_size_and_sha256_of_every_file(models):
 
 
 def test_load_classifier_gives_an_eval_fp32_model_and_refuses_non_finite_weights(models):
-    spec = load_manifest(models).models[0]
+    spec = Manifest.load(models).models[0]
     model = load_classifier(spec)
     assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
     state = torch.load(spec.file, weights_only=True)
@@ -486,15 +492,15 @@ def test_a_model_group_defaults_to_its_name():
 def test_the_first_five_unknown_features_are_named():
     with pytest.raises(ManifestError, match=r"^stacker: features \['x0.logit', 'x1.logit', 'x2.logit', 'x3.logit', "
                                             r"'x4.logit'\] name no model"):
-        checks.check_stacker(Stacker([f"x{i}.logit" for i in range(6)], [1.0] * 6, 0.0), {"a"})
+        check_stacker(Stacker([f"x{i}.logit" for i in range(6)], [1.0] * 6, 0.0), {"a"})
 
 
 def test_a_variant_of_the_stacker_is_checked_as_the_stacker_is():
     good = Stacker(["a.logit"], [1.0], 0.0)
-    checks.check_stacker(Stacker(["a.logit", "b.logit"], [1.0, 1.0], 0.0, variants=(good,)), {"a", "b"})
+    check_stacker(Stacker(["a.logit", "b.logit"], [1.0, 1.0], 0.0, variants=(good,)), {"a", "b"})
     bad = Stacker(["a.logit", "zz.logit"], [1.0, float("nan")], 0.0)
     with pytest.raises(ManifestError) as error:
-        checks.check_stacker(Stacker(["a.logit", "b.logit"], [1.0, 1.0], 0.0, variants=(good, bad)), {"a", "b"})
+        check_stacker(Stacker(["a.logit", "b.logit"], [1.0, 1.0], 0.0, variants=(good, bad)), {"a", "b"})
     assert str(error.value) == ("stacker: coefficients or intercept are not finite (NaN or inf); refit it with python "
                                 "-m ensemble.stack (intercept 0.0, 1 non-finite coefficients) (in its variant for "
                                 "groups ['a', 'zz'])")
@@ -511,26 +517,26 @@ def test_a_variant_of_the_stacker_is_checked_as_the_stacker_is():
 def test_a_bad_drop_order_is_named(models, drop_order, message):
     edit(models, lambda data: data.update(drop_order=drop_order))
     with pytest.raises(ManifestError) as error:
-        checks.check_manifest(models)
+        Manifest.load(models)
     assert str(error.value) == f"{models}: 'drop_order' {message}"
 
 
 def test_a_drop_order_of_some_models_passes(models):
     edit(models, lambda data: data.update(drop_order=["test_resnet"]))
-    checks.check_manifest(models)
+    Manifest.load(models)
     edit(models, lambda data: data.update(drop_order=[]))
-    checks.check_manifest(models)
+    Manifest.load(models)
 
 
 def test_the_crop_margin_models_were_trained_with_is_the_manifests_when_they_agree(models):
-    assert checks.check_manifest(models).crop_margin is None  # not recorded: the kernel config's margin is used
+    assert Manifest.load(models).crop_margin is None  # not recorded: the kernel config's margin is used
     edit(models, lambda data: [entry.update(crop_margin=0.125) for entry in data["models"]])
-    manifest = checks.check_manifest(models)
+    manifest = Manifest.load(models)
     assert manifest.crop_margin == 0.125 and {spec.crop_margin for spec in manifest.models} == {0.125}
     for other in (0.3, None):
         edit(models, lambda data: data["models"][1].update(crop_margin=other))
         with pytest.raises(ManifestError) as error:
-            checks.check_manifest(models)
+            Manifest.load(models)
         assert str(error.value) == (
             f"{models}: its models were trained on crops of different margins ({{'test_efficientnet': 0.125, "
             f"'test_resnet': {other}}}; None: not recorded), but the kernel cuts one crop per face for all of them; "
@@ -555,7 +561,7 @@ def test_update_manifest_keeps_the_other_keys_and_refuses_to_mix_crop_margins(mo
 
 
 def test_load_classifier_builds_the_entrys_class_count_and_names_a_mismatch(models, tmp_path):
-    spec = load_manifest(models).models[0]
+    spec = Manifest.load(models).models[0]
     weights = tmp_path / "five.pth"
     save_fp16_state_dict(create_classifier(spec.arch, num_classes=5), weights)
     five = ModelSpec(**{**vars(spec), "file": weights, "num_classes": 5, "classes": None, "real_index": 4})
@@ -567,7 +573,7 @@ def test_load_classifier_builds_the_entrys_class_count_and_names_a_mismatch(mode
 
 def test_load_classifier_moves_the_model_to_its_device_in_fp16_on_cuda(models, monkeypatch):
     """Without a GPU here: `Module.to` is recorded instead of moving, so the dtype and device asked can be seen."""
-    spec = load_manifest(models).models[0]
+    spec = Manifest.load(models).models[0]
     moved = []
     monkeypatch.setattr(torch.nn.Module, "to", lambda module, device: moved.append(device) or module)
     assert {p.dtype for p in load_classifier(spec, "cuda:1").parameters()} == {torch.float16}
@@ -576,7 +582,7 @@ def test_load_classifier_moves_the_model_to_its_device_in_fp16_on_cuda(models, m
 
 
 def test_load_classifier_runs_no_code_from_a_pickle(models, tmp_path):
-    spec = load_manifest(models).models[0]
+    spec = Manifest.load(models).models[0]
     weights = tmp_path / "evil.pth"
     torch.save({"conv_stem.weight": Payload(tmp_path / "ran")}, weights)
     with pytest.raises(ManifestError, match="holding objects other than tensors and plain values .*refused unread"):
@@ -595,7 +601,7 @@ class Payload:
 
 
 def test_the_first_five_non_finite_tensors_are_named(models):
-    spec = load_manifest(models).models[0]
+    spec = Manifest.load(models).models[0]
     state = torch.load(spec.file, weights_only=True)
     floating = [key for key, value in state.items() if value.is_floating_point()][:6]
     for key in floating:
@@ -651,7 +657,7 @@ def test_a_list_or_a_mapping_where_a_name_belongs_is_refused_not_a_crash():
         refused(config, "aggregation", value, f"one of {sorted(STRATEGIES)}")
     for value in ([["pyav"]], [{"pyav": 1}], ["pyav", ["decord"]]):
         refused(config, "decode_backends", value, "a non-empty list of ['decord', 'opencv', 'pyav']")
-    assert checks.is_one_of("mean", STRATEGIES) and not checks.is_one_of(["mean"], STRATEGIES)
+    assert is_one_of("mean", STRATEGIES) and not is_one_of(["mean"], STRATEGIES)
 
 
 # ------------------------------------------------------------------------------------------ issue 33: output paths
@@ -768,10 +774,10 @@ def test_manifest_values_at_their_bounds_pass(models):
     edit(models, lambda data: data["models"][0].update(input_size=1024, mean=[0, 0.5, 1], std=[0.001, 1, 5],
                                                        group=None, classes=None, real_class=0))
     edit(models, lambda data: [entry.update(crop_margin=2.0) for entry in data["models"]])
-    checks.check_manifest(models)
+    Manifest.load(models)
     edit(models, lambda data: data["models"][0].update(num_classes=1000, classes=[str(i) for i in range(1000)],
                                                        real_class="999"))
-    assert checks.check_manifest(models).models[0].real_index == 999
+    assert Manifest.load(models).models[0].real_index == 999
 
 
 # ------------------------------------------------------------------------------------------ issue 33: stacker values
@@ -797,7 +803,7 @@ STACKER = {"feature_names": ["test_resnet.logit"], "coef": [1.0], "intercept": 0
 def test_stacker_values_of_the_wrong_type_are_named(models, change, message):
     with_stacker(models, {**STACKER, **change})
     with pytest.raises(ManifestError) as error:
-        checks.check_manifest(models)
+        Manifest.load(models)
     assert str(error.value) == f"stacker {models.parent / 'stacker.json'}: {message}"
 
 
@@ -805,7 +811,7 @@ def test_a_variants_values_are_checked_too(models):
     variant = {"groups": ["test_resnet"], **STACKER, "intercept": "0.5"}  # float() would take it
     with_stacker(models, {**STACKER, "variants": [dict(STACKER, groups=["test_resnet"]), variant]})
     with pytest.raises(ManifestError) as error:
-        checks.check_manifest(models)
+        Manifest.load(models)
     assert str(error.value) == (f"stacker {models.parent / 'stacker.json'}: variants[1]: 'intercept' is '0.5'; it must "
                                 "be a number")
 
@@ -825,20 +831,20 @@ def test_a_variants_values_are_checked_too(models):
 def test_stacker_values_of_the_wrong_range_are_named(models, change, message):
     with_stacker(models, {**STACKER, **change})
     with pytest.raises(ManifestError) as error:
-        checks.check_manifest(models)
+        Manifest.load(models)
     assert str(error.value) == message
 
 
 def test_every_statistic_and_the_largest_coefficients_pass(models):
     names = [f"test_resnet.{stat}" for stat in ("logit", "mean", "std", "share_above_0.8", "share_below_0.2")]
     with_stacker(models, {"feature_names": names, "coef": [1e6, -1e6, 0, 1, 2], "intercept": -1e6})
-    checks.check_manifest(models)
+    Manifest.load(models)
 
 
 def test_a_manifest_name_too_long_to_open_is_named(tmp_path):
     path = tmp_path / ("m" * 300 + ".json")
     with pytest.raises(ManifestError) as error:
-        checks.check_manifest(path)
+        Manifest.load(path)
     assert str(error.value) == (f"{path}: cannot read the manifest (File name too long); pass --manifest PATH to a "
                                 "weights_manifest.json")
 
@@ -876,7 +882,7 @@ def whole_model(path: Path) -> None:
 ])
 def test_a_weight_file_that_is_no_state_dict_is_named_with_what_it_holds(models, tmp_path, make, holds):
     """Issue 33: such files passed the sha256 check and then ended in UnpicklingError/TypeError tracebacks."""
-    spec = load_manifest(models).models[0]
+    spec = Manifest.load(models).models[0]
     weights = tmp_path / "weights.pth"
     make(weights)
     with pytest.raises(ManifestError) as error:
@@ -887,7 +893,7 @@ def test_a_weight_file_that_is_no_state_dict_is_named_with_what_it_holds(models,
 
 
 def test_a_truncated_weight_file_is_named(models, tmp_path):
-    spec = load_manifest(models).models[0]
+    spec = Manifest.load(models).models[0]
     weights = tmp_path / "weights.pth"
     weights.write_bytes(spec.file.read_bytes()[:spec.file.stat().st_size // 2])
     with pytest.raises(ManifestError) as error:
@@ -906,11 +912,11 @@ def test_inputs_that_are_no_regular_file_are_refused_without_blocking(models, tm
     pipe = pipe_that_unblocks(tmp_path / "pipe.json")
     for path in (pipe, Path("/dev/zero")):
         with pytest.raises(ManifestError) as error:
-            checks.check_manifest(path)
+            Manifest.load(path)
         assert str(error.value) == (f"{path}: cannot read the manifest (not a regular file (a device or a pipe)); "
                                     "pass --manifest PATH to a weights_manifest.json")
         with pytest.raises(ManifestError, match=re.escape(f"stacker {path}: cannot read it (") + ".*not a regular"):
-            checks.read_stacker(path)
+            read_stacker(path)
 
 
 def test_out_may_not_be_a_device_or_a_pipe(tmp_path):

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dfdc_core.models import ManifestError, class_keys, fake_probability
+from dfdc_core.manifest import Manifest, ManifestError, class_keys
+from dfdc_core.models import fake_probability
 from kernel.config import load_config
 from kernel.explain import main as explain_main
 from kernel.pipeline import load_scorer
@@ -88,7 +89,7 @@ def test_multiclass_training_writes_confusion_matrix_and_one_minus_p_real(three_
 
 def test_kernel_scores_a_multiclass_model_as_one_minus_p_real(three_class_run):
     runs, crops = three_class_run
-    scorer = load_scorer(runs / "weights_manifest.json", load_config())
+    scorer = load_scorer(Manifest.load(runs / "weights_manifest.json"), load_config())
     (model,) = scorer.models
     assert (model.spec.num_classes, model.spec.real_index) == (3, 2)
     oof = pd.read_csv(runs / f"{ARCH}_fold0" / "oof.csv")

@@ -17,6 +17,7 @@ from bench.quality import method_rows, seed_results
 from bench.shortcut_baseline import main as shortcut_main
 from bench.shortcut_baseline import probe_oof
 from dfdc_core.aggregate import logit, sigmoid
+from dfdc_core.manifest import Manifest
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.video import decode_video
 from kernel import predict
@@ -113,7 +114,7 @@ def test_kernel_applies_the_calibrator_as_numpy_does(recipe_run, face_videos, tm
     names = sorted(p.name for p in face_videos.glob("*.mp4"))
     run = predict(face_videos, None, recipe_run / "weights_manifest.json", tmp_path / "submission.csv", config=config,
                   progress=False)
-    scorer = load_scorer(recipe_run / "weights_manifest.json", config)
+    scorer = load_scorer(Manifest.load(recipe_run / "weights_manifest.json"), config)
     for name, label in zip(run.submission["filename"], run.submission["label"]):
         frames = decode_video(face_videos / name, config)[0]
         prediction = scorer.score(frames)

@@ -17,9 +17,8 @@ import pytest
 import kernel.checks as checks
 import kernel.pipeline as pipeline
 from dfdc_core.config import SettingsError
-from dfdc_core.models import ManifestError
+from dfdc_core.manifest import Manifest, ManifestError
 from kernel import predict, selftest
-from kernel.checks import check_manifest
 from kernel.cli import main as cli_main
 from kernel.config import load_config
 from kernel.submission import inside_folder, write_submission, writing
@@ -94,11 +93,11 @@ def test_stacker_features_may_name_a_group_of_models(tiny_manifest_path, tmp_pat
     data["stacker"] = "stacker.json"
     manifest = tmp_path / "weights_manifest.json"
     manifest.write_text(json.dumps(data))
-    assert check_manifest(manifest).stacker == tmp_path / "stacker.json"
+    assert Manifest.load(manifest).stacker_file == tmp_path / "stacker.json"
     data["models"][0]["group"] = data["models"][1]["group"] = "other"
     manifest.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="name no model"):
-        check_manifest(manifest)
+        Manifest.load(manifest)
 
 
 def test_names_outside_the_videos_folder():

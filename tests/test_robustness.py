@@ -13,7 +13,8 @@ import torch
 import yaml
 
 import training.robustness as robustness
-from dfdc_core.models import create_classifier, manifest_entry, save_fp16_state_dict
+from dfdc_core.manifest import manifest_entry
+from dfdc_core.models import create_classifier, save_fp16_state_dict
 from kernel.config import load_config
 from tests.helpers import TINY_MODELS, faces_clip, write_video
 from tests.test_train import write_config, write_synthetic_crops

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 import kernel.pipeline as pipeline
 import kernel.submission as submission
 from dfdc_core.config import SettingsError
-from dfdc_core.models import Manifest
+from dfdc_core.manifest import Manifest
 from kernel.config import load_config
 from kernel.submission import (
     CHECKPOINT_FORMAT,
@@ -412,24 +413,21 @@ def test_a_torn_last_line_is_cut_and_a_whole_file_left_alone(folder, tmp_path, c
 
 @pytest.fixture()
 def set_up(tmp_path) -> tuple[Manifest, dict]:
-    manifest = tmp_path / "weights_manifest.json"
-    manifest.write_text('{"models": [], "stacker": "stacker.json"}')
-    (tmp_path / "stacker.json").write_text('{"coef": [1.0]}')
-    return Manifest((), tmp_path / "stacker.json", manifest), load_config()
+    content = b'{"models": [], "stacker": "stacker.json"}{"coef": [1.0]}'  # the manifest's bytes, then its stacker's
+    return Manifest((), tmp_path / "stacker.json", tmp_path / "weights_manifest.json", content=content), load_config()
 
 
 def test_the_signature_changes_with_the_manifest_the_stacker_and_the_config(set_up):
     manifest, config = set_up
     signature = pipeline.run_signature(manifest, config)
+    assert signature == pipeline.run_signature(replace(manifest, path=Path("elsewhere.json")), config)  # content only
     assert re.fullmatch(r"[0-9a-f]{64}", signature)
     assert pipeline.run_signature(manifest, dict(reversed(list(config.items())))) == signature  # key order is no change
     assert pipeline.run_signature(manifest, dict(config, frames=16)) != signature
     assert pipeline.run_signature(manifest, dict(config, time_budget_hours=0.5)) == signature  # the budget aside
-    assert pipeline.run_signature(Manifest((), None, manifest.path), config) != signature
-    manifest.stacker.write_text('{"coef": [2.0]}')
-    changed_stacker = pipeline.run_signature(manifest, config)
-    manifest.path.write_text('{"models": [], "stacker": "stacker.json"} ')
-    assert len({signature, changed_stacker, pipeline.run_signature(manifest, config)}) == 3
+    changed_stacker = pipeline.run_signature(replace(manifest, content=manifest.content.replace(b"1.0", b"2.0")), config)
+    no_stacker = pipeline.run_signature(replace(manifest, content=b'{"models": [], "stacker": "stacker.json"}'), config)
+    assert len({signature, changed_stacker, no_stacker}) == 3
 
 
 def test_the_signature_includes_the_checkpoint_format(set_up, monkeypatch):

@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from dfdc_core.models import load_classifier, load_manifest, verify_manifest
+from dfdc_core.manifest import Manifest, verify_manifest
+from dfdc_core.models import load_classifier
 from kernel.config import load_config
 from kernel.pipeline import load_scorer
 from tests.helpers import TINY_MODELS
@@ -73,7 +74,7 @@ def test_one_epoch_writes_weights_manifest_oof_and_plots(tmp_path, crops):
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["epoch"].tolist() == [1]
     assert {"train_loss", "val_loss", "val_log_loss", "val_auc", "val_accuracy"} <= set(metrics.columns)
-    manifest = load_manifest(tmp_path / "runs" / "weights_manifest.json")
+    manifest = Manifest.load(tmp_path / "runs" / "weights_manifest.json")
     verify_manifest(manifest)
     (spec,) = manifest.models
     assert (spec.name, spec.arch, spec.input_size) == (f"{ARCH}_fold0", ARCH, SIZE)
@@ -93,7 +94,7 @@ def test_one_epoch_writes_weights_manifest_oof_and_plots(tmp_path, crops):
 def test_the_manifest_records_the_crop_margin_of_the_crops_and_the_kernel_cuts_with_it(tmp_path, crops):
     config = write_config(tmp_path, crops, out=str(tmp_path / "default"))
     train_main(["--config", str(config), "--fold", "0"])
-    (spec,) = load_manifest(tmp_path / "default" / "weights_manifest.json").models
+    (spec,) = Manifest.load(tmp_path / "default" / "weights_manifest.json").models
     assert spec.crop_margin == load_config()["crop_margin"]  # no settings.json: the kernel's default margin
     cut = tmp_path / "crops_cut_tight"
     shutil.copytree(crops, cut)
@@ -101,8 +102,8 @@ def test_the_manifest_records_the_crop_margin_of_the_crops_and_the_kernel_cuts_w
                                                    "config": load_config(crop_margin=0.1)}))
     train_main(["--config", str(write_config(tmp_path, cut)), "--fold", "0"])
     manifest = tmp_path / "runs" / "weights_manifest.json"
-    assert load_manifest(manifest).crop_margin == 0.1
-    assert load_scorer(manifest, load_config()).config["crop_margin"] == 0.1
+    assert Manifest.load(manifest).crop_margin == 0.1
+    assert load_scorer(Manifest.load(manifest), load_config()).config["crop_margin"] == 0.1
 
 
 @pytest.mark.slow
@@ -136,7 +137,7 @@ def test_the_manifest_may_be_named_in_out_or_a_parent_of_it(tmp_path, crops):
     out = tmp_path / "project" / "runs"
     manifest = tmp_path / "project" / "models.json"
     train_main(["--config", str(write_config(tmp_path, crops, out=str(out), manifest=str(manifest))), "--fold", "0"])
-    (spec,) = load_manifest(manifest).models
+    (spec,) = Manifest.load(manifest).models
     assert spec.file == out / f"{ARCH}_fold0" / "weights_fp16.pth"
     assert json.loads(manifest.read_text())["models"][0]["file"] == f"runs/{ARCH}_fold0/weights_fp16.pth"
     elsewhere = write_config(tmp_path, crops, out=str(out), manifest=str(tmp_path / "project" / "sub" / "m.json"))

@@ -27,8 +27,9 @@ from tqdm import tqdm
 from dfdc_core.config import load_settings, save_resolved
 from dfdc_core.faces import box_iou, detector_from_config, person_tracks
 from dfdc_core.io import write_atomic
+from dfdc_core.manifest import Manifest, ModelSpec, verify_manifest
 from dfdc_core.metrics import accuracy, auc, log_loss
-from dfdc_core.models import ModelSpec, load_classifier, load_manifest, verify_manifest
+from dfdc_core.models import load_classifier
 from dfdc_core.plots import pyplot, save_figure
 from dfdc_core.video import VideoReadError, decode_video
 from kernel.config import load_config
@@ -100,7 +101,7 @@ def evaluation_rows(index: Path, folds: Path | None, fold: int | None, max_crops
 
 def select_models(manifest: Path, names: list[str] | None) -> list[ModelSpec]:
     """The manifest's models (verified), or those named."""
-    loaded = load_manifest(manifest)
+    loaded = Manifest.load(manifest)
     verify_manifest(loaded)
     available = [spec.name for spec in loaded.models]
     missing = sorted(set(names or []) - set(available))

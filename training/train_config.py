@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dfdc_core.config import load_settings
-from dfdc_core.models import model_family
+from dfdc_core.manifest import model_family
 from training.defences import defence_from_config
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"

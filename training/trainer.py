@@ -26,16 +26,8 @@ from tqdm import tqdm
 from dfdc_core.config import SettingsError, save_resolved
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, binary_report
-from dfdc_core.models import (
-    ModelSpec,
-    UnreadableWeights,
-    create_classifier,
-    load_classifier,
-    load_tensors,
-    manifest_entry,
-    save_fp16_state_dict,
-    update_manifest,
-)
+from dfdc_core.manifest import ModelSpec, manifest_entry, update_manifest
+from dfdc_core.models import UnreadableWeights, create_classifier, load_classifier, load_tensors, save_fp16_state_dict
 from dfdc_core.plots import plot_confusion_matrix, pyplot, save_figure
 from kernel.config import load_config as load_kernel_config
 from training.data import (
