@@ -44,7 +44,8 @@ from dfdc_core.manifest import Manifest, manifest_entry, write_manifest
 from dfdc_core.models import create_classifier, save_fp16_state_dict
 from dfdc_core.video import decode_video
 from kernel.config import load_config
-from kernel.pipeline import load_scorer, predict
+from kernel.pipeline import predict
+from kernel.scorer import load_scorer
 from training.workflow import read_recipe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -46,7 +46,8 @@ from dfdc_core.faces import face_crops
 from dfdc_core.manifest import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from dfdc_core.models import create_classifier
 from kernel.config import load_config
-from kernel.pipeline import LoadedModel, Scorer, available_cores, prefetch_frames
+from kernel.pipeline import prefetch_frames
+from kernel.scorer import LoadedModel, Scorer, available_cores
 
 # kernel_utils.py's FaceExtractor uses [0.7, 0.8, 0.8] (his training-time face_detector.py [0.85, 0.95, 0.95]:
 # --baseline-thresholds 0.85,0.95,0.95).

@@ -32,7 +32,7 @@ from dfdc_core.video import IMAGE_SUFFIXES, VideoReadError, decode_video, is_ima
 from kernel.checks import check_config, check_device, check_not_an_input
 from kernel.config import load_config
 from kernel.device import choose_device
-from kernel.pipeline import LoadedModel, NoFaceError, Scorer, VideoPrediction, load_scorer
+from kernel.scorer import LoadedModel, NoFaceError, Scorer, VideoPrediction, load_scorer
 from kernel.submission import clip_probs
 
 CAM_LAYERS = {"efficientnet": "bn2", "resnet": "layer4", "xception": "act4"}  # last layer of forward_features

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import kernel.pipeline as pipeline
+import kernel.scorer as kernel_scorer
 from dfdc_core.aggregate import logit
 from dfdc_core.manifest import Manifest, ManifestError
 from kernel import predict
@@ -29,7 +30,7 @@ def clock(monkeypatch):
     """The kernel's clock, advanced only by the work it does: 10 s per model and video, 5 s per video's detection."""
     now = [0.0]
     monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(monotonic=lambda: now[0], perf_counter=lambda: now[0]))
-    forward, find_tracks = pipeline.Scorer._forward, pipeline.Scorer.find_tracks
+    forward, find_tracks = kernel_scorer.Scorer._forward, kernel_scorer.Scorer.find_tracks
 
     def costly_forward(self, model, images):
         now[0] += MODEL_SECONDS
@@ -39,8 +40,8 @@ def clock(monkeypatch):
         now[0] += VIDEO_SECONDS
         return find_tracks(self, frames)
 
-    monkeypatch.setattr(pipeline.Scorer, "_forward", costly_forward)
-    monkeypatch.setattr(pipeline.Scorer, "find_tracks", costly_find_tracks)
+    monkeypatch.setattr(kernel_scorer.Scorer, "_forward", costly_forward)
+    monkeypatch.setattr(kernel_scorer.Scorer, "find_tracks", costly_find_tracks)
     return now
 
 

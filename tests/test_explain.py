@@ -11,7 +11,7 @@ from kernel import predict
 from kernel.config import load_config
 from kernel.explain import main as explain_main
 from kernel.explain import shown_samples
-from kernel.pipeline import load_scorer
+from kernel.scorer import load_scorer
 from tests.helpers import faceless_frames, faces_clip, write_video
 
 FRAMES = 8

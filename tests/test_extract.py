@@ -14,7 +14,7 @@ from dfdc_core.faces import crop_face, crop_window, model_images, normalise
 from dfdc_core.manifest import Manifest
 from dfdc_core.video import decode_video
 from kernel.config import load_config
-from kernel.pipeline import load_scorer
+from kernel.scorer import load_scorer
 from tests.helpers import faceless_frames, faces_clip, write_video
 from training.data import CropDataset
 from training.extract_faces import main as extract_main

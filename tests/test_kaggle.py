@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import kernel.pipeline as pipeline
+import kernel.scorer as kernel_scorer
 from kernel import kaggle, predict
 from kernel.cli import main as kernel_main
 from kernel.config import load_config
@@ -87,7 +88,7 @@ def test_in_flight_names_the_videos_being_decoded_and_scored(tmp_path, monkeypat
     videos = face_videos(tmp_path / "videos", 2)
     out = tmp_path / "submission.csv"
     seen = []
-    decode, score = pipeline.decode_video, pipeline.Scorer.score
+    decode, score = pipeline.decode_video, kernel_scorer.Scorer.score
 
     def marks() -> dict:
         return {stage: (mark["video"], mark["thread"] == threading.get_ident()) if mark else None
@@ -102,7 +103,7 @@ def test_in_flight_names_the_videos_being_decoded_and_scored(tmp_path, monkeypat
         return score(self, frames)
 
     monkeypatch.setattr(pipeline, "decode_video", decoding)
-    monkeypatch.setattr(pipeline.Scorer, "score", scoring)
+    monkeypatch.setattr(kernel_scorer.Scorer, "score", scoring)
     predict(videos, None, tiny_manifest_path, out, "cpu", load_config(frames=4), progress=False)
     assert sorted(seen, key=str) == [("decode", "face_0.mp4", ("face_0.mp4", True)),
                                      ("decode", "face_1.mp4", ("face_1.mp4", True)),

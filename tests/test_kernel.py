@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import kernel.pipeline as pipeline
+import kernel.scorer as kernel_scorer
 from dfdc_core.aggregate import Stacker, logit, sigmoid
 from dfdc_core.faces import Detection, Track, face_crops
 from dfdc_core.manifest import Manifest, ManifestError
@@ -67,7 +68,7 @@ def test_bad_videos_get_the_prior_and_the_run_goes_on(bad_videos, tiny_manifest_
 
 def test_an_error_anywhere_costs_one_video(monkeypatch, bad_videos, tiny_manifest_path, tmp_path):
     folder, _ = bad_videos
-    monkeypatch.setattr(pipeline.Scorer, "find_tracks", lambda self, frames: 1 / 0)
+    monkeypatch.setattr(kernel_scorer.Scorer, "find_tracks", lambda self, frames: 1 / 0)
     run = predict(folder, None, tiny_manifest_path, tmp_path / "s.csv", config=FAST, progress=False)
     assert run.reasons["no_face.mp4"] == "error:ZeroDivisionError"
     assert len(read_submission(tmp_path / "s.csv")) == 5
@@ -114,7 +115,7 @@ def test_time_budget_gives_the_rest_the_prior(monkeypatch, bad_videos, tiny_mani
 def test_a_crash_loses_nothing_already_predicted(monkeypatch, bad_videos, tiny_manifest_path, tmp_path):
     folder, expected = bad_videos
     out = tmp_path / "submission.csv"
-    real_score = pipeline.Scorer.score
+    real_score = kernel_scorer.Scorer.score
     calls = []
 
     def crash_on_second(self, frames):
@@ -123,7 +124,7 @@ def test_a_crash_loses_nothing_already_predicted(monkeypatch, bad_videos, tiny_m
             raise KeyboardInterrupt  # not caught per video: the run dies
         return real_score(self, frames)
 
-    monkeypatch.setattr(pipeline.Scorer, "score", crash_on_second)
+    monkeypatch.setattr(kernel_scorer.Scorer, "score", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         predict(folder, None, tiny_manifest_path, out, config=FAST, progress=False)
     assert not out.exists()
@@ -131,7 +132,7 @@ def test_a_crash_loses_nothing_already_predicted(monkeypatch, bad_videos, tiny_m
     records = [json.loads(line) for line in checkpoint.read_text().splitlines()[1:]]
     kept = {r["filename"] for r in records if r["reason"] != "decode_error"}  # decode errors are retried
     assert len(records) >= 2 and kept
-    monkeypatch.setattr(pipeline.Scorer, "score", real_score)
+    monkeypatch.setattr(kernel_scorer.Scorer, "score", real_score)
     seen = []
 
     def record_and_fail(path, *args):
@@ -152,7 +153,7 @@ def test_faces_are_cut_with_the_crop_margin_the_manifests_models_were_trained_wi
     for entry in manifest["models"]:
         entry["crop_margin"] = 0.05
     (folder / "weights_manifest.json").write_text(json.dumps(manifest))
-    scorer = pipeline.load_scorer(Manifest.load(folder / "weights_manifest.json"), FAST)
+    scorer = kernel_scorer.load_scorer(Manifest.load(folder / "weights_manifest.json"), FAST)
     assert scorer.config["crop_margin"] == 0.05 and FAST["crop_margin"] == 0.3  # the caller's config is not changed
     tracks = scorer.find_tracks(frames)
     prediction = scorer.score_tracks(frames, tracks)
@@ -168,7 +169,7 @@ def test_stacker_from_the_manifest_is_applied(tiny_manifest_path, tmp_path):
     """Each coefficient meets its own group's feature (names listed against sorted order), then the clip."""
     videos = face_videos(tmp_path / "videos", 2)
     frames = pipeline.decode_video(videos / "face_0.mp4", FAST)[0]
-    scores = pipeline.load_scorer(Manifest.load(tiny_manifest_path), FAST).score(frames).model_scores  # no stacker: raw scores
+    scores = kernel_scorer.load_scorer(Manifest.load(tiny_manifest_path), FAST).score(frames).model_scores  # no stacker: raw scores
     folder = tmp_path / "models"
     shutil.copytree(tiny_manifest_path.parent, folder)
     manifest = json.loads((folder / "weights_manifest.json").read_text())
@@ -271,14 +272,14 @@ def test_detection_leaves_a_core_to_the_decoder_and_restores_threads(monkeypatch
 
     monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's cores; the process may run on fewer
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 5, 7})  # as under taskset or a container CPU set
-    assert pipeline.available_cores() == 3
-    assert pipeline.detection_threads({"detect_threads": None}, "cpu") == 2
+    assert kernel_scorer.available_cores() == 3
+    assert kernel_scorer.detection_threads({"detect_threads": None}, "cpu") == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert pipeline.detection_threads({"detect_threads": None}, "cpu") == 1
-    assert pipeline.detection_threads({"detect_threads": 3}, "cpu") == 3
-    assert pipeline.detection_threads({"detect_threads": None}, "cuda") is None
+    assert kernel_scorer.detection_threads({"detect_threads": None}, "cpu") == 1
+    assert kernel_scorer.detection_threads({"detect_threads": 3}, "cpu") == 3
+    assert kernel_scorer.detection_threads({"detect_threads": None}, "cuda") is None
     before = torch.get_num_threads()
-    with pipeline.torch_threads(1):
+    with kernel_scorer.torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 
@@ -314,7 +315,7 @@ def test_the_decoding_thread_works_ahead_and_starts_nothing_after_a_crash(monkey
 
 def test_the_aggregation_is_the_configs_unless_the_stacker_names_its_own(tiny_manifest_path, monkeypatch):
     """`--aggregation` (the config's) turns frame scores into the video score; a stacker's own aggregation wins."""
-    scorer = pipeline.load_scorer(Manifest.load(tiny_manifest_path), dict(FAST, aggregation="trimmed_mean"))
+    scorer = kernel_scorer.load_scorer(Manifest.load(tiny_manifest_path), dict(FAST, aggregation="trimmed_mean"))
     names = [model.spec.name for model in scorer.models]
     probs = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0])
     monkeypatch.setattr(scorer, "classify_crops", lambda crops: {name: probs for name in names})

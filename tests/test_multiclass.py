@@ -10,7 +10,7 @@ from dfdc_core.manifest import Manifest, ManifestError, class_keys
 from dfdc_core.models import fake_probability
 from kernel.config import load_config
 from kernel.explain import main as explain_main
-from kernel.pipeline import load_scorer
+from kernel.scorer import load_scorer
 from tests.test_train import ARCH, write_config, write_synthetic_crops
 from training.data import read_crop
 from training.index import read_index

@@ -22,7 +22,7 @@ from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.video import decode_video
 from kernel import predict
 from kernel.config import load_config
-from kernel.pipeline import load_scorer
+from kernel.scorer import load_scorer
 from tests.helpers import lfw_face, write_video
 from training.extraction import run_extraction
 from training.recipe import main as recipe_main

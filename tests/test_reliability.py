@@ -16,6 +16,7 @@ import pytest
 
 import kernel.checks as checks
 import kernel.pipeline as pipeline
+import kernel.scorer as kernel_scorer
 from dfdc_core.config import SettingsError
 from dfdc_core.manifest import Manifest, ManifestError
 from kernel import predict, selftest
@@ -70,7 +71,7 @@ def test_cli_exits_2_with_a_message_and_no_traceback(one_video, tiny_manifest_pa
 
 
 def test_a_non_finite_score_gets_the_prior(monkeypatch, one_video, tiny_manifest_path, tmp_path):
-    monkeypatch.setattr(pipeline.Scorer, "score", lambda self, frames: pipeline.VideoPrediction(
+    monkeypatch.setattr(kernel_scorer.Scorer, "score", lambda self, frames: kernel_scorer.VideoPrediction(
         float("nan"), {}, {}, [], {}, [], {}))
     run = predict(one_video / "videos", one_video / "sample.csv", tiny_manifest_path, tmp_path / "s.csv",
                   config=dict(FAST, prior=0.3), progress=False)

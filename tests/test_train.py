@@ -18,7 +18,7 @@ import yaml
 from dfdc_core.manifest import Manifest, verify_manifest
 from dfdc_core.models import load_classifier
 from kernel.config import load_config
-from kernel.pipeline import load_scorer
+from kernel.scorer import load_scorer
 from tests.helpers import TINY_MODELS
 from training.data import BalancedSampler, EpochSampler, build_augmentation
 from training.grouping import assign_folds
