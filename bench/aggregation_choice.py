@@ -25,8 +25,8 @@ from dfdc_core.io import write_atomic
 from dfdc_core.manifest import Manifest
 from dfdc_core.models import load_classifier
 from ensemble.stacking import fit_stacker
-from training.data import CropDataset
-from training.evaluate import crop_fake_probs, load_fold_rows, predict_logits
+from training.data.dataset import CropDataset
+from training.engine.evaluate import crop_fake_probs, load_fold_rows, predict_logits
 
 
 def flipped_oof(run: Path) -> Path:

@@ -31,9 +31,9 @@ from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from kernel import predict
 from kernel.config import load_config
-from training.extraction import run_extraction
-from training.sources import find_parts
-from training.workflow import make_folds, read_recipe, run_recipe
+from training.data.extract_faces import run_extraction
+from training.data.sources import find_parts
+from training.pipelines.recipe import make_folds, read_recipe, run_recipe
 
 
 def link_part(part: Path, videos: set[str], where: Path) -> None:

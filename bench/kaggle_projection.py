@@ -46,7 +46,7 @@ from dfdc_core.video import decode_video
 from kernel.config import load_config
 from kernel.pipeline import predict
 from kernel.scorer import load_scorer
-from training.workflow import read_recipe
+from training.pipelines.recipe import read_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

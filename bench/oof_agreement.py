@@ -23,7 +23,7 @@ from dfdc_core.manifest import write_manifest
 from dfdc_core.metrics import binary_report
 from kernel.config import load_config
 from kernel.pipeline import predict
-from training.evaluate import video_probs
+from training.engine.evaluate import video_probs
 
 
 def single_model_manifest(run: Path, folder: Path) -> Path:
@@ -44,12 +44,12 @@ def compare(run: Path, videos_dir: Path, device: str) -> dict:
     training = video_probs(oof, oof["prob"].to_numpy(), config["aggregation"]).set_index("video")
     with tempfile.TemporaryDirectory() as folder:
         sample = Path(folder) / "sample.csv"
-        pd.DataFrame({"filename": training.index, "label": 0.5}).to_csv(sample, index=False)
+        pd.DataFrame({"filename": training.data.index, "label": 0.5}).to_csv(sample, index=False)
         kernel_config = load_config(aggregation=config["aggregation"], tta_hflip=config["tta_hflip"])
         run_result = predict(videos_dir, sample, single_model_manifest(run, Path(folder)), Path(folder) / "sub.csv",
                              device=device, config=kernel_config, progress=True)
     kernel = run_result.submission.set_index("filename")["label"]
-    both = training.assign(kernel=kernel.reindex(training.index))
+    both = training.assign(kernel=kernel.reindex(training.data.index))
     oof_report = binary_report(both["label"], both["prob"])
     kernel_report = binary_report(both["label"], both["kernel"])
     both["difference"] = (both["kernel"] - both["prob"]).abs()

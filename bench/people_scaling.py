@@ -29,9 +29,9 @@ from bench.quality import FFPP_PAIRS
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.plots import pyplot, save_figure
-from training.grouping import DEFAULT_PERSON_IDS, read_person_ids
-from training.sources import METADATA_CSV, collect_items
-from training.workflow import run_recipe
+from training.data.folds import DEFAULT_PERSON_IDS, read_person_ids
+from training.data.sources import METADATA_CSV, collect_items
+from training.pipelines.recipe import run_recipe
 
 
 def person_column(table: pd.DataFrame) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.video import is_image
-from training.labels import REAL, method_of
+from training.data.methods import REAL, method_of
 
 FFPP_PAIRS = r"ffc\d+_(yt|df|f2f|fs|nt)_.*"
 

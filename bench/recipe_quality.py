@@ -27,7 +27,7 @@ import pandas as pd
 
 from bench.quality import FFPP_PAIRS, seed_results, summary
 from dfdc_core.io import write_atomic
-from training.workflow import run_recipe
+from training.pipelines.recipe import run_recipe
 
 
 def main(argv: list[str] | None = None) -> int:

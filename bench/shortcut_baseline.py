@@ -35,9 +35,9 @@ from dfdc_core.io import write_atomic
 from dfdc_core.metrics import prior_weights
 from dfdc_core.models import create_classifier
 from dfdc_core.plots import pyplot, save_figure
-from training.data import CropDataset
-from training.pretrained import load_pretrained
-from training.train_config import resolve_config
+from training.data.dataset import CropDataset
+from training.engine.pretrained import load_pretrained
+from training.engine.train_config import resolve_config
 
 PROBE = "frozen probe"
 

@@ -44,8 +44,8 @@ MODULES: dict[str, tuple[str, ...]] = {
         "dfdc_core.models.x_load_classifier__mutmut_*", "dfdc_core.manifest.xǁModelSpecǁ__post_init____mutmut_*"),
     "settings checks (kernel/checks.py, dfdc_core/values.py)": ("kernel.checks.*", "dfdc_core.values.*"),
     "aggregation and stacker (dfdc_core/aggregate.py)": ("dfdc_core.aggregate.*",),
-    "folds checking (training/grouping.py)": ("training.grouping.x_check_folds__mutmut_*",
-                                              "training.grouping.x_connected_groups__mutmut_*"),
+    "folds checking (training/data/folds.py)": ("training.data.folds.x_check_folds__mutmut_*",
+                                              "training.data.folds.x_connected_groups__mutmut_*"),
     "crop geometry (dfdc_core/faces.py)": (
         "dfdc_core.faces.x_crop_window__mutmut_*", "dfdc_core.faces.x_crop_face__mutmut_*",
         "dfdc_core.faces.x_isotropic_resize__mutmut_*", "dfdc_core.faces.x_pad_square__mutmut_*"),

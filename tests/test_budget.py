@@ -29,7 +29,9 @@ def videos(tmp_path_factory):
 def clock(monkeypatch):
     """The kernel's clock, advanced only by the work it does: 10 s per model and video, 5 s per video's detection."""
     now = [0.0]
-    monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(monotonic=lambda: now[0], perf_counter=lambda: now[0]))
+    fake_time = types.SimpleNamespace(monotonic=lambda: now[0], perf_counter=lambda: now[0])
+    monkeypatch.setattr(pipeline, "time", fake_time)
+    monkeypatch.setattr(kernel_scorer, "time", fake_time)  # the scorer's stage timings, which the budget reads
     forward, find_tracks = kernel_scorer.Scorer._forward, kernel_scorer.Scorer.find_tracks
 
     def costly_forward(self, model, images):

@@ -6,8 +6,8 @@ import yaml
 
 from dfdc_core.config import SettingsError, load_settings, read_settings, save_resolved
 from kernel.config import DEFAULT_CONFIG_PATH, load_config
-from training.robustness import DEFAULT_SETTINGS, robustness_settings
-from training.train_config import DEFAULT_CONFIG, resolve_config
+from training.tools.robustness import DEFAULT_SETTINGS, robustness_settings
+from training.engine.train_config import DEFAULT_CONFIG, resolve_config
 
 
 def write(path, data):

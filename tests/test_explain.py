@@ -61,7 +61,8 @@ def test_image_as_face_crop(tiny_manifest_path, tmp_path):
     assert explain_main([str(image), "--crop", "--manifest", str(tiny_manifest_path), "--out", str(out)]) == 0
     data = explain_json(out)
     (face,) = data["faces"]
-    probs = load_scorer(Manifest.load(tiny_manifest_path), load_config()).classify_crops([cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)])
+    scorer = load_scorer(Manifest.load(tiny_manifest_path), load_config())
+    probs = scorer.classify_crops([cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)])
     assert face["probs"] == pytest.approx({name: float(p[0]) for name, p in probs.items()}, abs=1e-5)
     assert data["score"] == pytest.approx(np.mean([p[0] for p in probs.values()]), abs=1e-5)
     assert data["kind"] == "crop" and face["box"] == [0.0, 0.0, 70.0, 90.0]

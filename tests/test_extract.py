@@ -16,11 +16,11 @@ from dfdc_core.video import decode_video
 from kernel.config import load_config
 from kernel.scorer import load_scorer
 from tests.helpers import faceless_frames, faces_clip, write_video
-from training.data import CropDataset
+from training.data.dataset import CropDataset
 from training.extract_faces import main as extract_main
-from training.extraction import cap_long_side, run_extraction, shard_of
-from training.index import INDEX_COLUMNS, read_index
-from training.sources import collect_items, find_parts
+from training.data.extract_faces import cap_long_side, run_extraction, shard_of
+from training.data.index import INDEX_COLUMNS, read_index
+from training.data.sources import collect_items, find_parts
 
 LABELS = {"REAL": 0, "FAKE": 1}
 

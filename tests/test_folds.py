@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from training.folds import main as folds_main
-from training.grouping import (
+from training.data.folds import (
     DEFAULT_LINK_RULES,
     assign_folds,
     check_folds,
@@ -176,7 +176,7 @@ def test_cli_writes_the_csv_training_reads(tmp_path):
 
 def write_index(path, rows: list[tuple[str, int, str]], crops_per_video: int = 2) -> None:
     """An extract_faces.py index.csv: `crops_per_video` crops of each (video, label, original)."""
-    from training.index import INDEX_COLUMNS
+    from training.data.index import INDEX_COLUMNS
 
     lines = [{"video": video, "frame": frame, "person": 0, "label": label, "original": original, "part": "p",
               "path": f"crops/{video}_{frame}.png", "box": "0 0 10 10", "score": 0.99, "landmarks": ""}
@@ -198,7 +198,7 @@ def test_cli_makes_folds_from_an_index(tmp_path):
 
 def test_methods_cli_writes_the_method_column_from_the_names(tmp_path):
     """`python -m training.methods`: into the index itself by default, or `--out`; `--unmatched label`."""
-    from training.index import read_index
+    from training.data.index import read_index
     from training.methods import main as methods_main
 
     rows = [("ffc40_yt_1.mp4", 0, ""), ("ffc40_df_1_2.mp4", 1, "ffc40_yt_1.mp4"), ("ffc40_f2f_1_2.mp4", 1, ""),

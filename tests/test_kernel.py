@@ -169,7 +169,8 @@ def test_stacker_from_the_manifest_is_applied(tiny_manifest_path, tmp_path):
     """Each coefficient meets its own group's feature (names listed against sorted order), then the clip."""
     videos = face_videos(tmp_path / "videos", 2)
     frames = pipeline.decode_video(videos / "face_0.mp4", FAST)[0]
-    scores = kernel_scorer.load_scorer(Manifest.load(tiny_manifest_path), FAST).score(frames).model_scores  # no stacker: raw scores
+    scorer = kernel_scorer.load_scorer(Manifest.load(tiny_manifest_path), FAST)
+    scores = scorer.score(frames).model_scores  # no stacker: raw scores
     folder = tmp_path / "models"
     shutil.copytree(tiny_manifest_path.parent, folder)
     manifest = json.loads((folder / "weights_manifest.json").read_text())

@@ -12,9 +12,9 @@ from kernel.config import load_config
 from kernel.explain import main as explain_main
 from kernel.scorer import load_scorer
 from tests.test_train import ARCH, write_config, write_synthetic_crops
-from training.data import read_crop
-from training.index import read_index
-from training.labels import label_methods, method_of
+from training.data.dataset import read_crop
+from training.data.index import read_index
+from training.data.methods import label_methods, method_of
 from training.train_fold import main as train_main
 
 CLASSES = ["A", "B", "real"]

@@ -12,15 +12,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from dfdc_core.faces import model_images, normalise
-from training.data import (
+from training.data.dataset import (
     BalancedSampler,
     CropDataset,
     PairSampler,
     build_augmentation,
     partner_rows,
 )
-from training.sbi import blend_mask, face_box, self_blend
-from training.trainer import BinaryLoss, build_loss, build_model
+from training.data.sbi import blend_mask, face_box, self_blend
+from training.engine.losses import BinaryLoss, build_loss
+from training.engine.train_fold import build_model
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 LANDMARKS = "30.0 38.0 50.0 38.0 40.0 50.0 32.0 60.0 48.0 60.0"  # eyes, nose, mouth corners in an 80x64 crop

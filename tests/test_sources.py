@@ -16,9 +16,9 @@ from dfdc_core.faces import crop_window
 from dfdc_core.video import decode_video, pad_still
 from kernel.config import load_config
 from tests.helpers import faces_clip, lfw_face, write_video
-from training.extraction import run_extraction
+from training.data.extract_faces import run_extraction
 from training.folds import main as folds_main
-from training.grouping import (
+from training.data.folds import (
     DEFAULT_LINK_RULES,
     DEFAULT_PERSON_IDS,
     assign_folds,
@@ -29,10 +29,10 @@ from training.grouping import (
     read_person_ids,
     videos_from_index,
 )
-from training.index import INDEX_COLUMNS, read_index
-from training.sources import collect_sources
+from training.data.index import INDEX_COLUMNS, read_index
+from training.data.sources import collect_sources
 from training.train_fold import main as train_main
-from training.workflow import make_folds
+from training.pipelines.recipe import make_folds
 
 
 def photo(face: int, size: int = 200) -> np.ndarray:

@@ -20,9 +20,9 @@ from dfdc_core.models import load_classifier
 from kernel.config import load_config
 from kernel.scorer import load_scorer
 from tests.helpers import TINY_MODELS
-from training.data import BalancedSampler, EpochSampler, build_augmentation
-from training.grouping import assign_folds
-from training.pretrained import load_pretrained, map_lukemelas_keys
+from training.data.dataset import BalancedSampler, EpochSampler, build_augmentation
+from training.data.folds import assign_folds
+from training.engine.pretrained import load_pretrained, map_lukemelas_keys
 from training.train_fold import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_rerun_replaces_its_manifest_entry_and_keeps_others(tmp_path, crops):
 @pytest.mark.slow
 def test_early_stopping_ends_training_after_that_many_epochs_without_a_better_val_log_loss(tmp_path, crops,
                                                                                          monkeypatch):
-    import training.trainer as trainer
+    import training.engine.train_fold as trainer
 
     losses = iter([0.6, 0.5, 0.55, 0.52, 0.4, 0.3])  # best at epoch 2, then two epochs without a better one
     real_metrics = trainer.validation_metrics

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.trainer import (
-    ResumeError,
-    TrainState,
-    build_ema,
-    build_scheduler,
-    load_checkpoint,
-    save_checkpoint,
-)
+from training.engine.optim import build_ema, build_scheduler
+from training.engine.train_fold import ResumeError, TrainState, load_checkpoint, save_checkpoint
 
 CONFIG = {"arch": "test_efficientnet", "input_size": 64, "epochs": 2, "schedule": "onecycle", "lr": 1e-3,
           "min_lr_ratio": 0.01}

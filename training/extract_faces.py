@@ -2,7 +2,7 @@
 
     python training/extract_faces.py --data ROOT [--data ROOT ...] --out CROPS [--frames 32] [--shard i --num-shards n]
 
-Each ROOT is a source (training/sources.py): DFDC layout (`dfdc_train_part_*/` folders each with `metadata.json`
+Each ROOT is a source (training/data/sources.py): DFDC layout (`dfdc_train_part_*/` folders each with `metadata.json`
 and mp4s, or one such folder), or a labelled folder (`real/` and/or `fake/` sub-folders of face images or videos, a
 `real/`-only folder being all real) with an optional `metadata.csv` (`file, label` and any of `group, method,
 original` and more columns). An image is one frame: padded by its edge pixels before detection (`still_pad` of the
@@ -23,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.extraction import run_extraction
+from training.data.extract_faces import run_extraction
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

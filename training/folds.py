@@ -8,7 +8,7 @@ r"""Leak-free k folds: a fake, its original and every other fake of that origina
 optional metadata.csv), without extracting them. Groups are the connected components of the fake → original links
 (an original that is not itself listed still joins its fakes), of a source's `group` column, of estimated person
 ids (`training/configs/person_ids.yaml`, e.g. FaceForensics++ crops whose FF++ id is known to +-3: see
-training/grouping.py) and of name rules: where file names also name a second identity (FaceForensics++ `df_X_Y`:
+training/data/folds.py) and of name rules: where file names also name a second identity (FaceForensics++ `df_X_Y`:
 target X, source Y) or one source video (DFDC face-track clips `dfdccrop_0_<video>_0_1`). The rules in
 `training/configs/link_rules.yaml` apply by default (`--links FILE` for others, `--no-default-links` for none);
 `--link-pattern` / `--link-to` add one more, e.g.
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from dfdc_core.io import write_atomic
-from training.grouping import (
+from training.data.folds import (
     DEFAULT_LINK_RULES,
     DEFAULT_PERSON_IDS,
     assign_folds,
@@ -42,7 +42,7 @@ from training.grouping import (
     videos_from_items,
     videos_from_metadata,
 )
-from training.sources import collect_sources
+from training.data.sources import collect_sources
 
 log = logging.getLogger("folds")
 

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 
 from dfdc_core.io import write_atomic
-from training.index import read_index
-from training.labels import label_methods
+from training.data.index import read_index
+from training.data.methods import label_methods
 
 log = logging.getLogger("methods")
 

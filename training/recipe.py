@@ -23,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.workflow import run_recipe
+from training.pipelines.recipe import run_recipe
 
 log = logging.getLogger("training.recipe")
 

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.trainer import ResumeError, run_training
+from training.engine.train_fold import ResumeError, run_training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

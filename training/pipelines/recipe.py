@@ -27,8 +27,8 @@ from ensemble.stacking import (
     shift_prior,
     verdict,
 )
-from training.extraction import run_extraction
-from training.grouping import (
+from training.data.extract_faces import run_extraction
+from training.data.folds import (
     DEFAULT_LINK_RULES,
     DEFAULT_PERSON_IDS,
     assign_folds,
@@ -38,13 +38,13 @@ from training.grouping import (
     read_person_ids,
     videos_from_index,
 )
-from training.sources import collect_sources
-from training.trainer import run_training
+from training.data.sources import collect_sources
+from training.engine.train_fold import run_training
 
 log = logging.getLogger("recipe")
 
 
-RECIPES = Path(__file__).with_name("recipes")
+RECIPES = Path(__file__).parents[1] / "recipes"
 RECIPE_KEYS = {"frames", "folds", "target_prior", "aggregation", "features", "train", "models"}
 
 

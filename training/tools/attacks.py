@@ -3,9 +3,9 @@
 One projected-gradient routine serves evaluation and adversarial training. It works in whatever space its
 loss takes, given the per-channel radius and bounds there:
 
-* evaluation (`training/robustness.py`): pixel space [0, 1] through `PixelModel`, which applies the
+* evaluation (`training/tools/robustness.py`): pixel space [0, 1] through `PixelModel`, which applies the
   manifest's mean/std; radius eps/255, bounds 0 and 1;
-* training (`training/defences.py`): the normalised tensors of the data loader; radius (eps/255)/std and
+* training (`training/tools/defences.py`): the normalised tensors of the data loader; radius (eps/255)/std and
   bounds (0 - mean)/std, (1 - mean)/std per channel, i.e. the same pixel-space ball and [0, 1] box.
 
 Attacks ascend the loss they are given; a targeted attack passes the negated loss toward its target.

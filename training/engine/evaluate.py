@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from dfdc_core.aggregate import video_score
 from dfdc_core.models import fake_probability, forward_logits
-from training.index import read_index
-from training.train_config import check_classes
+from training.data.index import read_index
+from training.engine.train_config import check_classes
 
 log = logging.getLogger("train_fold")
 

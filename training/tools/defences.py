@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from training.attacks import ATTACKS, channel_view, fgsm, pgd
+from training.tools.attacks import ATTACKS, channel_view, fgsm, pgd
 
 # (model, normalised images, targets) → mean loss over the batch, under the run's autocast
 BatchLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -2,7 +2,7 @@
 
 Training crops are resized as the kernel does, augmented, then zero-padded as the kernel does; validation crops
 get the kernel's preprocessing only. Samplers: `balanced` (classes drawn equally), `pairs` (each fake beside its
-own original) and `shuffle`; any of them can mix in self-blended fakes (training/sbi.py).
+own original) and `shuffle`; any of them can mix in self-blended fakes (training/data/sbi.py).
 """
 from __future__ import annotations
 
@@ -22,15 +22,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over 
 import albumentations as A
 
 from dfdc_core.faces import model_images, model_input
-from training.perturb import PARAMETERS, image_seed
-from training.perturb import transform as perturbation
-from training.sbi import parse_landmarks, self_blend
+from training.data.folds import DEFAULT_PERSON_IDS, read_person_ids
+from training.data.perturb import PARAMETERS, image_seed
+from training.data.perturb import transform as perturbation
+from training.data.sbi import parse_landmarks, self_blend
 
-# each transform's settings besides `p`; the five perturbations take their one parameter from training/perturb.py
+# each transform's settings besides `p`; the five perturbations take their one parameter from training/data/perturb.py
 AUGMENTATIONS = {"hflip": (), "shift_scale_rotate": ("shift", "scale", "rotate"),
                  "color_jitter": ("brightness", "contrast", "saturation", "hue"),
                  **{name: (parameter,) for name, (parameter, _) in PARAMETERS.items()}, "cutout": ("holes", "size")}
-# the perturbations shared with robustness evaluation (training/perturb.py), in pipeline order, default ranges
+# the perturbations shared with robustness evaluation (training/data/perturb.py), in pipeline order, default ranges
 PERTURBATION_DEFAULTS = {"jpeg": (40, 95), "blur": (0.5, 1.5), "gauss_noise": (0.01, 0.05),
                          "salt_pepper": (0.005, 0.02), "sharpen": (0.1, 0.3)}
 
@@ -80,7 +81,7 @@ class CropDataset(Dataset):
 
     A crop goes through the kernel's geometry (`isotropic_resize`, then `pad_square`) with the augmentation, if
     any, between the two, so it never touches the zero padding. Items `len(rows) + i` are self-blended fakes
-    (training/sbi.py) made from crop i, when `sbi_margin` is given and crop i has landmarks.
+    (training/data/sbi.py) made from crop i, when `sbi_margin` is given and crop i has landmarks.
     Every item's random draws come from (seed, epoch, item), so two epochs, two workers and two runs differ
     where they should and repeat where they should; call `set_epoch` every epoch.
     """
@@ -345,3 +346,21 @@ class PairSampler(EpochSampler):
         epoch holds `size` items."""
         rounds = -(-(self.size or 0) // (2 * len(self.blendable)))
         return np.concatenate([generator.permutation(self.blendable) for _ in range(max(1, rounds))])
+
+
+def balanced_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, **common) -> EpochSampler:
+    return BalancedSampler(dataset.labels, sbi=sbi, blendable=dataset.blendable(), **common)
+
+
+def pair_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, **common) -> EpochSampler:
+    return PairSampler(train, sbi=sbi, blendable=dataset.blendable(),
+                       person_columns=tuple(rule["column"] for rule in read_person_ids(DEFAULT_PERSON_IDS)), **common)
+
+
+def shuffle_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, **common) -> EpochSampler:
+    return ShuffleSampler(len(dataset.labels), **common)
+
+
+# the training config's `sampler` → the sampler over a fold's training rows and their dataset
+SAMPLERS: dict[str, Callable[..., EpochSampler]] = {"balanced": balanced_sampler, "pairs": pair_sampler,
+                                                    "shuffle": shuffle_sampler}

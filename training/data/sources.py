@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from dfdc_core.video import IMAGE_SUFFIXES
-from training.index import INDEX_COLUMNS, LABELS
+from training.data.index import INDEX_COLUMNS, LABELS
 
 log = logging.getLogger("extract_faces")
 

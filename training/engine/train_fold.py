@@ -1,6 +1,7 @@
-"""Training one model on one fold: data loaders and samplers, loss, optimiser, schedule, EMA, checkpoints that resume,
-validation each epoch, the fp16 export with its manifest entry and the out-of-fold predictions. The command line is
-`training/train_fold.py`."""
+"""Training one model on one fold: the loop (distributed set-up, data loaders and the config's sampler, checkpoints
+that resume, validation each epoch, early stopping) over `optim.py` (optimiser, schedule, EMA by name), `losses.py`,
+`validation.py` (metrics, curves) and `export.py` (the fp16 weights, their manifest entry and the out-of-fold
+predictions). The command line is `training/train_fold.py`."""
 from __future__ import annotations
 
 import json
@@ -19,71 +20,23 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dfdc_core.config import SettingsError, save_resolved
-from dfdc_core.io import write_atomic
-from dfdc_core.metrics import auc, binary_report
-from dfdc_core.manifest import ModelSpec, manifest_entry, update_manifest
-from dfdc_core.models import UnreadableWeights, create_classifier, load_classifier, load_tensors, save_fp16_state_dict
-from dfdc_core.plots import plot_confusion_matrix, pyplot, save_figure
-from kernel.config import load_config as load_kernel_config
-from training.data import (
-    BalancedSampler,
-    CropDataset,
-    EpochSampler,
-    PairSampler,
-    ShuffleSampler,
-    build_augmentation,
-)
-from training.defences import defence_from_config
-from training.evaluate import (
-    class_metrics,
-    crop_fake_probs,
-    load_fold_rows,
-    predict_logits,
-    video_class_matrix,
-    video_probs,
-)
-from training.grouping import DEFAULT_PERSON_IDS, read_person_ids
-from training.pretrained import class_shares, init_head, load_pretrained
-from training.train_config import resolve_config
+from dfdc_core.models import UnreadableWeights, create_classifier, load_tensors, save_fp16_state_dict
+from training.data.dataset import SAMPLERS, CropDataset, EpochSampler, build_augmentation
+from training.engine.evaluate import load_fold_rows, predict_logits
+from training.engine.export import crop_margin, export, run_paths
+from training.engine.losses import build_loss
+from training.engine.optim import build_ema, build_optimizer, build_scheduler
+from training.engine.pretrained import class_shares, init_head, load_pretrained
+from training.engine.train_config import resolve_config
+from training.engine.validation import metric_columns, validation_metrics, write_metrics
+from training.tools.defences import defence_from_config
 
 log = logging.getLogger("train_fold")
-
-
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_log_loss", "val_auc", "val_accuracy",
-                  "val_crop_auc", "seconds"]
-
-
-OOF_COLUMNS = ["video", "frame", "person", "model", "group", "prob", "label"]
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    run_dir: Path
-    manifest: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.run_dir / "last.pt"
-
-    @property
-    def weights(self) -> Path:
-        return self.run_dir / "weights_fp16.pth"
-
-
-def run_paths(config: dict[str, Any]) -> RunPaths:
-    """Run folder and manifest; the weights must lie under the manifest's folder (entries are relative)."""
-    out = Path(config["out"])
-    manifest = Path(config["manifest"]) if config["manifest"] else out / "weights_manifest.json"
-    run_dir = out / config["name"]
-    if not run_dir.resolve().is_relative_to(manifest.parent.resolve()):
-        raise ValueError(f"run folder {run_dir} is not under the manifest's folder {manifest.parent}; "
-                         "set 'manifest' to a file in OUT or a parent of it")
-    return RunPaths(run_dir, manifest)
 
 
 @dataclass(frozen=True)
@@ -134,13 +87,6 @@ def mean_over_ranks(value: float, context: Dist) -> float:
     return float(tensor.item()) / context.world_size
 
 
-def crop_margin(crops: Path) -> float:
-    """The margin the crops were cut with (extract_faces.py's settings.json, else the kernel's default)."""
-    settings = crops / "settings.json"
-    config = json.loads(settings.read_text())["config"] if settings.is_file() else load_kernel_config()
-    return float(config["crop_margin"])
-
-
 def make_sampler(config: dict[str, Any], train: pd.DataFrame, dataset: CropDataset, context: Dist) -> EpochSampler:
     """The `sampler` of the config over the training crops (and their self-blended fakes with `sbi`)."""
     common = dict(rank=context.rank, world_size=context.world_size, seed=config["seed"],
@@ -149,13 +95,7 @@ def make_sampler(config: dict[str, Any], train: pd.DataFrame, dataset: CropDatas
     if sbi > 0 and not len(dataset.blendable()):
         raise ValueError(f"sbi: no real training crop of {config['crops']} has landmarks; re-run "
                          "training/extract_faces.py (it stores MTCNN's five points per face)")
-    if config["sampler"] == "balanced":
-        return BalancedSampler(dataset.labels, sbi=sbi, blendable=dataset.blendable(), **common)
-    if config["sampler"] == "pairs":
-        return PairSampler(train, sbi=sbi, blendable=dataset.blendable(),
-                           person_columns=tuple(rule["column"] for rule in read_person_ids(DEFAULT_PERSON_IDS)),
-                           **common)
-    return ShuffleSampler(len(dataset.labels), **common)
+    return SAMPLERS[config["sampler"]](train, dataset, sbi, **common)
 
 
 def make_loaders(config: dict[str, Any], train: pd.DataFrame, val: pd.DataFrame,
@@ -188,84 +128,6 @@ def build_model(config: dict[str, Any], train_labels: np.ndarray) -> torch.nn.Mo
         load_pretrained(model, config["pretrained"], config["arch"])
     init_head(model, sampler_shares(config, train_labels))
     return model
-
-
-def build_optimizer(config: dict[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD or AdamW; the backbone at `backbone_lr_scale` times the head's learning rate."""
-    head = {id(p) for p in model.get_classifier().parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) in head], "lr": config["lr"]},
-              {"params": [p for p in model.parameters() if id(p) not in head],
-               "lr": config["lr"] * config["backbone_lr_scale"]}]
-    if config["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"],
-                               weight_decay=config["weight_decay"], nesterov=True)
-    return torch.optim.AdamW(groups, lr=config["lr"], weight_decay=config["weight_decay"])
-
-
-def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped every batch: one-cycle, or a linear warm-up over `warmup` of the steps then cosine to the floor."""
-    total = max(1, config["epochs"] * steps_per_epoch)
-    if config["schedule"] == "onecycle":
-        max_lrs = [group["lr"] for group in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total)
-    warmup, floor = int(config["warmup"] * total), config["min_lr_ratio"]
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def build_ema(config: dict[str, Any], model: torch.nn.Module) -> AveragedModel | None:
-    """An exponential moving average of the weights (and BN buffers) with decay `ema` per step, or None."""
-    if not config["ema"]:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema"]), use_buffers=True)
-
-
-class BinaryLoss(torch.nn.Module):
-    """BCE on the single logit against labels smoothed towards 0.5 (`y * (1 - s) + s / 2`), each sample weighted
-    by its class's weight (of the hard label) when `class_weights` (real, fake) are given."""
-
-    def __init__(self, smoothing: float, class_weights: torch.Tensor | None = None):
-        super().__init__()
-        self.smoothing = smoothing
-        self.class_weights = class_weights
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        targets = labels * (1 - self.smoothing) + 0.5 * self.smoothing
-        losses = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0].float(), targets,
-                                                                      reduction="none")
-        if self.class_weights is None:
-            return losses.mean()
-        weights = self.class_weights[labels.long()]
-        return (losses * weights).sum() / weights.sum()
-
-
-class MultiClassLoss(torch.nn.Module):
-    """Softmax cross-entropy over class indices, with label smoothing `s` spread over the classes."""
-
-    def __init__(self, smoothing: float, weight: torch.Tensor | None = None):
-        super().__init__()
-        self.cross_entropy = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.cross_entropy(logits.float(), labels.long())
-
-
-def build_loss(config: dict[str, Any], train_labels: np.ndarray, device: torch.device) -> torch.nn.Module:
-    """`criterion(model outputs, labels)`; `class_weights: true` weighs each sample by the inverse frequency of
-    its class, so every class weighs the same in the loss."""
-    smoothing, count = config["label_smoothing"], config["num_classes"]
-    weights = None
-    if config["class_weights"]:
-        shares = class_shares(train_labels, max(2, count))
-        weights = torch.tensor(1.0 / (len(shares) * np.maximum(shares, 1e-12)), dtype=torch.float32, device=device)
-    return BinaryLoss(smoothing, weights) if count == 1 else MultiClassLoss(smoothing, weights)
 
 
 @dataclass
@@ -394,108 +256,6 @@ def train_one_epoch(model, ema: AveragedModel | None, loader: DataLoader, criter
     return mean_over_ranks(total / max(count, 1), context)
 
 
-def metric_columns(config: dict[str, Any]) -> list[str]:
-    if config["num_classes"] == 1:
-        return METRIC_COLUMNS
-    return METRIC_COLUMNS + ["val_class_accuracy"] + [f"val_acc_{name}" for name in config["classes"]]
-
-
-def validation_metrics(rows: pd.DataFrame, logits: np.ndarray, config: dict[str, Any]) -> dict[str, float]:
-    """Crop loss, binary real/fake metrics per video (from P(fake)) and, with classes, class accuracies."""
-    labels = rows["label"].to_numpy(dtype=np.float64)
-    targets = torch.from_numpy(rows["target"].to_numpy(dtype=np.float32))
-    crop_loss = BinaryLoss(0.0) if config["num_classes"] == 1 else MultiClassLoss(0.0)
-    probs = crop_fake_probs(logits, config)
-    videos = video_probs(rows, probs, config["aggregation"])
-    report = binary_report(videos["label"], videos["prob"])
-    metrics = {"val_loss": float(crop_loss(torch.from_numpy(logits), targets)), "val_log_loss": report["log_loss"],
-               "val_auc": report["auc"], "val_accuracy": report["accuracy"], "val_crop_auc": auc(labels, probs)}
-    if config["num_classes"] > 1:
-        metrics.update(class_metrics(video_class_matrix(rows, logits, config["num_classes"]), config["classes"]))
-    return metrics
-
-
-def write_metrics(run_dir: Path, history: list[dict[str, float]], columns: list[str]) -> None:
-    """metrics.csv and loss_curve.png, both atomically."""
-    frame = pd.DataFrame(history, columns=columns)
-    write_atomic(run_dir / "metrics.csv", frame.to_csv(index=False, float_format="%.6f"))
-    plot_curves(frame, run_dir / "loss_curve.png")
-
-
-def plot_curves(frame: pd.DataFrame, path: Path) -> None:
-    figure, (losses, scores) = pyplot().subplots(1, 2, figsize=(11, 4))
-    for column in ("train_loss", "val_loss", "val_log_loss"):
-        losses.plot(frame["epoch"], frame[column], marker="o", label=column)
-    losses.set(xlabel="epoch", ylabel="loss", title="losses (val_log_loss: per video, clipped)")
-    losses.legend()
-    for column in ("val_auc", "val_crop_auc", "val_accuracy", "val_class_accuracy"):
-        if column in frame:
-            scores.plot(frame["epoch"], frame[column], marker="o", label=column)
-    scores.set(xlabel="epoch", ylim=(0, 1.02), title="validation")
-    scores.legend()
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
-def exported_epoch(config: dict[str, Any], state: TrainState) -> dict[str, float]:
-    """The metrics row of the epoch whose weights are exported (`export: best` or `last`)."""
-    if config["export"] == "best":
-        return min(state.history, key=lambda row: row["val_log_loss"])
-    return state.history[-1]
-
-
-def export(config: dict[str, Any], paths: RunPaths, state: TrainState, val: pd.DataFrame,
-           val_loader: DataLoader, device: torch.device) -> pd.DataFrame:
-    """OOF predictions of the exported weights loaded the kernel's way, then their manifest entry (the last epoch's
-    metrics come from those predictions when the epoch was not validated: `validate_every`)."""
-    classes = {"num_classes": config["num_classes"], "classes": config["classes"],
-               "real_class": config["real_class"]} if config["num_classes"] > 1 else {}
-    logits = predict_logits(load_classifier(exported_spec(config, paths), str(device)), val_loader, device,
-                            config["tta_hflip"])
-    if "val_log_loss" not in state.history[-1]:
-        state.history[-1].update(validation_metrics(val, logits, config))
-        write_metrics(paths.run_dir, state.history, metric_columns(config))
-    best = exported_epoch(config, state)
-    entry = manifest_entry(config["name"], config["arch"], paths.weights, paths.manifest.parent,
-                           config["input_size"], config["mean"], config["std"], group=config["group"],
-                           crop_margin=crop_margin(Path(config["crops"])), fold=config["fold"],
-                           epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
-                           val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
-    update_manifest(paths.manifest, [entry])
-    oof = val[["video", "frame", "person"]].assign(model=config["name"], group=config["group"],
-                                                   prob=crop_fake_probs(logits, config), label=val["label"])
-    oof = oof[OOF_COLUMNS]
-    if classes:
-        oof = oof.join(class_outputs(val, logits, config, paths.run_dir))
-    write_atomic(paths.run_dir / "oof.csv", oof.to_csv(index=False, float_format="%.6f"))
-    log.info("exported epoch %d (%s): val log loss %.4f, AUC %.4f; %s added to %s; OOF: %s", best["epoch"],
-             config["export"], best["val_log_loss"], best["val_auc"], paths.weights, paths.manifest,
-             paths.run_dir / "oof.csv")
-    return oof
-
-
-def exported_spec(config: dict[str, Any], paths: RunPaths) -> ModelSpec:
-    """The exported weights as the kernel builds them from their manifest entry."""
-    return ModelSpec(name=config["name"], arch=config["arch"], file=paths.weights, sha256="",
-                     bytes=paths.weights.stat().st_size, input_size=config["input_size"], mean=tuple(config["mean"]),
-                     std=tuple(config["std"]), num_classes=config["num_classes"], group=config["group"])
-
-
-def class_outputs(val: pd.DataFrame, logits: np.ndarray, config: dict[str, Any], run_dir: Path) -> pd.DataFrame:
-    """`p_<class>` OOF columns; confusion_matrix.csv and .png of the validation videos (logged per class)."""
-    classes = config["classes"]
-    matrix = video_class_matrix(val, logits, len(classes))
-    accuracy = class_metrics(matrix, classes)
-    log.info("attribution: video accuracy %.3f; per class: %s", accuracy["val_class_accuracy"],
-             ", ".join(f"{name} {accuracy[f'val_acc_{name}']:.2f}" for name in classes))
-    table = pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=classes)
-    write_atomic(run_dir / "confusion_matrix.csv", table.to_csv())
-    plot_confusion_matrix(matrix, classes, run_dir / "confusion_matrix.png",
-                          f"{config['name']}\nvalidation videos, accuracy {accuracy['val_class_accuracy']:.2f}")
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    return pd.DataFrame(probs, index=val.index, columns=[f"p_{name}" for name in classes])
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -579,7 +339,7 @@ def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_afte
         if state.stopped_early:
             log.info("early stopping: val log loss has not improved for %d epochs", state.bad_epochs)
     if context.main:
-        export(config, paths, state, val_rows, val_loader, context.device)
+        export(config, paths, state.history, val_rows, val_loader, context.device)
     return state
 
 

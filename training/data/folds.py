@@ -23,15 +23,15 @@ import pandas as pd
 import yaml
 from sklearn.model_selection import StratifiedGroupKFold
 
-from training.index import LABELS, read_index
-from training.sources import read_metadata
+from training.data.index import LABELS, read_index
+from training.data.sources import read_metadata
 
 log = logging.getLogger("folds")
 
 FOLD_COLUMNS = ["video", "label", "original", "source", "group", "fold"]
 LEFT_OUT_COLUMNS = ["video", "source", "reason"]
-DEFAULT_LINK_RULES = Path(__file__).with_name("configs") / "link_rules.yaml"
-DEFAULT_PERSON_IDS = Path(__file__).with_name("configs") / "person_ids.yaml"
+DEFAULT_LINK_RULES = Path(__file__).parents[1] / "configs" / "link_rules.yaml"
+DEFAULT_PERSON_IDS = Path(__file__).parents[1] / "configs" / "person_ids.yaml"
 PERSON_ID_KEYS = {"column", "namespace", "tolerance", "block"}
 
 
@@ -60,7 +60,7 @@ def videos_from_index(path: Path) -> pd.DataFrame:
 
 
 def videos_from_items(items: list) -> pd.DataFrame:
-    """One row per item of `training.sources.collect_sources` (the same columns as `videos_from_index`)."""
+    """One row per item of `training.data.sources.collect_sources` (the same columns as `videos_from_index`)."""
     rows = [{"video": item.video, "label": item.label, "original": item.original or "", "source": item.source,
              "group": item.group, "method": item.method, **item.extra} for item in items]
     extra = sorted({column for item in items for column in item.extra})

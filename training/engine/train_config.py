@@ -8,9 +8,11 @@ from typing import Any
 
 from dfdc_core.config import load_settings
 from dfdc_core.manifest import model_family
-from training.defences import defence_from_config
+from training.data.dataset import SAMPLERS
+from training.engine.optim import OPTIMIZERS, SCHEDULES
+from training.tools.defences import defence_from_config
 
-DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "default.yaml"
 
 
 def resolve_config(path: Path, fold: int) -> dict[str, Any]:
@@ -18,9 +20,8 @@ def resolve_config(path: Path, fold: int) -> dict[str, Any]:
     config = load_settings(DEFAULT_CONFIG, path, merge=("augment",))
     config["fold"] = fold
     model_family(config["arch"])
-    for key, allowed in (("optimizer", ("adamw", "sgd")), ("schedule", ("cosine", "onecycle")),
-                         ("sampler", ("balanced", "pairs", "shuffle")), ("device", ("auto", "cpu", "cuda")),
-                         ("export", ("last", "best"))):
+    for key, allowed in (("optimizer", tuple(OPTIMIZERS)), ("schedule", tuple(SCHEDULES)),
+                         ("sampler", tuple(SAMPLERS)), ("device", ("auto", "cpu", "cuda")), ("export", ("last", "best"))):
         if config[key] not in allowed:
             raise ValueError(f"{path}: {key} is {config[key]!r}; choose one of {allowed}")
     check_sbi(config, path)

@@ -1,5 +1,5 @@
 """Face-crop extraction for training: the kernel's decoder, detector, tracker and crop on every labelled video (or
-image) of every source (training/sources.py), one record per item, merged into one `index.csv`. The command line is
+image) of every source (training/data/sources.py), one record per item, merged into one `index.csv`. The command line is
 `training/extract_faces.py`."""
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from dfdc_core.faces import (
 from dfdc_core.io import write_atomic
 from dfdc_core.video import VideoReadError, decode_video, read_frames_at
 from kernel.config import load_config
-from training.index import INDEX_COLUMNS
-from training.sources import Item, Problem, collect_sources
+from training.data.index import INDEX_COLUMNS
+from training.data.sources import Item, Problem, collect_sources
 
 log = logging.getLogger("extract_faces")
 

@@ -1,0 +1,1 @@
+"""The training loop of one model on one fold, its settings, initialisation, evaluation and export."""

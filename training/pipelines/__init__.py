@@ -1,0 +1,1 @@
+"""Pipelines over the commands: the recipe from labelled data to a calibrated manifest."""
