@@ -69,3 +69,64 @@ def test_crashed_that_is_a_pipe_or_a_device_is_exit_2_without_blocking(tmp_path)
     for path in (pipe_that_unblocks(tmp_path / "crashed.json"), Path("/dev/zero")):
         with pytest.raises(SettingsError, match=f"^--crashed {path}: cannot read it as JSON \\(.*not a regular file"):
             read_crashed(path)
+
+
+# ------------------------------------------------------------------------------------------------ every command
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def setup_commands() -> dict[str, str]:
+    """`COMMANDS` of setup.py (console script → module:function), read without running setup()."""
+    import ast
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    (node,) = [node for node in tree.body if isinstance(node, ast.Assign) and node.targets[0].id == "COMMANDS"]
+    return ast.literal_eval(node.value)
+
+
+def test_every_console_script_is_installed_and_names_a_command_main():
+    """setup.py's console scripts are what `make install` installed, and each names the `main` of a command module
+    that `python -m` runs too: through its `__main__` block, or its package's `__main__.py` (`python -m kernel`)."""
+    from importlib import import_module
+    from importlib.metadata import entry_points
+
+    commands = setup_commands()
+    installed = {point.name: point.value for point in entry_points(group="console_scripts")
+                 if point.dist is not None and point.dist.name == "dfdc-kit"}
+    assert installed == commands, "setup.py changed: run make install again"
+    for target in commands.values():
+        module_name, function = target.split(":")
+        module = import_module(module_name)
+        assert callable(getattr(module, function))
+        package_main = Path(module.__file__).with_name("__main__.py")
+        runs = module_name.endswith("__main__") or 'if __name__ == "__main__":' in Path(module.__file__).read_text() \
+            or (package_main.is_file() and f"from {module_name} import {function}" in package_main.read_text())
+        assert runs, f"{module_name}: nothing runs {function} under python -m"
+
+
+def test_commands_never_import_one_another():
+    """Entry points are thin over library modules: no command module imports another command's module, but for the
+    self-test, which runs `python -m kernel`'s main in-process to check its exit codes."""
+    import ast
+
+    drives = {"kernel.selftest": {"kernel.cli"}}
+
+    modules = {target.split(":")[0] for target in setup_commands().values()}
+    for module in modules:
+        tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        others = (modules - {module} - drives.get(module, set())) & imported
+        assert not others, f"{module} imports the commands {sorted(others)}"
+
+
+def test_train_fold_runs_as_a_script_as_the_docs_say():
+    """`python training/train_fold.py --help` (the way users are told to train) works from the repository root."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "training/train_fold.py", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--fold" in result.stdout and "Train one fold" in result.stdout
