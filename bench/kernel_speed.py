@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from bench.videos import DEV_VIDEOS, frame_size, select_videos
 from dfdc_core import video as kvideo
+from dfdc_core.config import parse_overrides
 from dfdc_core.faces import face_crops
 from dfdc_core.manifest import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from dfdc_core.models import create_classifier
@@ -232,19 +233,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def config_overrides(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set wants KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def mean(values) -> float:
     values = [v for v in values if v == v]
     return float(np.mean(values)) if values else float("nan")
@@ -351,7 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(args.videos)
     if not folder.is_dir():
         raise SystemExit(f"--videos {folder}: no such folder")
-    config = load_config(args.config, frames=args.frames, **config_overrides(args.set))
+    config = load_config(args.config, frames=args.frames, **parse_overrides(args.set))
     if args.decord_threads is not None:
         patch_decord_threads(args.decord_threads)
     names = select_videos(folder, args.names, args.include_crops, args.min_short_side, args.limit)

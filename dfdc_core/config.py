@@ -3,8 +3,8 @@
 Used by the kernel (`kernel/default_config.json`), training (`training/configs/default.yaml`), the robustness report
 (`training/configs/robustness.yaml`) and the demo (`demo/config.yaml`). A `.json` file is read as JSON, anything else
 as YAML; mappings named in `merge` are merged key by key; a key the defaults do not have is an error naming the file
-and the known keys. `save_resolved` writes what a run used beside its outputs; `writable_folder` checks a folder a
-command writes to. Standard library only (YAML is imported when a YAML file is read), so `python -m kernel` can load it
+and the known keys. `parse_overrides` reads a command's `--set KEY=VALUE` flags; `save_resolved` writes what a run
+used beside its outputs; `writable_folder` checks a folder a command writes to. Standard library only (YAML is imported when a YAML file is read), so `python -m kernel` can load it
 before `--block-network`.
 """
 from __future__ import annotations
@@ -115,3 +115,19 @@ def save_resolved(settings: dict[str, Any], path: Path) -> None:
         import yaml
 
         write_atomic(path, yaml.safe_dump(settings, sort_keys=False))
+
+
+def parse_overrides(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
+    """`KEY=VALUE` pairs (a command's repeatable `--set`) as settings overrides, each value read as JSON (a number,
+    true, null, a list), else kept as text; `SettingsError` naming a pair without '='. Which keys exist is
+    `load_settings`'s check."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SettingsError(f"{flag} {pair!r}: write KEY=VALUE, e.g. {flag} frames=16")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides

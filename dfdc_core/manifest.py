@@ -23,6 +23,7 @@ import numpy as np
 from dfdc_core.aggregate import FEATURE_STATS, STRATEGIES, Stacker, feature_name
 from dfdc_core.config import read_regular_file
 from dfdc_core.io import write_atomic
+from dfdc_core.preprocessing import MAX_CROP_MARGIN, Preprocessing, preprocessing_problem, read_preprocessing
 from dfdc_core.values import is_number, is_numbers, is_one_of, is_positive_int, is_real
 
 FAMILIES = {
@@ -38,7 +39,6 @@ MAX_INPUT_SIZE = 1024  # pixels: a batch of larger model inputs exhausts memory 
 MAX_CLASSES = 1000
 MIN_STD = 1e-3  # pixels are scaled to [0, 1]: a smaller std blows the model's inputs up towards inf
 MAX_COEF = 1e6  # |stacker coefficient or intercept|: the features are bounded (|logit| <= 7), so the sum stays finite
-MAX_CROP_MARGIN = 2.0  # a crop 5 faces wide: beyond it the crop is mostly zero padding, and its memory unbounded
 MANIFEST_FIX = "pass --manifest PATH to a weights_manifest.json"
 
 
@@ -72,6 +72,8 @@ class ModelSpec:
     real_index: int = 0  # multi-class models: the output that means "real"
     group: str = ""      # fold models of one group are averaged; the stacker has one input per group
     crop_margin: float | None = None  # the margin of the crops it was trained on (None: not recorded)
+    still_pad: float | None = None  # the padding of the stills among them (None: not recorded)
+    preprocessing: Preprocessing | None = None  # what made its training crops, as recorded (None: not recorded)
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -89,6 +91,7 @@ class Manifest:
     path: Path
     drop_order: tuple[str, ...] | None = None  # models the time budget may drop, most expendable first
     crop_margin: float | None = None  # the one margin every model was trained with (None: not recorded)
+    still_pad: float | None = None  # the one still padding every model was trained with (None: not recorded)
     stacker: Stacker | None = field(default=None, compare=False)  # compared through `content`
     content: bytes = field(default=b"", repr=False)
 
@@ -128,20 +131,22 @@ def read_manifest(path: str | Path) -> Manifest:
         content += stacker_bytes
     drop_order = tuple(data["drop_order"]) if data.get("drop_order") is not None else None
     return Manifest(models=tuple(specs), stacker_file=stacker_file, path=path, drop_order=drop_order,
-                    crop_margin=common_crop_margin(specs, path), stacker=stacker, content=content)
+                    crop_margin=common_geometry(specs, "crop_margin", path),
+                    still_pad=common_geometry(specs, "still_pad", path), stacker=stacker, content=content)
 
 
 def model_specs(entries: list[dict], path: Path) -> list[ModelSpec]:
     """The checked entries of the manifest `path` as model specs, defaults filled in; names must be unique."""
     specs = []
     for index, entry in enumerate(entries):
+        preprocessing = read_preprocessing(entry["preprocessing"]) if entry.get("preprocessing") is not None else None
+        crop_margin, still_pad = entry_geometry(entry)
         specs.append(ModelSpec(
             name=entry.get("name", Path(entry["file"]).stem), arch=entry["arch"],
             file=path.parent / entry["file"], sha256=entry["sha256"].lower(), bytes=int(entry.get("bytes", -1)),
             input_size=int(entry["input_size"]), mean=tuple(entry.get("mean", IMAGENET_MEAN)),
-            std=tuple(entry.get("std", IMAGENET_STD)), group=str(entry.get("group") or ""),
-            crop_margin=float(entry["crop_margin"]) if entry.get("crop_margin") is not None else None,
-            **class_keys(entry, f"{path}: models[{index}]")))
+            std=tuple(entry.get("std", IMAGENET_STD)), group=str(entry.get("group") or ""), crop_margin=crop_margin,
+            still_pad=still_pad, preprocessing=preprocessing, **class_keys(entry, f"{path}: models[{index}]")))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: model names must be unique, got {names}")
@@ -199,6 +204,13 @@ def check_manifest_entries(entries: list, path: Path) -> None:
         if margin is not None and margin > MAX_CROP_MARGIN:
             raise ManifestError(f"{where}: 'crop_margin' is {margin}; it must be at most {MAX_CROP_MARGIN} (a crop "
                                 f"{2 * MAX_CROP_MARGIN + 1:g} faces wide)")
+        if entry.get("preprocessing") is not None and (problem := preprocessing_problem(entry["preprocessing"])):
+            raise ManifestError(f"{where}: 'preprocessing' is unusable: {problem} (training records it from the "
+                                "crops' settings.json; re-export the model or drop the key)")
+        if entry.get("preprocessing") is not None and margin is not None \
+                and margin != entry["preprocessing"]["crop_margin"]:
+            raise ManifestError(f"{where}: 'crop_margin' {margin} differs from its preprocessing's "
+                                f"{entry['preprocessing']['crop_margin']}; keep the one the model was trained with")
         for key in ("bytes", "num_classes"):
             if key in entry and not is_positive_int(entry[key]):
                 raise ManifestError(f"{where}: '{key}' is {entry[key]!r}; it must be a whole number above 0")
@@ -275,20 +287,29 @@ def class_keys(entry: dict, where: str) -> dict:
     return {"num_classes": num_classes, "classes": classes, "real_index": int(real)}
 
 
-def common_crop_margin(specs: list[ModelSpec], path: Path) -> float | None:
-    """The crop margin all models were trained with, or None when no entry records one.
+def entry_geometry(entry: dict) -> tuple[float | None, float | None]:
+    """The crop margin and still padding a checked manifest entry records (from its `preprocessing`, else its own
+    `crop_margin`; None: not recorded)."""
+    if entry.get("preprocessing") is not None:
+        return float(entry["preprocessing"]["crop_margin"]), float(entry["preprocessing"]["still_pad"])
+    return (float(entry["crop_margin"]) if entry.get("crop_margin") is not None else None), None
 
-    The kernel cuts one crop per face for every model, so models trained on crops of different margins (or some
-    with a recorded margin and some without) cannot share a manifest.
+
+def common_geometry(specs: list[ModelSpec], key: str, path: Path) -> float | None:
+    """The `crop_margin` or `still_pad` all models were trained with, or None when no entry records one.
+
+    The kernel cuts one crop per face for every model, so models trained on crops of different margins or still
+    paddings (or some with a recorded value and some without) cannot share a manifest.
     """
-    margins = {spec.name: spec.crop_margin for spec in specs}
-    if set(margins.values()) == {None}:
+    values = {spec.name: getattr(spec, key) for spec in specs}
+    if set(values.values()) == {None}:
         return None
-    if len(set(margins.values())) > 1:
-        raise ManifestError(f"{path}: its models were trained on crops of different margins ({margins}; None: not "
-                            "recorded), but the kernel cuts one crop per face for all of them; keep models of one "
-                            "crop_margin in a manifest, or retrain on crops of one margin")
-    return next(iter(margins.values()))
+    if len(set(values.values())) > 1:
+        word = {"crop_margin": "margin", "still_pad": "still padding"}[key]
+        raise ManifestError(f"{path}: its models were trained on crops of different {word}s ({values}; None: not "
+                            f"recorded), but the kernel cuts one crop per face for all of them; keep models of one "
+                            f"{key} in a manifest, or retrain on crops of one {word}")
+    return next(iter(values.values()))
 
 
 def read_stacker(path: Path) -> tuple[Stacker, bytes]:
@@ -433,10 +454,10 @@ def update_manifest(path: Path, entries: list[dict] = (), stacker: str | None = 
         data = json.loads(path.read_text()) if path.is_file() else {"models": [], "stacker": None}
         names = {entry["name"] for entry in entries}
         models = [m for m in data.get("models", []) if m.get("name") not in names] + list(entries)
-        margins = {m.get("crop_margin") for m in models}
-        if len(margins) > 1:
-            raise ManifestError(f"{path}: adding {sorted(names)} would mix models trained on crops of margins "
-                                f"{sorted(margins, key=str)} (None: not recorded); the kernel cuts one crop per face, "
-                                "so write them to another manifest (`manifest:` in the training config)")
+        geometries = {entry_geometry(m) for m in models}
+        if len(geometries) > 1:
+            raise ManifestError(f"{path}: adding {sorted(names)} would mix models trained on crops of (crop_margin, "
+                                f"still_pad) {sorted(geometries, key=str)} (None: not recorded); the kernel cuts one "
+                                "crop per face, so write them to another manifest (`manifest:` in the training config)")
         others = {key: value for key, value in data.items() if key not in ("models", "stacker")}
         write_manifest(path, models, stacker or data.get("stacker"), **others)

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from dfdc_core.aggregate import STRATEGIES
 from dfdc_core.config import SettingsError, writable_folder
-from dfdc_core.manifest import MAX_CROP_MARGIN
+from dfdc_core.preprocessing import MAX_CROP_MARGIN, MAX_STILL_PAD
 from dfdc_core.values import is_number, is_numbers, is_one_of, is_positive_int
 from dfdc_core.video import BACKENDS
 from kernel.kaggle import checkpoint_path, in_flight_path, summary_path
@@ -26,7 +26,6 @@ POSITIVE_INTEGERS = {"frames": 1000, "max_frame_side": 8192, "prefetch_videos": 
 MAX_DETECT_THREADS = 256
 SHARES = ("prior", "min_face_score", "track_iou", "min_track_share", "min_track_size_ratio")  # numbers in [0, 1]
 NON_NEGATIVE = ("min_face_px", "track_max_shift", "crop_margin", "still_pad", "time_budget_hours")
-MAX_STILL_PAD = 2.0  # an image padded to 5 times its side: room for any crop margin allowed (MAX_CROP_MARGIN)
 # A setting that cannot exceed another: (key, the other, why)
 NOT_ABOVE = (("mtcnn_min_face_size", "detect_long_side", "no larger face fits the detector's copy of a frame"),
              ("min_face_px", "max_frame_side", "no face is larger than the frame"))

@@ -13,12 +13,15 @@ import logging
 from pathlib import Path
 from typing import IO
 
-from dfdc_core.config import SettingsError, read_regular_file
+from dfdc_core.config import SettingsError, parse_overrides, read_regular_file
 from kernel.config import load_config
 from kernel.kaggle import crash_log_path, kaggle_root
 from kernel.offline import block_network
 
 log = logging.getLogger("kernel")
+# the settings with a flag of their own (--frames, ...); any other is --set KEY=VALUE
+SETTING_FLAGS = ("frames", "max_frame_side", "detect_batch_size", "classify_batch_size", "detect_long_side",
+                 "aggregation", "prior", "time_budget_hours")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JSON list of videos that crashed the kernel twice: they get the prior unread (the "
                              "notebook's retry loop writes it)")
     parser.add_argument("--config", default=None, help="JSON overriding kernel/default_config.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any setting of kernel/default_config.json, over --config (repeatable; the value is read "
+                             "as JSON: --set tta_hflip=true --set still_pad=0.2); the flags below win over it")
     parser.add_argument("--frames", type=int, default=None, help="frames sampled per video (default 32)")
     parser.add_argument("--max-frame-side", type=int, default=None,
                         help="frames with a longer side are shrunk to it as they are decoded (default 2160)")
@@ -81,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else kaggle_root() / "working" / "submission.csv"
     crash_log = open_crash_log(out)
     try:
-        config = load_config(args.config, frames=args.frames, max_frame_side=args.max_frame_side,
-                             detect_batch_size=args.detect_batch_size, classify_batch_size=args.classify_batch_size,
-                             detect_long_side=args.detect_long_side, aggregation=args.aggregation, prior=args.prior,
-                             time_budget_hours=args.time_budget_hours)
+        flags = {key: getattr(args, key) for key in SETTING_FLAGS if getattr(args, key) is not None}
+        config = load_config(args.config, **{**parse_overrides(args.set), **flags})
         check_not_an_input(out, [Path(path) for path in (args.config, args.crashed) if path is not None])
         predict(args.videos, args.sample_submission, args.manifest, out, args.device, config,
                 progress=not args.no_progress, crashed=read_crashed(args.crashed))

@@ -250,6 +250,7 @@ def predict(videos_dir: str | Path | None = None, sample_submission: str | Path 
     out = Path(out) if out is not None else kaggle_root() / "working" / "submission.csv"
     filenames, checked_manifest, choice = checked_inputs(videos_dir, sample, Path(manifest), out, device, config)
     scorer = load_scorer(checked_manifest, config, choice.device)
+    config = scorer.config  # resolved once for the models: decoding, the signature and the summary use it too
     skipped = {name: "outside_videos" for name in outside_names(filenames, videos_dir)}
     skipped.update({name: "crashed" for name in crashed_names(filenames, crashed)})
     checkpoint = open_checkpoint(out, run_signature(checked_manifest, config), videos_dir, filenames)

@@ -18,6 +18,7 @@ from dfdc_core.aggregate import Stacker, feature_name, video_features, video_sco
 from dfdc_core.faces import Track, detector_from_config, face_crops, model_images, normalise, person_tracks
 from dfdc_core.manifest import Manifest, ModelSpec, verify_manifest
 from dfdc_core.models import fake_probability, forward_logits, load_classifier
+from dfdc_core.preprocessing import resolve_config
 
 log = logging.getLogger("kernel")
 
@@ -190,9 +191,10 @@ def combiner_for(stacker: Stacker | None, groups: set[str]) -> tuple[Stacker | N
 
 
 def load_scorer(manifest: Manifest, config: dict[str, Any], device: str = "cpu") -> Scorer:
-    """Verify every weight file of the checked manifest, then load classifiers, stacker and face detector."""
+    """Verify every weight file of the checked manifest, then load classifiers, stacker and face detector, with the
+    config resolved for its models (`resolved_config`: `Scorer.config`)."""
     verify_manifest(manifest)
-    config = with_manifest_crop_margin(config, manifest)
+    config = resolved_config(config, manifest)
     models = [LoadedModel(spec, load_classifier(spec, device)) for spec in manifest.models]
     if manifest.stacker is None:
         log.warning("%s names no stacker or calibrator: raw model scores, fitted at the training data's share of "
@@ -201,11 +203,9 @@ def load_scorer(manifest: Manifest, config: dict[str, Any], device: str = "cpu")
     return Scorer(models, config, device, manifest.stacker)
 
 
-def with_manifest_crop_margin(config: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
-    """`config` with the crop margin the manifest's models were trained with (crops cut as in training), if it
-    records one."""
-    if manifest.crop_margin is None or manifest.crop_margin == config["crop_margin"]:
-        return config
-    log.info("%s: crops cut with margin %.3g, the margin its models were trained with (the config says %.3g)",
-             manifest.path, manifest.crop_margin, config["crop_margin"])
-    return dict(config, crop_margin=manifest.crop_margin)
+def resolved_config(config: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
+    """`config` resolved for the manifest's models (`dfdc_core.preprocessing.resolve_config`): crops cut with the
+    geometry they were trained on, other differences from their training logged."""
+    return resolve_config(config, {"crop_margin": manifest.crop_margin, "still_pad": manifest.still_pad},
+                          {spec.name: spec.preprocessing for spec in manifest.models if spec.preprocessing is not None},
+                          str(manifest.path))

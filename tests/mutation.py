@@ -32,12 +32,16 @@ MODULES: dict[str, tuple[str, ...]] = {
         "kernel.submission.*", "dfdc_core.io.x_write_atomic__mutmut_*", "kernel.kaggle.x_checkpoint_path__mutmut_*"),
     "checkpoint signature and resume (kernel/pipeline.py)": ("kernel.pipeline.x_run_signature__mutmut_*",
                                                              "kernel.pipeline.x_open_checkpoint__mutmut_*"),
-    "manifest loading and verification (dfdc_core/manifest.py, dfdc_core/models.py)": (
+    "manifest loading, verification and preprocessing (dfdc_core/manifest.py, preprocessing.py, models.py)": (
         "dfdc_core.manifest.x_read_manifest__mutmut_*", "dfdc_core.manifest.x_model_specs__mutmut_*",
         "dfdc_core.manifest.x_read_file__mutmut_*", "dfdc_core.manifest.x_parse_json__mutmut_*",
         "dfdc_core.manifest.x_check_manifest_entries__mutmut_*", "dfdc_core.manifest.x_check_normalisation__mutmut_*",
         "dfdc_core.manifest.x_check_classes__mutmut_*", "dfdc_core.manifest.x_check_arch__mutmut_*",
-        "dfdc_core.manifest.x_class_keys__mutmut_*", "dfdc_core.manifest.x_common_crop_margin__mutmut_*",
+        "dfdc_core.manifest.x_class_keys__mutmut_*", "dfdc_core.manifest.x_common_geometry__mutmut_*",
+        "dfdc_core.manifest.x_entry_geometry__mutmut_*", "dfdc_core.preprocessing.x_preprocessing_problem__mutmut_*",
+        "dfdc_core.preprocessing.x_read_preprocessing__mutmut_*",
+        "dfdc_core.preprocessing.x_crops_preprocessing__mutmut_*",
+        "dfdc_core.preprocessing.x_resolve_config__mutmut_*", "dfdc_core.preprocessing.x_differences_from__mutmut_*",
         "dfdc_core.manifest.x_read_stacker__mutmut_*", "dfdc_core.manifest.x_check_stacker_part__mutmut_*",
         "dfdc_core.manifest.x_check_stacker__mutmut_*", "dfdc_core.manifest.x_check_drop_order__mutmut_*",
         "dfdc_core.manifest.x_sha256_of__mutmut_*", "dfdc_core.manifest.x_verify_manifest__mutmut_*",

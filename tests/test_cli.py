@@ -57,6 +57,25 @@ def test_a_bad_config_file_exits_2_naming_it(monkeypatch, tmp_path, caplog, text
                      str(tmp_path / "absent.json")]) == 2
 
 
+def test_set_overrides_any_setting_over_the_config_file_and_the_named_flags_win(monkeypatch, tmp_path, caplog):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"still_pad": 0.1, "frames": 12}))
+    config = config_given(monkeypatch, tmp_path, "--config", str(path), "--set", "still_pad=0.2", "--set",
+                          "tta_hflip=true", "--set", "decode_backends=[\"opencv\"]", "--set", "aggregation=confident",
+                          "--set", "frames=8", "--frames", "16")
+    assert config == dict(load_config(), still_pad=0.2, tta_hflip=True, decode_backends=["opencv"],
+                          aggregation="confident", frames=16)
+    monkeypatch.setattr(pipeline, "predict", lambda *args, **kwargs: pytest.fail("predict was called"))
+    for pair, message in (("frames", "--set 'frames': write KEY=VALUE, e.g. --set frames=16"),
+                          ("=3", "--set '=3': write KEY=VALUE, e.g. --set frames=16"),
+                          ("framez=3", "overrides: unknown keys ['framez']; the known keys are those of")):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="kernel"):
+            assert cli.main(["--videos", str(tmp_path), "--out", str(tmp_path / "s.csv"), "--set", pair]) == 2
+        (error,) = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+        assert error.startswith(message)
+
+
 def test_an_unknown_key_from_python_is_refused_too():
     with pytest.raises(ValueError, match=r"^overrides: unknown keys \['framez'\]; the known keys are those of .*json"):
         load_config(framez=3)

@@ -4,10 +4,10 @@ import json
 import pytest
 import yaml
 
-from dfdc_core.config import SettingsError, load_settings, read_settings, save_resolved
+from dfdc_core.config import SettingsError, load_settings, parse_overrides, read_settings, save_resolved
 from kernel.config import DEFAULT_CONFIG_PATH, load_config
-from training.tools.robustness import DEFAULT_SETTINGS, robustness_settings
 from training.engine.train_config import DEFAULT_CONFIG, resolve_config
+from training.tools.robustness import DEFAULT_SETTINGS, robustness_settings
 
 
 def write(path, data):
@@ -69,3 +69,34 @@ def test_every_settings_file_of_the_kit_goes_through_the_loader(tmp_path):
             load(write(tmp_path / "typo.yaml", {"not_a_setting": 1}))
     config = resolve_config(write(tmp_path / "aug.yaml", {"crops": "x", "augment": {"hflip": {"p": 0.0}}}), 0)
     assert config["augment"]["hflip"] == {"p": 0.0} and len(config["augment"]) > 1  # merged per transform
+
+
+def test_the_notebooks_own_prior_and_clip_are_the_kernels_defaults_and_the_metrics_clip():
+    """kernel/kaggle.py runs before the kit is installed (only dfdc_core/io.py is inlined into it), so it holds its own
+    copy of the prior and clip it writes: they must stay the kernel's defaults and the metric's clip."""
+    from dfdc_core import metrics
+    from kernel import kaggle
+
+    config = load_config()
+    assert kaggle.PRIOR == config["prior"] and list(kaggle.CLIP) == config["clip"] == list(metrics.CLIP)
+
+
+def test_set_pairs_are_read_as_json_else_as_text():
+    assert parse_overrides(["frames=16", "prior=0.3", "tta_hflip=false", "clip=[0.1, 0.9]", "aggregation=mean",
+                            "detect_threads=null", "name=a=b"]) == {
+        "frames": 16, "prior": 0.3, "tta_hflip": False, "clip": [0.1, 0.9], "aggregation": "mean",
+        "detect_threads": None, "name": "a=b"}
+    assert parse_overrides([]) == {}
+    with pytest.raises(SettingsError, match=r"^--set 'frames': write KEY=VALUE, e.g. --set frames=16$"):
+        parse_overrides(["frames"])
+
+
+def test_train_fold_set_overrides_the_run_config_and_a_bad_one_exits_2(tmp_path, capsys):
+    from training.train_fold import main as train_main
+
+    path = write(tmp_path / "run.yaml", {"crops": "x", "epochs": 3})
+    assert resolve_config(path, 0, {"epochs": 1, "augment": {"hflip": {"p": 0.0}}})["epochs"] == 1
+    merged = resolve_config(path, 0, {"augment": {"hflip": {"p": 0.0}}})["augment"]
+    assert merged["hflip"] == {"p": 0.0} and len(merged) > 1  # merged per transform, as a file's augment is
+    assert train_main(["--config", str(path), "--fold", "0", "--set", "epochz=1"]) == 2
+    assert "overrides: unknown keys ['epochz']" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from dfdc_core.manifest import (
     verify_manifest,
 )
 from dfdc_core.models import create_classifier, load_classifier, save_fp16_state_dict
+from dfdc_core.preprocessing import Preprocessing, crops_preprocessing, resolve_config
 from dfdc_core.values import is_one_of
 from kernel.config import load_config
 
@@ -543,6 +545,90 @@ def test_the_crop_margin_models_were_trained_with_is_the_manifests_when_they_agr
             "keep models of one crop_margin in a manifest, or retrain on crops of one margin")
 
 
+RECORDED = Preprocessing.of_config(load_config(crop_margin=0.2, still_pad=0.5), frames=8)
+
+
+def test_a_recorded_preprocessing_is_read_into_each_spec_and_its_geometry_into_the_manifest(models):
+    edit(models, lambda data: [entry.update(preprocessing=RECORDED.as_dict()) for entry in data["models"]])
+    manifest = Manifest.load(models)
+    assert {spec.preprocessing for spec in manifest.models} == {RECORDED}
+    assert (manifest.crop_margin, manifest.still_pad) == (0.2, 0.5)
+    assert {(spec.crop_margin, spec.still_pad) for spec in manifest.models} == {(0.2, 0.5)}
+    edit(models, lambda data: data["models"][0].update(crop_margin=0.2))  # the same margin twice is no conflict
+    Manifest.load(models)
+    edit(models, lambda data: data["models"][0].update(crop_margin=0.3))
+    with pytest.raises(ManifestError) as error:
+        Manifest.load(models)
+    assert str(error.value) == (f"{models}: models[0]: 'crop_margin' 0.3 differs from its preprocessing's 0.2; keep "
+                                "the one the model was trained with")
+    edit(models, lambda data: [data["models"][0].pop("crop_margin"),
+                               data["models"][1].update(preprocessing=dict(RECORDED.as_dict(), still_pad=0.4))])
+    with pytest.raises(ManifestError, match=re.escape("trained on crops of different still paddings ({'test_efficientnet"
+                                                      "': 0.5, 'test_resnet': 0.4}; None: not recorded)")):
+        Manifest.load(models)
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda p: [1, 2], "it is a JSON list, not an object"),
+    (lambda p: {k: v for k, v in p.items() if k != "frames"}, "its keys are "),
+    (lambda p: dict(p, frames=0), "'frames' is 0; it must be a whole number above 0"),
+    (lambda p: dict(p, detect_long_side=480.0), "'detect_long_side' is 480.0; it must be a whole number above 0"),
+    (lambda p: dict(p, mtcnn_min_face_size=True), "'mtcnn_min_face_size' is True; it must be a whole number above 0"),
+    (lambda p: dict(p, mtcnn_thresholds=[0.7, 0.8]), "'mtcnn_thresholds' is [0.7, 0.8]; it must be 3 numbers from 0 "
+                                                     "to 1"),
+    (lambda p: dict(p, mtcnn_thresholds=[0.7, 0.8, 1.5]), "'mtcnn_thresholds' is [0.7, 0.8, 1.5]; it must be 3 "
+                                                          "numbers from 0 to 1"),
+    (lambda p: dict(p, min_face_score=1.01), "'min_face_score' is 1.01; it must be a number from 0 to 1"),
+    (lambda p: dict(p, min_face_score=-0.01), "'min_face_score' is -0.01; it must be a number from 0 to 1"),
+    (lambda p: dict(p, min_face_px=-1), "'min_face_px' is -1; it must be a number of 0 or more"),
+    (lambda p: dict(p, crop_margin=float("nan")), "'crop_margin' is nan; it must be a number of 0 or more"),
+    (lambda p: dict(p, still_pad=-0.1), "'still_pad' is -0.1; it must be a number of 0 or more"),
+    (lambda p: dict(p, crop_margin=2.01), "'crop_margin' is 2.01; it must be at most 2.0"),
+    (lambda p: dict(p, still_pad=2.5), "'still_pad' is 2.5; it must be at most 2.0"),
+])
+def test_a_bad_recorded_preprocessing_is_refused_naming_the_field(models, change, problem):
+    edit(models, lambda data: data["models"][0].update(preprocessing=change(RECORDED.as_dict())))
+    with pytest.raises(ManifestError) as error:
+        Manifest.load(models)
+    assert str(error.value).startswith(f"{models}: models[0]: 'preprocessing' is unusable: {problem}")
+    assert str(error.value).endswith("(training records it from the crops' settings.json; re-export the model or "
+                                     "drop the key)")
+
+
+def test_the_edge_values_of_a_recorded_preprocessing_pass(models):
+    edges = dict(RECORDED.as_dict(), frames=1, detect_long_side=1, mtcnn_min_face_size=1, mtcnn_thresholds=[0, 1, 1],
+                 min_face_score=0, min_face_px=0, crop_margin=2.0, still_pad=0)
+    edit(models, lambda data: [entry.update(preprocessing=edges) for entry in data["models"]])
+    manifest = Manifest.load(models)
+    assert manifest.models[0].preprocessing.mtcnn_thresholds == (0.0, 1.0, 1.0) and manifest.crop_margin == 2.0
+    edit(models, lambda data: [entry.update(preprocessing=dict(edges, min_face_score=1, still_pad=2.0))
+                               for entry in data["models"]])
+    assert Manifest.load(models).still_pad == 2.0
+
+
+def test_a_run_cuts_crops_with_the_trained_geometry_and_logs_other_differences(caplog):
+    caplog.set_level(logging.INFO, logger="kernel")
+    config = load_config()
+    same = Preprocessing.of_config(config)
+    assert resolve_config(config, {"crop_margin": None, "still_pad": None}, {"m": same}, "w.json") == config
+    assert not caplog.records
+    resolved = resolve_config(config, {"crop_margin": 0.2, "still_pad": 0.5}, {"m": RECORDED}, "w.json")
+    assert resolved == dict(config, crop_margin=0.2, still_pad=0.5) and config == load_config()  # not changed
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["w.json: crop_margin 0.2, as its models were trained (the config says 0.3)",
+                        "w.json: still_pad 0.5, as its models were trained (the config says 0.4)",
+                        "w.json: model m was trained on crops made with frames 8; this run uses frames 32"]
+    assert resolve_config(config, {"crop_margin": 0.3, "still_pad": None}, {}, "w.json") == config
+
+
+def test_crops_record_their_preprocessing_and_older_caches_are_read_from_their_config():
+    recorded = {"frames": 8, "preprocessing": RECORDED.as_dict(), "config": load_config()}
+    assert crops_preprocessing(recorded) == RECORDED
+    older = {"frames": 8, "config": load_config(crop_margin=0.2, still_pad=0.5)}
+    assert crops_preprocessing(older) == RECORDED
+    assert crops_preprocessing({"config": load_config()}) == Preprocessing.of_config(load_config())
+
+
 def test_update_manifest_keeps_the_other_keys_and_refuses_to_mix_crop_margins(models):
     edit(models, lambda data: [entry.update(crop_margin=0.3) for entry in data["models"]])
     edit(models, lambda data: data.update(drop_order=["test_resnet"]))
@@ -553,9 +639,9 @@ def test_update_manifest_keeps_the_other_keys_and_refuses_to_mix_crop_margins(mo
     assert [m["name"] for m in data["models"]] == ["test_efficientnet", "test_resnet", "another"]
     before = models.read_text()
     with pytest.raises(ManifestError, match=re.escape(
-            f"{models}: adding ['another'] would mix models trained on crops of margins [0.125, 0.3] (None: not "
-            "recorded); the kernel cuts one crop per face, so write them to another manifest (`manifest:` in the "
-            "training config)")):
+            f"{models}: adding ['another'] would mix models trained on crops of (crop_margin, still_pad) "
+            "[(0.125, None), (0.3, None)] (None: not recorded); the kernel cuts one crop per face, so write them to "
+            "another manifest (`manifest:` in the training config)")):
         update_manifest(models, [dict(entry, crop_margin=0.125)])
     assert models.read_text() == before  # nothing written
 

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from dfdc_core.manifest import Manifest, ManifestError, class_keys
 from dfdc_core.models import fake_probability
@@ -85,6 +86,8 @@ def test_multiclass_training_writes_confusion_matrix_and_one_minus_p_real(three_
     assert {"val_log_loss", "val_auc", "val_class_accuracy", "val_acc_A", "val_acc_B", "val_acc_real"} <= set(metrics)
     (entry,) = json.loads((runs / "weights_manifest.json").read_text())["models"]
     assert (entry["num_classes"], entry["classes"], entry["real_class"]) == (3, CLASSES, "real")
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # the classes the run learned, not the null given
+    assert saved["classes"] == CLASSES
 
 
 def test_kernel_scores_a_multiclass_model_as_one_minus_p_real(three_class_run):

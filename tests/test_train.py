@@ -17,6 +17,7 @@ import yaml
 
 from dfdc_core.manifest import Manifest, verify_manifest
 from dfdc_core.models import load_classifier
+from dfdc_core.preprocessing import Preprocessing
 from kernel.config import load_config
 from kernel.scorer import load_scorer
 from tests.helpers import TINY_MODELS
@@ -104,6 +105,8 @@ def test_the_manifest_records_the_crop_margin_of_the_crops_and_the_kernel_cuts_w
     manifest = tmp_path / "runs" / "weights_manifest.json"
     assert Manifest.load(manifest).crop_margin == 0.1
     assert load_scorer(Manifest.load(manifest), load_config()).config["crop_margin"] == 0.1
+    (entry,) = json.loads(manifest.read_text())["models"]  # the whole record: frames, detector, geometry
+    assert entry["preprocessing"] == Preprocessing.of_config(load_config(crop_margin=0.1), frames=3).as_dict()
 
 
 @pytest.mark.slow
@@ -180,9 +183,10 @@ def test_resume_from_an_empty_checkpoint_is_exit_2_naming_it(tmp_path, crops, ca
                                        "(EOFError); run without --resume to start afresh\n")
 
 
-def test_unknown_config_key_is_named(tmp_path, crops):
-    with pytest.raises(KeyError, match="learning_rate"):
-        train_main(["--config", str(write_config(tmp_path, crops, learning_rate=0.1)), "--fold", "0"])
+def test_unknown_config_key_is_named(tmp_path, crops, capsys):
+    path = write_config(tmp_path, crops, learning_rate=0.1)
+    assert train_main(["--config", str(path), "--fold", "0"]) == 2
+    assert f"error: --config {path}: unknown keys ['learning_rate']" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dfdc_core.config import SettingsError, parse_overrides
 from training.engine.train_fold import ResumeError, run_training
 
 
@@ -26,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="YAML/JSON overriding training/configs/default.yaml")
     parser.add_argument("--fold", type=int, required=True, help="validation fold; the others are trained on")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any key of training/configs/default.yaml over --config (repeatable; the value is read as "
+                             "JSON: --set epochs=2 --set lr=0.0003)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/NAME/last.pt")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="train at most this many epochs in this invocation (time-boxed sessions), then exit")
@@ -33,12 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when the fold is trained (or stopped by --stop-after); 2 when --resume cannot continue from the
-    checkpoint (missing, empty, damaged, of another run: the message names it and the fix)."""
+    """Exit 0 when the fold is trained (or stopped by --stop-after); 2 when a setting is unusable (an unknown key,
+    a --set without '=') or --resume cannot continue from the checkpoint (missing, empty, damaged, of another run: the
+    message names it and the fix)."""
     args = parse_args(argv)
     try:
-        run_training(args.config, args.fold, args.resume, args.stop_after)
-    except ResumeError as error:
+        run_training(args.config, args.fold, args.resume, args.stop_after, parse_overrides(args.set))
+    except (ResumeError, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -23,6 +23,7 @@ from dfdc_core.faces import (
     person_tracks,
 )
 from dfdc_core.io import write_atomic
+from dfdc_core.preprocessing import Preprocessing
 from dfdc_core.video import VideoReadError, decode_video, read_frames_at
 from kernel.config import load_config
 from training.data.index import INDEX_COLUMNS
@@ -241,6 +242,7 @@ def run_extraction(data: Path | list[Path], out: Path, frames: int | None = None
                          record["left_out_persons"])
             write_record(out, item, record, key)
     write_atomic(out / "settings.json", json.dumps({"frames": frames, "max_side": max_side, "key": key,
+                                                    "preprocessing": Preprocessing.of_config(config, frames).as_dict(),
                                                     "config": config}, indent=1))
     index, problems = merge_records(out, metadata_problems, key)
     no_face = problems[problems["status"] == "no_face"]

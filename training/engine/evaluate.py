@@ -45,28 +45,45 @@ def load_fold_rows(config: dict[str, Any], fold: int) -> tuple[pd.DataFrame, pd.
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
-def with_targets(rows: pd.DataFrame, config: dict[str, Any], index_path: Path) -> pd.DataFrame:
-    """Add `target`, what the loss learns: the 0/1 label, or the class index of `label_column`.
+def with_classes(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with its `classes` resolved: a multi-class run that leaves them null learns the sorted names of the
+    index's `label_column` (rows without one are left out). Resolved before the run's config.yaml is saved, so that
+    file is what the run used."""
+    if config["num_classes"] == 1 or config["classes"]:
+        return config
+    index_path = Path(config["crops"]) / "index.csv"
+    names = class_names(read_index(index_path), config, index_path)
+    return dict(config, classes=sorted(names[names != ""].unique()))
 
-    With classes, `label` becomes class != real_class (for the binary metrics and the stacker), rows
-    without a class are left out, and `config["classes"]` is filled in (sorted names) when it was null.
-    """
-    if config["num_classes"] == 1:
-        return rows.assign(target=rows["label"])
+
+def class_names(rows: pd.DataFrame, config: dict[str, Any], index_path: Path) -> pd.Series:
+    """Each row's class name (its `label_column`, "" for none); an error naming the fix if the index has no column."""
     column = config["label_column"]
     if column not in rows.columns:
         raise ValueError(f"{index_path} has no column {column!r} for label_column; add one, e.g. "
                          f"python -m training.methods --index {index_path}")
-    names = rows[column].astype(str)
+    return rows[column].astype(str)
+
+
+def with_targets(rows: pd.DataFrame, config: dict[str, Any], index_path: Path) -> pd.DataFrame:
+    """Add `target`, what the loss learns: the 0/1 label, or the class index of `label_column` among the config's
+    `classes` (resolved: `with_classes`).
+
+    With classes, `label` becomes class != real_class (for the binary metrics and the stacker), and rows without a
+    class are left out.
+    """
+    if config["num_classes"] == 1:
+        return rows.assign(target=rows["label"])
+    names = class_names(rows, config, index_path)
     if (names == "").any():
         log.warning("%d crops of %d videos have no %s: left out", int((names == "").sum()),
-                    rows.loc[names == "", "video"].nunique(), column)
+                    rows.loc[names == "", "video"].nunique(), config["label_column"])
         rows, names = rows[names != ""], names[names != ""]
-    config["classes"] = list(config["classes"] or sorted(names.unique()))
     check_classes(config, index_path)
     unknown = sorted(set(names) - set(config["classes"]))
     if unknown:
-        raise ValueError(f"{index_path}: {column} has classes {unknown} that are not in classes {config['classes']}")
+        raise ValueError(f"{index_path}: {config['label_column']} has classes {unknown} that are not in classes "
+                         f"{config['classes']}")
     return rows.assign(target=names.map(config["classes"].index),
                        label=(names != config["real_class"]).astype(int))
 

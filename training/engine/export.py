@@ -18,6 +18,7 @@ from dfdc_core.io import write_atomic
 from dfdc_core.manifest import ModelSpec, manifest_entry, update_manifest
 from dfdc_core.models import load_classifier
 from dfdc_core.plots import plot_confusion_matrix
+from dfdc_core.preprocessing import Preprocessing, crops_preprocessing
 from kernel.config import load_config as load_kernel_config
 from training.engine.evaluate import class_metrics, crop_fake_probs, predict_logits, video_class_matrix
 from training.engine.validation import metric_columns, validation_metrics, write_metrics
@@ -53,11 +54,12 @@ def run_paths(config: dict[str, Any]) -> RunPaths:
     return RunPaths(run_dir, manifest)
 
 
-def crop_margin(crops: Path) -> float:
-    """The margin the crops were cut with (extract_faces.py's settings.json, else the kernel's default)."""
+def trained_preprocessing(crops: Path) -> Preprocessing:
+    """What made the crops under `crops` (extract_faces.py's settings.json; without one, the kernel's defaults)."""
     settings = crops / "settings.json"
-    config = json.loads(settings.read_text())["config"] if settings.is_file() else load_kernel_config()
-    return float(config["crop_margin"])
+    if settings.is_file():
+        return crops_preprocessing(json.loads(settings.read_text()))
+    return Preprocessing.of_config(load_kernel_config())
 
 
 def exported_epoch(config: dict[str, Any], history: list[dict[str, float]]) -> dict[str, float]:
@@ -81,7 +83,7 @@ def export(config: dict[str, Any], paths: RunPaths, history: list[dict[str, floa
     best = exported_epoch(config, history)
     entry = manifest_entry(config["name"], config["arch"], paths.weights, paths.manifest.parent,
                            config["input_size"], config["mean"], config["std"], group=config["group"],
-                           crop_margin=crop_margin(Path(config["crops"])), fold=config["fold"],
+                           preprocessing=trained_preprocessing(Path(config["crops"])).as_dict(), fold=config["fold"],
                            epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
                            val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
     update_manifest(paths.manifest, [entry])

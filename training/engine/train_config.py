@@ -15,9 +15,10 @@ from training.tools.defences import defence_from_config
 DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "default.yaml"
 
 
-def resolve_config(path: Path, fold: int) -> dict[str, Any]:
-    """Defaults overridden by the file at `path` (`augment` merged per transform), checked, for `fold`."""
-    config = load_settings(DEFAULT_CONFIG, path, merge=("augment",))
+def resolve_config(path: Path, fold: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults overridden by the file at `path`, then by `overrides` (`--set`; `augment` merged per transform),
+    checked, for `fold`."""
+    config = load_settings(DEFAULT_CONFIG, path, overrides, merge=("augment",))
     config["fold"] = fold
     model_family(config["arch"])
     for key, allowed in (("optimizer", tuple(OPTIMIZERS)), ("schedule", tuple(SCHEDULES)),

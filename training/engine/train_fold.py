@@ -27,8 +27,8 @@ from tqdm import tqdm
 from dfdc_core.config import SettingsError, save_resolved
 from dfdc_core.models import UnreadableWeights, create_classifier, load_tensors, save_fp16_state_dict
 from training.data.dataset import SAMPLERS, CropDataset, EpochSampler, build_augmentation
-from training.engine.evaluate import load_fold_rows, predict_logits
-from training.engine.export import crop_margin, export, run_paths
+from training.engine.evaluate import load_fold_rows, predict_logits, with_classes
+from training.engine.export import export, run_paths, trained_preprocessing
 from training.engine.losses import build_loss
 from training.engine.optim import build_ema, build_optimizer, build_scheduler
 from training.engine.pretrained import class_shares, init_head, load_pretrained
@@ -102,7 +102,7 @@ def make_loaders(config: dict[str, Any], train: pd.DataFrame, val: pd.DataFrame,
                  context: Dist) -> tuple[DataLoader, DataLoader]:
     crops, size = Path(config["crops"]), config["input_size"]
     mean, std = config["mean"], config["std"]
-    margin = crop_margin(crops) if config["sbi"] else None
+    margin = trained_preprocessing(crops).crop_margin if config["sbi"] else None
     train_set = CropDataset(train, crops, size, mean, std, build_augmentation(config["augment"]), "target",
                             seed=config["seed"], sbi_margin=margin)
     val_set = CropDataset(val, crops, size, mean, std, label_column="target")
@@ -343,9 +343,11 @@ def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_afte
     return state
 
 
-def run_training(config_path: Path, fold: int, resume: bool = False, stop_after: int | None = None) -> TrainState:
-    """Resolve the config at `config_path` for `fold`, save it beside the run (`config.yaml`) and train."""
-    config = resolve_config(config_path, fold)
+def run_training(config_path: Path, fold: int, resume: bool = False, stop_after: int | None = None,
+                 overrides: dict[str, Any] | None = None) -> TrainState:
+    """Resolve the config at `config_path` (then `overrides`) for `fold`, save it beside the run (`config.yaml`) and
+    train."""
+    config = with_classes(resolve_config(config_path, fold, overrides))
     context = init_distributed(config["device"])
     logging.basicConfig(level=logging.INFO if context.main else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s %(name)s[{context.rank}]: %(message)s")
