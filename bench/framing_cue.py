@@ -35,9 +35,9 @@ from dfdc_core.metrics import auc, log_loss
 from dfdc_core.models import load_classifier
 from dfdc_core.plots import pyplot, save_figure
 from training.data.dataset import read_crop
-from training.engine.evaluate import video_probs
 from training.data.index import read_index
 from training.data.sbi import face_box
+from training.engine.evaluate import video_probs
 
 WAYS = ("as cut", "black margin", "edge margin")
 

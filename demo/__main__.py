@@ -26,7 +26,7 @@ import yaml
 from demo.synthetic import DemoSpec, make_dataset
 from dfdc_core.config import load_settings
 from dfdc_core.io import write_atomic
-from kernel.evaluation import validate
+from kernel.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_VIDEOS = REPO.parent / "shared" / "data" / "dev" / "videos"

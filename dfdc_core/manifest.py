@@ -23,7 +23,12 @@ import numpy as np
 from dfdc_core.aggregate import FEATURE_STATS, STRATEGIES, Stacker, feature_name
 from dfdc_core.config import read_regular_file
 from dfdc_core.io import write_atomic
-from dfdc_core.preprocessing import MAX_CROP_MARGIN, Preprocessing, preprocessing_problem, read_preprocessing
+from dfdc_core.preprocessing import (
+    MAX_CROP_MARGIN,
+    Preprocessing,
+    preprocessing_problem,
+    read_preprocessing,
+)
 from dfdc_core.values import is_number, is_numbers, is_one_of, is_positive_int, is_real
 
 FAMILIES = {

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kernel.evaluation import validate
+from kernel.validation import validate
 
 
 def main(argv: list[str] | None = None) -> int:

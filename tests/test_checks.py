@@ -17,7 +17,6 @@ from dfdc_core.config import SettingsError
 from dfdc_core.values import is_one_of
 from kernel.config import load_config
 
-
 FIX = "; fix it in the --config JSON or its command-line flag"
 
 

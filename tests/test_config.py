@@ -4,7 +4,13 @@ import json
 import pytest
 import yaml
 
-from dfdc_core.config import SettingsError, load_settings, parse_overrides, read_settings, save_resolved
+from dfdc_core.config import (
+    SettingsError,
+    load_settings,
+    parse_overrides,
+    read_settings,
+    save_resolved,
+)
 from kernel.config import DEFAULT_CONFIG_PATH, load_config
 from training.engine.train_config import DEFAULT_CONFIG, resolve_config
 from training.tools.robustness import DEFAULT_SETTINGS, robustness_settings

@@ -17,10 +17,10 @@ from kernel.config import load_config
 from kernel.scorer import load_scorer
 from tests.helpers import faceless_frames, faces_clip, write_video
 from training.data.dataset import CropDataset
-from training.extract_faces import main as extract_main
 from training.data.extract_faces import cap_long_side, run_extraction, shard_of
 from training.data.index import INDEX_COLUMNS, read_index
 from training.data.sources import collect_items, find_parts
+from training.extract_faces import main as extract_main
 
 LABELS = {"REAL": 0, "FAKE": 1}
 

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.folds import main as folds_main
 from training.data.folds import (
     DEFAULT_LINK_RULES,
     assign_folds,
@@ -18,6 +17,7 @@ from training.data.folds import (
     rule_links,
     videos_from_metadata,
 )
+from training.folds import main as folds_main
 
 
 def assert_leak_free(table: pd.DataFrame) -> None:

@@ -25,9 +25,9 @@ from kernel.config import load_config
 from kernel.scorer import load_scorer
 from tests.helpers import lfw_face, write_video
 from training.data.extract_faces import run_extraction
-from training.recipe import main as recipe_main
 from training.data.sources import collect_items
 from training.pipelines.recipe import make_folds, read_recipe
+from training.recipe import main as recipe_main
 
 TINY_RECIPE = {"frames": 4, "folds": 2, "target_prior": 0.5, "aggregation": "mean", "features": ["logit"],
                "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "samples_per_epoch": 8, "sampler": "pairs",

@@ -18,11 +18,11 @@ from dfdc_core.models import create_classifier, save_fp16_state_dict
 from kernel.config import load_config
 from tests.helpers import TINY_MODELS, faces_clip, write_video
 from tests.test_train import write_config, write_synthetic_crops
-from training.tools.attacks import PixelModel, attack_toward
 from training.data.dataset import CropDataset
-from training.tools.defences import Adversarial, Defence, defence_from_config
 from training.data.index import read_index
 from training.data.perturb import LEVELS, STRENGTHS, apply, fixed, image_seed
+from training.tools.attacks import PixelModel, attack_toward
+from training.tools.defences import Adversarial, Defence, defence_from_config
 from training.tools.robustness import attack_success, faces_lost, video_face_loss
 from training.tools.robustness import main as robustness_main
 from training.train_fold import main as train_main

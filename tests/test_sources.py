@@ -17,7 +17,6 @@ from dfdc_core.video import decode_video, pad_still
 from kernel.config import load_config
 from tests.helpers import faces_clip, lfw_face, write_video
 from training.data.extract_faces import run_extraction
-from training.folds import main as folds_main
 from training.data.folds import (
     DEFAULT_LINK_RULES,
     DEFAULT_PERSON_IDS,
@@ -31,8 +30,9 @@ from training.data.folds import (
 )
 from training.data.index import INDEX_COLUMNS, read_index
 from training.data.sources import collect_sources
-from training.train_fold import main as train_main
+from training.folds import main as folds_main
 from training.pipelines.recipe import make_folds
+from training.train_fold import main as train_main
 
 
 def photo(face: int, size: int = 200) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`python -m kernel.validate` (`kernel/validate.py`, `kernel/evaluation.py`): a submission scored against a DFDC
+"""`python -m kernel.validate` (`kernel/validate.py`, `kernel/validation.py`): a submission scored against a DFDC
 metadata.json; labels outside [0, 1] and duplicated rows are errors; labelled videos missing from the submission are
 named, and scored as a subset only with `--allow-partial`."""
 import json
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from dfdc_core.metrics import log_loss
-from kernel.evaluation import validate
 from kernel.validate import main as validate_main
+from kernel.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 

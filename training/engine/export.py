@@ -20,7 +20,12 @@ from dfdc_core.models import load_classifier
 from dfdc_core.plots import plot_confusion_matrix
 from dfdc_core.preprocessing import Preprocessing, crops_preprocessing
 from kernel.config import load_config as load_kernel_config
-from training.engine.evaluate import class_metrics, crop_fake_probs, predict_logits, video_class_matrix
+from training.engine.evaluate import (
+    class_metrics,
+    crop_fake_probs,
+    predict_logits,
+    video_class_matrix,
+)
 from training.engine.validation import metric_columns, validation_metrics, write_metrics
 
 log = logging.getLogger("train_fold")

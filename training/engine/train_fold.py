@@ -25,8 +25,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dfdc_core.config import SettingsError, save_resolved
-from dfdc_core.models import UnreadableWeights, create_classifier, load_tensors, save_fp16_state_dict
-from training.data.dataset import SAMPLERS, CropDataset, EpochSampler, build_augmentation
+from dfdc_core.models import (
+    UnreadableWeights,
+    create_classifier,
+    load_tensors,
+    save_fp16_state_dict,
+)
+from training.data.dataset import (
+    SAMPLERS,
+    CropDataset,
+    EpochSampler,
+    build_augmentation,
+)
 from training.engine.evaluate import load_fold_rows, predict_logits, with_classes
 from training.engine.export import export, run_paths, trained_preprocessing
 from training.engine.losses import build_loss

@@ -12,9 +12,13 @@ import torch
 from dfdc_core.io import write_atomic
 from dfdc_core.metrics import auc, binary_report
 from dfdc_core.plots import pyplot, save_figure
-from training.engine.evaluate import class_metrics, crop_fake_probs, video_class_matrix, video_probs
+from training.engine.evaluate import (
+    class_metrics,
+    crop_fake_probs,
+    video_class_matrix,
+    video_probs,
+)
 from training.engine.losses import BinaryLoss, MultiClassLoss
-
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_log_loss", "val_auc", "val_accuracy",
                   "val_crop_auc", "seconds"]

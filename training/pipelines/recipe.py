@@ -16,8 +16,8 @@ from tqdm import tqdm
 from dfdc_core.aggregate import Stacker
 from dfdc_core.config import read_settings
 from dfdc_core.io import write_atomic
-from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.manifest import model_family, update_manifest
+from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.plots import pyplot, save_figure
 from dfdc_core.video import is_image
 from ensemble.stacking import (

@@ -34,9 +34,7 @@ from dfdc_core.plots import pyplot, save_figure
 from dfdc_core.video import VideoReadError, decode_video
 from kernel.config import load_config
 from kernel.submission import VIDEO_SUFFIXES
-from training.tools.attacks import PixelModel, attack_toward
 from training.data.dataset import CropDataset
-from training.engine.evaluate import load_fold_rows, predict_logits, video_probs
 from training.data.index import read_index
 from training.data.perturb import (
     LEVELS,
@@ -47,6 +45,8 @@ from training.data.perturb import (
     image_seed,
     strengths_table,
 )
+from training.engine.evaluate import load_fold_rows, predict_logits, video_probs
+from training.tools.attacks import PixelModel, attack_toward
 
 log = logging.getLogger("robustness")
 
