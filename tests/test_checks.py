@@ -263,3 +263,25 @@ def test_out_may_not_be_a_device_or_a_pipe(tmp_path):
     (tmp_path / "s.csv.partial.jsonl").unlink()
     (tmp_path / "s.csv").symlink_to(tmp_path / "nowhere.csv")  # a broken link is replaced, like any file
     checks.check_paths(videos, None, out)
+
+
+def test_a_commands_one_output_file_is_checked_as_the_kernels_are(tmp_path):
+    """`check_out_file` (ensemble.stack's --out): no folder, a folder that takes files, never one of the inputs; only
+    the file itself is written, so a name beside it that the kernel would write is no conflict."""
+    out, oof = tmp_path / "stacker.json", tmp_path / "oof.csv"
+    oof.write_text("x")
+    checks.check_out_file(out, [oof], "stacker.json")
+    checks.check_out_file(out, [out.with_name(out.name + ".summary.json")], "stacker.json")
+    with pytest.raises(SettingsError) as error:
+        checks.check_out_file(oof, [oof], "stacker.json")
+    assert str(error.value) == (f"--out {oof}: writing {oof} would overwrite the input {oof}; pass --out a new file "
+                                "name")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SettingsError) as error:
+        checks.check_out_file(tmp_path / "folder", [oof], "stacker.json")
+    assert str(error.value) == (f"--out {tmp_path / 'folder'}: {tmp_path / 'folder'} is a folder; name a file, e.g. "
+                                f"--out {tmp_path / 'folder' / 'stacker.json'}")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SettingsError, match=re.escape(f"--out {tmp_path / 'file' / 'stacker.json'}: cannot write in "
+                                                      f"{tmp_path / 'file'} (")):
+        checks.check_out_file(tmp_path / "file" / "stacker.json", [oof], "stacker.json")

@@ -366,6 +366,11 @@ def test_the_first_five_unknown_features_are_named():
     with pytest.raises(ManifestError, match=r"^stacker: features \['x0.logit', 'x1.logit', 'x2.logit', 'x3.logit', "
                                             r"'x4.logit'\] name no model"):
         check_stacker(Stacker([f"x{i}.logit" for i in range(6)], [1.0] * 6, 0.0), {"a"})
+    with pytest.raises(ManifestError, match=r"^stacker: features \['a.s0', 'a.s1', 'a.s2', 'a.s3', 'a.s4'\] are no "
+                                            r"statistic the kernel computes"):
+        check_stacker(Stacker([f"a.s{i}" for i in range(6)], [1.0] * 6, 0.0), {"a"})
+    with pytest.raises(ManifestError, match=r"coefficients \[2000000.0, 1.0, 1.0, 1.0, 1.0\]\): scores would overflow"):
+        check_stacker(Stacker([f"a.{stat}" for stat in ("logit", "mean", "std")] * 2, [2e6] + [1.0] * 5, 0.0), {"a"})
 
 
 def test_a_variant_of_the_stacker_is_checked_as_the_stacker_is():
@@ -434,8 +439,9 @@ def test_a_recorded_preprocessing_is_read_into_each_spec_and_its_geometry_into_t
                                 "the one the model was trained with")
     edit(models, lambda data: [data["models"][0].pop("crop_margin"),
                                data["models"][1].update(preprocessing=dict(RECORDED.as_dict(), still_pad=0.4))])
-    with pytest.raises(ManifestError, match=re.escape("trained on crops of different still paddings ({'test_efficientnet"
-                                                      "': 0.5, 'test_resnet': 0.4}; None: not recorded)")):
+    with pytest.raises(ManifestError, match="^" + re.escape(f"{models}: its models were trained on crops of different "
+                                                            "still paddings ({'test_efficientnet': 0.5, 'test_resnet'"
+                                                            ": 0.4}; None: not recorded)")):
         Manifest.load(models)
 
 
@@ -489,6 +495,11 @@ def test_a_run_cuts_crops_with_the_trained_geometry_and_logs_other_differences(c
     assert messages == ["w.json: crop_margin 0.2, as its models were trained (the config says 0.3)",
                         "w.json: still_pad 0.5, as its models were trained (the config says 0.4)",
                         "w.json: model m was trained on crops made with frames 8; this run uses frames 32"]
+    caplog.clear()
+    resolve_config(dict(config, detect_long_side=640), {}, {"m": RECORDED}, "w.json")
+    assert [record.getMessage() for record in caplog.records] == [
+        "w.json: model m was trained on crops made with frames 8, detect_long_side 480, crop_margin 0.2, still_pad "
+        "0.5; this run uses frames 32, detect_long_side 640, crop_margin 0.3, still_pad 0.4"]
     assert resolve_config(config, {"crop_margin": 0.3, "still_pad": None}, {}, "w.json") == config
 
 
@@ -613,6 +624,8 @@ def test_manifest_values_at_their_bounds_pass(models):
                                                        group=None, classes=None, real_class=0))
     edit(models, lambda data: [entry.update(crop_margin=2.0) for entry in data["models"]])
     Manifest.load(models)
+    edit(models, lambda data: [entry.update(crop_margin=0) for entry in data["models"]])
+    assert Manifest.load(models).crop_margin == 0.0
     edit(models, lambda data: data["models"][0].update(num_classes=1000, classes=[str(i) for i in range(1000)],
                                                        real_class="999"))
     assert Manifest.load(models).models[0].real_index == 999
