@@ -4,8 +4,8 @@ Used by the kernel (`kernel/default_config.json`), training (`training/configs/d
 (`training/configs/robustness.yaml`) and the demo (`demo/config.yaml`). A `.json` file is read as JSON, anything else
 as YAML; mappings named in `merge` are merged key by key; a key the defaults do not have is an error naming the file
 and the known keys. `parse_overrides` reads a command's `--set KEY=VALUE` flags; `save_resolved` writes what a run
-used beside its outputs; `writable_folder` checks a folder a command writes to. Standard library only (YAML is imported when a YAML file is read), so `python -m kernel` can load it
-before `--block-network`.
+used beside its outputs; `writable_folder` checks a folder a command writes to. Standard library only (YAML is
+imported when a YAML file is read), so `python -m kernel` can load it before `--block-network`.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ class Preprocessing:
 
     @classmethod
     def of_config(cls, config: dict[str, Any], frames: int | None = None) -> Preprocessing:
-        """The preprocessing of a kernel config (`frames`: the count extraction sampled, when it is not the config's)."""
+        """The preprocessing of a kernel config (`frames`: the count extraction sampled, if not the config's)."""
         return cls(frames=int(frames if frames is not None else config["frames"]),
                    detect_long_side=int(config["detect_long_side"]),
                    mtcnn_min_face_size=int(config["mtcnn_min_face_size"]),

@@ -37,7 +37,8 @@ NOTEBOOK_SOURCE = REPO_ROOT / "kernel" / "kaggle.py"
 NOTEBOOK_IMPORT = "from dfdc_core.io import write_atomic"  # the notebook's one import from the kit, inlined
 NOTEBOOK_MAIN = '\n\nif __name__ == "__main__":\n    if status := main():\n        sys.exit(status)\n'
 KIT_PACKAGES = ("dfdc_core", "kernel")  # what `python -m kernel` imports: the kit's wheel holds only these,
-TEST_SUPPORT = ("selftest.py", "synthetic.py")  # less the self-test and its synthetic media, which the notebook never runs
+# less the self-test and its synthetic media, which the notebook never runs
+TEST_SUPPORT = ("selftest.py", "synthetic.py")
 EXTRA_WHEELS = ("facenet-pytorch==2.6.0", "decord==0.6.0", "av==18.1.0")
 KAGGLE_PYTHONS = ("3.12", "3.11")  # Kaggle's image: CPython 3.12 today, 3.11 in older pinned images
 # Kaggle's image is Ubuntu 22.04 (glibc 2.35) on x86_64: wheels for any manylinux up to glibc 2.35 run there.
@@ -156,8 +157,8 @@ def top_level_files(folder: Path) -> list[Path]:
 
 def checked_manifest(manifest_path: Path, limit: int) -> Manifest:
     """The manifest, refused (`ManifestError`, `BundleError`) on anything the kernel would refuse on Kaggle: the
-    kernel's own checks (`dfdc_core.manifest.Manifest.load`), the weights' size limit, sha256 and content (each loaded as
-    the kernel loads it), and names the bundle cannot hold."""
+    kernel's own checks (`Manifest.load`), the weights' size limit, sha256 and content (each loaded as the kernel
+    loads it), and names the bundle cannot hold."""
     manifest = Manifest.load(manifest_path)
     bundle_names(manifest)
     check_size([spec.file for spec in manifest.models if os.path.isfile(spec.file)], limit,

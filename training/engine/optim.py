@@ -21,13 +21,16 @@ def adamw(groups: list[dict], config: dict[str, Any]) -> torch.optim.Optimizer:
 OPTIMIZERS: dict[str, Callable[[list[dict], dict[str, Any]], torch.optim.Optimizer]] = {"adamw": adamw, "sgd": sgd}
 
 
-def onecycle(config: dict[str, Any], optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+
+
+def onecycle(config: dict[str, Any], optimizer: torch.optim.Optimizer, total: int) -> Scheduler:
     """One-cycle over `total` steps, peaking at each group's learning rate."""
     max_lrs = [group["lr"] for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total)
 
 
-def cosine(config: dict[str, Any], optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+def cosine(config: dict[str, Any], optimizer: torch.optim.Optimizer, total: int) -> Scheduler:
     """A linear warm-up over `warmup` of the `total` steps, then cosine down to `min_lr_ratio` of the rate."""
     warmup, floor = int(config["warmup"] * total), config["min_lr_ratio"]
 
@@ -40,8 +43,8 @@ def cosine(config: dict[str, Any], optimizer: torch.optim.Optimizer, total: int)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-SCHEDULES: dict[str, Callable[[dict[str, Any], torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]] = {
-    "cosine": cosine, "onecycle": onecycle}
+SCHEDULES: dict[str, Callable[[dict[str, Any], torch.optim.Optimizer, int], Scheduler]] = {"cosine": cosine,
+                                                                                         "onecycle": onecycle}
 
 
 def build_optimizer(config: dict[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -54,7 +57,7 @@ def build_optimizer(config: dict[str, Any], model: torch.nn.Module) -> torch.opt
 
 
 def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+                    steps_per_epoch: int) -> Scheduler:
     """The config's schedule (`SCHEDULES`) over every batch of every epoch."""
     return SCHEDULES[config["schedule"]](config, optimizer, max(1, config["epochs"] * steps_per_epoch))
 

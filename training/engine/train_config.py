@@ -22,7 +22,8 @@ def resolve_config(path: Path, fold: int, overrides: dict[str, Any] | None = Non
     config["fold"] = fold
     model_family(config["arch"])
     for key, allowed in (("optimizer", tuple(OPTIMIZERS)), ("schedule", tuple(SCHEDULES)),
-                         ("sampler", tuple(SAMPLERS)), ("device", ("auto", "cpu", "cuda")), ("export", ("last", "best"))):
+                         ("sampler", tuple(SAMPLERS)), ("device", ("auto", "cpu", "cuda")),
+                         ("export", ("last", "best"))):
         if config[key] not in allowed:
             raise ValueError(f"{path}: {key} is {config[key]!r}; choose one of {allowed}")
     check_sbi(config, path)
