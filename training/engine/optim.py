@@ -43,8 +43,8 @@ def cosine(config: dict[str, Any], optimizer: torch.optim.Optimizer, total: int)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-SCHEDULES: dict[str, Callable[[dict[str, Any], torch.optim.Optimizer, int], Scheduler]] = {"cosine": cosine,
-                                                                                         "onecycle": onecycle}
+SCHEDULES: dict[str, Callable[[dict[str, Any], torch.optim.Optimizer, int], Scheduler]] = {
+    "cosine": cosine, "onecycle": onecycle}
 
 
 def build_optimizer(config: dict[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
