@@ -38,6 +38,7 @@ from training.data.dataset import read_crop
 from training.data.index import read_index
 from training.data.sbi import face_box
 from training.engine.evaluate import video_probs
+from training.engine.export import trained_preprocessing
 
 WAYS = ("as cut", "black margin", "edge margin")
 
@@ -70,12 +71,11 @@ def fold_rows(run: Path, sources: list[str], max_crops: int, seed: int) -> tuple
     margin they were cut with."""
     config = yaml.safe_load(next((run / "configs").glob("*.yaml")).read_text())
     crops = Path(config["crops"])
-    settings = json.loads((crops / "settings.json").read_text())
     folds = pd.read_csv(run / "folds.csv", dtype={"video": str, "source": str}, keep_default_na=False)
     rows = read_index(crops / "index.csv").merge(folds[["video", "fold"]], on="video")
     rows = rows[rows["source"].isin(sources)]
     parts = [chosen.sample(min(max_crops, len(chosen)), random_state=seed) for _, chosen in rows.groupby("source")]
-    return pd.concat(parts).reset_index(drop=True), crops, float(settings["config"]["crop_margin"])
+    return pd.concat(parts).reset_index(drop=True), crops, trained_preprocessing(crops).crop_margin
 
 
 def measure(run: Path, sources: list[str], max_crops: int, seed: int = 0) -> pd.DataFrame:
