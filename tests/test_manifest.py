@@ -540,10 +540,11 @@ def test_load_classifier_builds_the_entrys_class_count_and_names_a_mismatch(mode
 
 
 def test_load_classifier_moves_the_model_to_its_device_in_fp16_on_cuda(models, monkeypatch):
-    """Without a GPU here: `Module.to` is recorded instead of moving, so the dtype and device asked can be seen."""
+    """Without a GPU here: `Module.to` is recorded instead of moving, so the dtype and device asked can be seen (the
+    factory's `to(memory_format=...)` names no device)."""
     spec = Manifest.load(models).models[0]
     moved = []
-    monkeypatch.setattr(torch.nn.Module, "to", lambda module, device: moved.append(device) or module)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda module, *device, **layout: moved.extend(device) or module)
     assert {p.dtype for p in load_classifier(spec, "cuda:1").parameters()} == {torch.float16}
     assert {p.dtype for p in load_classifier(spec, "cpu").parameters()} == {torch.float32}
     assert moved == ["cuda:1", "cpu"]

@@ -57,3 +57,13 @@ def test_save_fp16_is_atomic_and_halves_floats(tmp_path):
     state = torch.load(tmp_path / "w.pth", weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     assert list(tmp_path.iterdir()) == [tmp_path / "w.pth"]
+    assert all(v.is_contiguous() for v in state.values())  # the file does not depend on the model's layout
+
+
+@pytest.mark.parametrize("arch", ["test_efficientnet", "test_resnet"])
+def test_classifiers_are_channels_last_on_cpu_and_after_loading(arch, tmp_path, tiny_manifest_path):
+    convolutions = [m.weight for m in create_classifier(arch).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    loaded = load_classifier(Manifest.load(tiny_manifest_path).models[0], "cpu")
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in loaded.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
