@@ -1,10 +1,17 @@
-"""bench.kernel_speed on two generated clips: every stage timed, faces found, the baseline beside ours, JSON out."""
+"""bench.kernel_speed on two generated clips: every stage timed, faces found, the baseline beside ours, JSON out;
+bench.train_step on a tiny model: both layouts timed, the ratio written."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
+
+import pytest
 
 from bench.kernel_speed import main as kernel_speed_main
+from bench.train_step import main as train_step_main
+from bench.train_step import parse_arch
 from tests.helpers import faces_clip, write_video
 
 
@@ -29,3 +36,22 @@ def test_kernel_speed_times_every_stage_and_the_baseline(tmp_path, capsys):
         result["faces_found_share"]["ours_filtered_labelled"])  # no metadata.json: no labelled videos
     printed = capsys.readouterr().out
     assert "DECODE+DETECT (ours: prefetch loop wall/n)" in printed and f"figures written to {out}" in printed
+
+
+def test_train_step_times_both_layouts_and_writes_the_ratio(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "train_step.json"
+    monkeypatch.setattr(sys, "argv", ["train_step", "--archs", "test_efficientnet@32", "--batch-size", "2",
+                                      "--steps", "1", "--blocks", "1", "--threads", "1", "--json", str(out)])
+    train_step_main()
+    figures = json.loads(out.read_text())
+    (row,) = figures["rows"]
+    assert (row["arch"], row["input_size"], figures["batch_size"]) == ("test_efficientnet", 32, 2)
+    assert row["contiguous"] > 0 and row["channels_last"] > 0
+    assert math.isclose(row["ratio"], row["contiguous"] / row["channels_last"])
+    assert "test_efficientnet@32" in capsys.readouterr().out
+
+
+def test_train_step_refuses_an_arch_without_its_size():
+    assert parse_arch("resnet18@224") == ("resnet18", 224)
+    with pytest.raises(argparse.ArgumentTypeError, match="timm_name@input_size"):
+        parse_arch("resnet18")
