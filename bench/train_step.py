@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from dfdc_core.io import write_atomic
 from dfdc_core.models import create_classifier
 from kernel.scorer import available_cores
 
@@ -61,8 +63,9 @@ def parse_arch(text: str) -> tuple[str, int]:
     return arch, int(size)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", type=parse_arch, default=[("tf_efficientnet_lite0", 160)],
                         help="classifiers as timm_name@input_size (default: the cpu recipe's)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -70,7 +73,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=3, help="timed blocks per layout, alternating")
     parser.add_argument("--threads", type=int, default=available_cores(), help="torch threads (default: cores)")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     print(f"{'model':32s} {'contiguous ms':>14s} {'channels-last ms':>17s} {'ratio':>6s}   "
@@ -82,10 +85,10 @@ def main() -> None:
         print(f"{arch + '@' + str(size):32s} {figures['contiguous']:14.0f} {figures['channels_last']:17.0f} "
               f"{ratio:5.2f}x")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"batch_size": args.batch_size, "threads": args.threads, "rows": rows},
-                                        indent=1))
+        write_atomic(args.json, json.dumps({"batch_size": args.batch_size, "threads": args.threads, "rows": rows},
+                                           indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 
 import pytest
 
@@ -38,11 +37,10 @@ def test_kernel_speed_times_every_stage_and_the_baseline(tmp_path, capsys):
     assert "DECODE+DETECT (ours: prefetch loop wall/n)" in printed and f"figures written to {out}" in printed
 
 
-def test_train_step_times_both_layouts_and_writes_the_ratio(tmp_path, monkeypatch, capsys):
+def test_train_step_times_both_layouts_and_writes_the_ratio(tmp_path, capsys):
     out = tmp_path / "train_step.json"
-    monkeypatch.setattr(sys, "argv", ["train_step", "--archs", "test_efficientnet@32", "--batch-size", "2",
-                                      "--steps", "1", "--blocks", "1", "--threads", "1", "--json", str(out)])
-    train_step_main()
+    assert train_step_main(["--archs", "test_efficientnet@32", "--batch-size", "2", "--steps", "1", "--blocks", "1",
+                            "--threads", "1", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     (row,) = figures["rows"]
     assert (row["arch"], row["input_size"], figures["batch_size"]) == ("test_efficientnet", 32, 2)
