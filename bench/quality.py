@@ -55,7 +55,7 @@ def seed_results(out: Path, seed: int, subset: str) -> list[dict]:
     """One seed's rows: all OOF videos (the recipe's report), the subset and each method (the stacker's)."""
     report = json.loads((out / "report.json").read_text())
     videos = pd.read_csv(out / "oof_videos.csv", keep_default_na=False)
-    if "source" in videos.columns:  # the items the calibrator was fitted on (the videos, beside stills)
+    if "source" in videos.columns:  # the items the report describes (the videos, beside stills)
         fitted = videos["video"].map(lambda name: not is_image(name))
         videos = videos[fitted] if fitted.any() else videos
     chosen = videos[in_subset(videos["video"], subset)].reset_index(drop=True)

@@ -10,11 +10,11 @@ and the constant prior, on all OOF videos and on the subset matched by `--subset
 YouTube originals with their manipulations, where the same faces appear as real and fake and identity cannot
 help), with each seed's wall time. Then, per manipulation method (`training.methods`: the FF++ method a name
 carries, else the video's label), the stacker's log loss on that method's videos and the AUC of its fakes against
-every real video: which manipulations the detector misses. With several sources, the videos are the items the
-calibrator was fitted on, and each source's own figures follow (`source NAME`: the calibrated score's log loss and
-AUC on its OOF items, then per `method` of its fakes, with the share of reals called fake). Writes
-`OUT/quality.json` and `OUT/quality.csv`. Re-running resumes each seed: after seeds run side by side (one process
-per seed, same `--out`), the command with every seed combines them in seconds.
+every real video: which manipulations the detector misses. With several sources, those rows describe the videos
+(the calibrator is fitted on every source with reals and fakes), and each source's own figures follow (`source
+NAME`: the calibrated score's log loss and AUC on its OOF items, then per `method` of its fakes, with the share of
+reals called fake). Writes `OUT/quality.json` and `OUT/quality.csv`. Re-running resumes each seed: after seeds run
+side by side (one process per seed, same `--out`), the command with every seed combines them in seconds.
 """
 from __future__ import annotations
 

@@ -51,6 +51,12 @@ class Table:
     feature_names: list[str]
     calibrated: np.ndarray | None = None  # the calibrator/stacker's nested-CV P(fake), once fitted
 
+    def subset(self, keep: np.ndarray) -> Table:
+        """The videos where the boolean mask `keep` is true."""
+        return Table([video for video, kept in zip(self.videos, keep) if kept], self.features[keep],
+                     self.labels[keep], self.clusters[keep], self.scores[keep], self.groups, self.feature_names,
+                     None if self.calibrated is None else self.calibrated[keep])
+
 
 OOF_FIX = "pass the oof.csv written by train_fold.py"
 FOLDS_FIX = "pass the folds.csv of training/folds.py"

@@ -26,7 +26,13 @@ from kernel.scorer import load_scorer
 from tests.helpers import lfw_face, write_video
 from training.data.extract_faces import run_extraction
 from training.data.sources import collect_items
-from training.pipelines.recipe import make_folds, read_recipe
+from training.pipelines.recipe import (
+    calibrated_items,
+    calibration_items,
+    make_folds,
+    read_recipe,
+    reported_items,
+)
 from training.recipe import main as recipe_main
 
 TINY_RECIPE = {"frames": 4, "folds": 2, "target_prior": 0.5, "aggregation": "mean", "features": ["logit"],
@@ -312,7 +318,7 @@ def two_source_run(face_videos, photo_source, tmp_path_factory) -> Path:
 def test_the_recipe_over_two_sources_fits_the_calibrator_on_the_videos_and_reports_each_source(two_source_run,
                                                                                              face_videos):
     report = json.loads((two_source_run / "report.json").read_text())
-    assert report["calibrated_on"] == "videos" and report["videos"] == 8
+    assert report["calibrated_on"] == [face_videos.name] and report["calibrated_items"] == report["videos"] == 8
     sources = {(row["source"], row["method"]): row for row in report["sources"]}
     assert set(sources) == {(face_videos.name, ""), ("photos", "")}
     photos, videos = sources[("photos", "")], sources[(face_videos.name, "")]
@@ -376,3 +382,38 @@ def test_people_scaling_draws_nested_persons_of_a_source(tmp_path):
     table = pd.read_csv(small / "metadata.csv", keep_default_na=False)
     assert len(table) == 6 and set(table["label"]) == {"REAL", "FAKE"}
     assert all((small / file).resolve() == (source / file).resolve() for file in table["file"])
+
+
+def test_the_calibrator_fits_every_source_with_both_classes_and_reports_the_videos(tmp_path):
+    """64 videos are too few for a stable calibrator: it is fitted on the videos and on every still source holding
+    reals and fakes (not on a real-only one), while the report's rows describe the videos alone."""
+    generator = np.random.default_rng(0)
+    sources = {"clips": ("mp4", 12), "crops": ("jpg", 200), "photos": ("jpg", 30)}
+    folds, oof = [], []
+    for source, (extension, count) in sources.items():
+        for number in range(count):
+            video = f"{source}/{number}.{extension}"
+            label = 0 if source == "photos" else number % 2
+            folds.append({"video": video, "label": label, "original": "", "source": source,
+                          "group": len(folds), "fold": number % 2})
+            prob = float(np.clip(0.5 + (0.3 if label else -0.3) + generator.normal(0, 0.25), 0.01, 0.99))
+            oof.append({"video": video, "frame": 0, "person": 0, "model": "m_fold0", "group": "m", "prob": prob,
+                        "label": label})
+    folds = pd.DataFrame(folds)
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    pd.DataFrame(oof).to_csv(tmp_path / "oof.csv", index=False)
+    fitted_on, reported_on = calibration_items(folds), reported_items(folds)
+    assert fitted_on == set(folds.loc[folds["source"] != "photos", "video"])
+    assert reported_on == set(folds.loc[folds["source"] == "clips", "video"])
+    recipe = {"features": ["logit"], "aggregation": "mean", "target_prior": 0.5}
+    stacker, rows, table, items = calibrated_items([tmp_path / "oof.csv"], tmp_path / "folds.csv", recipe,
+                                                   fitted_on, reported_on)
+    assert stacker["videos"] == 212 and sorted(table.videos) == sorted(reported_on)
+    clips = items[items["video"].isin(reported_on)]
+    stacker_row = next(row for row in rows if row["name"] == "stacker (nested CV)")
+    weights = prior_weights(clips["label"].to_numpy(), 0.5)
+    assert stacker_row["log_loss"] == pytest.approx(log_loss(clips["label"], clips["calibrated"], weights=weights))
+    photos = items[items["video"].str.startswith("photos/")]
+    expected = sigmoid(stacker["coef"][0] * logit(photos["score_m"].to_numpy()) + stacker["intercept"])
+    assert len(photos) == 30 and np.allclose(photos["calibrated"], expected, atol=1e-6)
+    assert calibration_items(folds[folds["source"] == "clips"]) is None  # one source: every item, as before
