@@ -1,11 +1,14 @@
-"""Which frame→video aggregation, and does horizontal-flip TTA pay? Measured on recipe runs' OOF predictions.
+"""Which frame→video aggregation, does horizontal-flip TTA pay, and which items should the calibrator be fitted on?
+Measured on recipe runs' OOF predictions.
 
-    python -m bench.aggregation_choice --runs runs/quality/seed0 runs/quality/seed1 runs/quality/seed2 [--tta]
+    python -m bench.aggregation_choice --runs runs/quality/seed0 runs/quality/seed1 runs/quality/seed2 [--tta] \
+        [--fit-on recipe videos]
 
 For each run (a `training.recipe` output folder, one per seed) and each rule of `dfdc_core.aggregate.STRATEGIES`,
-fits the calibrator on the run's OOF files exactly as the recipe does and prints the nested grouped-CV log loss
-(weighted to the target prior) and AUC of the calibrated score and of the raw mean of models; then the mean over
-runs. With `--tta` each fold model re-predicts its validation crops with the kernel's horizontal-flip test-time
+fits the calibrator on the run's OOF files exactly as the recipe does (`--fit-on recipe`: every source holding reals
+and fakes; `videos`: the videos alone, the rule until 2026-12-06) and prints, on the videos the recipe reports, the
+nested grouped-CV log loss (weighted to the target prior) and AUC of the calibrated score and of the raw mean of
+models; then the mean over runs. With `--tta` each fold model re-predicts its validation crops with the kernel's horizontal-flip test-time
 augmentation (`oof_hflip.csv` beside each `oof.csv`, kept for reruns) and the same table is made from those.
 Writes `aggregation_choice.csv` in the first run's parent folder.
 """
@@ -24,9 +27,15 @@ from dfdc_core.aggregate import STRATEGIES
 from dfdc_core.io import write_atomic
 from dfdc_core.manifest import Manifest
 from dfdc_core.models import load_classifier
-from ensemble.stacking import fit_stacker
 from training.data.dataset import CropDataset
 from training.engine.evaluate import crop_fake_probs, load_fold_rows, predict_logits
+from training.pipelines.recipe import (
+    calibrated_items,
+    calibration_items,
+    reported_items,
+)
+
+FIT_SETS = ("recipe", "videos")
 
 
 def flipped_oof(run: Path) -> Path:
@@ -46,19 +55,23 @@ def flipped_oof(run: Path) -> Path:
     return path
 
 
-def measure(out: Path, tta: bool) -> list[dict]:
-    """One recipe run's rows: every aggregation rule, calibrated and raw mean."""
+def measure(out: Path, tta: bool, fit_on: str) -> list[dict]:
+    """One recipe run's rows: every aggregation rule, calibrated and raw mean, on the videos the recipe reports."""
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     runs = sorted(p.parent for p in (out / "runs").glob("*/oof.csv"))
     oofs = [flipped_oof(run) if tta else run / "oof.csv" for run in runs]
+    folds = pd.read_csv(out / "folds.csv", dtype={"video": str, "source": str}, keep_default_na=False)
+    reported = reported_items(folds)
+    fitted = calibration_items(folds) if fit_on == "recipe" else reported
     rows = []
     for strategy in STRATEGIES:
-        _, report, _ = fit_stacker(oofs, out / "folds.csv", strategy, target_prior=recipe["target_prior"],
-                                   stats=tuple(recipe["features"]))
+        _, report, _, _ = calibrated_items(oofs, out / "folds.csv", {**recipe, "aggregation": strategy}, fitted,
+                                           reported)
         by_name = {row["name"]: row for row in report}
         for name in ("stacker (nested CV)", "mean of models"):
-            rows.append({"run": out.name, "tta_hflip": tta, "aggregation": strategy, "score": name,
-                         "log_loss": by_name[name]["log_loss"], "auc": by_name[name]["auc"]})
+            rows.append({"run": f"{out.parent.name}/{out.name}", "tta_hflip": tta, "fit_on": fit_on,
+                         "aggregation": strategy, "score": name, "log_loss": by_name[name]["log_loss"],
+                         "auc": by_name[name]["auc"]})
     return rows
 
 
@@ -67,16 +80,18 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, nargs="+", required=True, help="training.recipe output folders")
     parser.add_argument("--tta", action="store_true", help="also measure horizontal-flip TTA")
+    parser.add_argument("--fit-on", nargs="+", choices=FIT_SETS, default=["recipe"],
+                        help="the items the calibrator is fitted on: the recipe's rule, or the videos alone")
     args = parser.parse_args(argv)
-    rows = [row for out in args.runs for tta in ((False, True) if args.tta else (False,))
-            for row in measure(out, tta)]
+    rows = [row for out in args.runs for tta in ((False, True) if args.tta else (False,)) for fit_on in args.fit_on
+            for row in measure(out, tta, fit_on)]
     table = pd.DataFrame(rows)
     write_atomic(args.runs[0].parent / "aggregation_choice.csv", table.to_csv(index=False, float_format="%.4f"))
     pd.set_option("display.width", 160)
-    print(table.pivot_table(index=["score", "tta_hflip", "aggregation"], columns="run",
-                            values=["log_loss", "auc"]).round(4).to_string())
+    keys = ["score", "tta_hflip", "fit_on", "aggregation"]
+    print(table.pivot_table(index=keys, columns="run", values=["log_loss", "auc"]).round(4).to_string())
     print("\nmean over runs:")
-    print(table.groupby(["score", "tta_hflip", "aggregation"])[["log_loss", "auc"]].mean().round(4).to_string())
+    print(table.groupby(keys)[["log_loss", "auc"]].mean().round(4).to_string())
     return 0
 
 

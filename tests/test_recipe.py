@@ -341,6 +341,21 @@ def test_the_recipe_over_two_sources_fits_the_calibrator_on_the_videos_and_repor
 
 
 @pytest.mark.slow
+def test_aggregation_choice_refits_the_calibrator_as_the_recipe_does_and_reports_the_videos(two_source_run, capsys):
+    from bench.aggregation_choice import main as aggregation_main
+
+    assert aggregation_main(["--runs", str(two_source_run), "--fit-on", "recipe", "videos"]) == 0
+    table = pd.read_csv(two_source_run.parent / "aggregation_choice.csv")
+    assert set(table["fit_on"]) == {"recipe", "videos"} and set(table["tta_hflip"]) == {False}
+    report = {row["name"]: row for row in json.loads((two_source_run / "report.json").read_text())["rows"]}
+    mean = table[table["aggregation"] == "mean"].set_index(["score", "fit_on"])["log_loss"]
+    for score in ("stacker (nested CV)", "mean of models"):  # the videos' figures; the photos are real-only: one fit set
+        expected = report[score]["log_loss"]
+        assert [mean[(score, "recipe")], mean[(score, "videos")]] == pytest.approx([expected, expected], abs=1e-4)
+    assert "mean over runs" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_framing_cue_scores_each_sources_crops_three_ways(two_source_run, face_videos, capsys):
     from bench.framing_cue import main as framing_main
     from bench.framing_cue import reframed
