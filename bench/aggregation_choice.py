@@ -8,9 +8,9 @@ For each run (a `training.recipe` output folder, one per seed) and each rule of 
 fits the calibrator on the run's OOF files exactly as the recipe does (`--fit-on recipe`: every source holding reals
 and fakes; `videos`: the videos alone, the rule until 2026-12-06) and prints, on the videos the recipe reports, the
 nested grouped-CV log loss (weighted to the target prior) and AUC of the calibrated score and of the raw mean of
-models; then the mean over runs. With `--tta` each fold model re-predicts its validation crops with the kernel's horizontal-flip test-time
-augmentation (`oof_hflip.csv` beside each `oof.csv`, kept for reruns) and the same table is made from those.
-Writes `aggregation_choice.csv` in the first run's parent folder.
+models; then the mean over runs. With `--tta` each fold model re-predicts its validation crops with the kernel's
+horizontal-flip test-time augmentation (`oof_hflip.csv` beside each `oof.csv`, kept for reruns) and the same table
+is made from those. Writes `aggregation_choice.csv` in the first run's parent folder.
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from dfdc_core.metrics import auc, log_loss, prior_weights
-from dfdc_core.video import is_image
 from training.data.methods import REAL, method_of
+from training.pipelines.recipe import reported_items
 
 FFPP_PAIRS = r"ffc\d+_(yt|df|f2f|fs|nt)_.*"
 
@@ -55,9 +55,8 @@ def seed_results(out: Path, seed: int, subset: str) -> list[dict]:
     """One seed's rows: all OOF videos (the recipe's report), the subset and each method (the stacker's)."""
     report = json.loads((out / "report.json").read_text())
     videos = pd.read_csv(out / "oof_videos.csv", keep_default_na=False)
-    if "source" in videos.columns:  # the items the report describes (the videos, beside stills)
-        fitted = videos["video"].map(lambda name: not is_image(name))
-        videos = videos[fitted] if fitted.any() else videos
+    reported = reported_items(videos)  # the recipe's rule: the videos, beside stills
+    videos = videos[videos["video"].isin(reported)] if reported is not None else videos
     chosen = videos[in_subset(videos["video"], subset)].reset_index(drop=True)
     rows = [{"seed": seed, "videos": "all", "n": report["videos"], "minutes": report["minutes"], **row}
             for row in report["rows"]]
