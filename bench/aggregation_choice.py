@@ -27,13 +27,10 @@ from dfdc_core.aggregate import STRATEGIES
 from dfdc_core.io import write_atomic
 from dfdc_core.manifest import Manifest
 from dfdc_core.models import load_classifier
+from ensemble.stacking import calibration_items
 from training.data.dataset import CropDataset
 from training.engine.evaluate import crop_fake_probs, load_fold_rows, predict_logits
-from training.pipelines.recipe import (
-    calibrated_items,
-    calibration_items,
-    reported_items,
-)
+from training.pipelines.recipe import calibrated_items, reported_items
 
 FIT_SETS = ("recipe", "videos")
 
@@ -62,7 +59,7 @@ def measure(out: Path, tta: bool, fit_on: str) -> list[dict]:
     oofs = [flipped_oof(run) if tta else run / "oof.csv" for run in runs]
     folds = pd.read_csv(out / "folds.csv", dtype={"video": str, "source": str}, keep_default_na=False)
     reported = reported_items(folds)
-    fitted = calibration_items(folds) if fit_on == "recipe" else reported
+    fitted = calibration_items(out / "folds.csv") if fit_on == "recipe" else reported
     rows = []
     for strategy in STRATEGIES:
         _, report, _, _ = calibrated_items(oofs, out / "folds.csv", {**recipe, "aggregation": strategy}, fitted,

@@ -20,6 +20,7 @@ from dfdc_core.aggregate import logit, sigmoid
 from dfdc_core.manifest import Manifest
 from dfdc_core.metrics import auc, log_loss, prior_weights
 from dfdc_core.video import decode_video
+from ensemble.stacking import calibration_items
 from kernel import predict
 from kernel.config import load_config
 from kernel.scorer import load_scorer
@@ -28,7 +29,6 @@ from training.data.extract_faces import run_extraction
 from training.data.sources import collect_items
 from training.pipelines.recipe import (
     calibrated_items,
-    calibration_items,
     make_folds,
     read_recipe,
     reported_items,
@@ -417,7 +417,7 @@ def test_the_calibrator_fits_every_source_with_both_classes_and_reports_the_vide
     folds = pd.DataFrame(folds)
     folds.to_csv(tmp_path / "folds.csv", index=False)
     pd.DataFrame(oof).to_csv(tmp_path / "oof.csv", index=False)
-    fitted_on, reported_on = calibration_items(folds), reported_items(folds)
+    fitted_on, reported_on = calibration_items(tmp_path / "folds.csv"), reported_items(folds)
     assert fitted_on == set(folds.loc[folds["source"] != "photos", "video"])
     assert reported_on == set(folds.loc[folds["source"] == "clips", "video"])
     recipe = {"features": ["logit"], "aggregation": "mean", "target_prior": 0.5}
@@ -431,4 +431,5 @@ def test_the_calibrator_fits_every_source_with_both_classes_and_reports_the_vide
     photos = items[items["video"].str.startswith("photos/")]
     expected = sigmoid(stacker["coef"][0] * logit(photos["score_m"].to_numpy()) + stacker["intercept"])
     assert len(photos) == 30 and np.allclose(photos["calibrated"], expected, atol=1e-6)
-    assert calibration_items(folds[folds["source"] == "clips"]) is None  # one source: every item, as before
+    folds[folds["source"] == "clips"].to_csv(tmp_path / "clips.csv", index=False)
+    assert calibration_items(tmp_path / "clips.csv") is None  # one source: every item, as before

@@ -288,3 +288,33 @@ def test_oof_and_folds_that_are_pipes_or_devices_are_refused_without_blocking(tm
         assert stack_main(["--oof", str(oofs), "--folds", str(folds_path), "--out", str(tmp_path / "s.json")]) == 2
         assert capsys.readouterr().err.startswith(f"error: {named}: cannot read it (not a regular file (a device or "
                                                   "a pipe))")
+
+
+def test_cli_fits_on_the_sources_holding_both_classes_as_the_recipe_does(tmp_path, capsys):
+    """A real-only source (face photos) cannot place the prior-weighted boundary: left out of the fit by default,
+    kept with --fit-on every; a folds CSV without sources fits every item, as before."""
+    oof, folds = write_oof(tmp_path, n_videos=90, models=("good",))
+    with open(folds, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for number, row in enumerate(rows):
+        row["source"] = "photos" if number >= 60 and row["label"] == "0" else "clips"
+    clips = {row["video"] for row in rows if row["source"] == "clips"}
+    assert 60 < len(clips) < 90
+    with open(folds, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0]])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert stack.calibration_items(folds) == clips
+    out = tmp_path / "stacker.json"
+    assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["videos"] == len(clips)
+    assert f"fitted on the {len(clips)} items of the sources holding reals and fakes" in capsys.readouterr().out
+    assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--fit-on", "every"]) == 0
+    assert json.loads(out.read_text())["videos"] == 90 and "left out" not in capsys.readouterr().out
+    rows[5]["label"] = "maybe"
+    with open(folds, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0]])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out)]) == 2
+    assert f"{folds}: line 7: label 'maybe'" in capsys.readouterr().err
