@@ -305,6 +305,12 @@ def test_cli_fits_on_the_sources_holding_both_classes_as_the_recipe_does(tmp_pat
         writer.writeheader()
         writer.writerows(rows)
     assert stack.calibration_items(folds) == clips
+    plain = tmp_path / "plain_folds.csv"
+    with open(plain, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[name for name in rows[0] if name != "source"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert stack.calibration_items(plain) is None
     out = tmp_path / "stacker.json"
     assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["videos"] == len(clips)
