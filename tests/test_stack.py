@@ -290,6 +290,15 @@ def test_oof_and_folds_that_are_pipes_or_devices_are_refused_without_blocking(tm
                                                   "a pipe))")
 
 
+def write_rows(path, rows: list[dict], leave_out: str | None = None) -> None:
+    """`rows` written as a CSV with the first row's columns, less `leave_out`."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[name for name in rows[0] if name != leave_out],
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_cli_fits_on_the_sources_holding_both_classes_as_the_recipe_does(tmp_path, capsys):
     """A real-only source (face photos) cannot place the prior-weighted boundary: left out of the fit by default,
     kept with --fit-on every; a folds CSV without sources fits every item, as before."""
@@ -300,16 +309,10 @@ def test_cli_fits_on_the_sources_holding_both_classes_as_the_recipe_does(tmp_pat
         row["source"] = "photos" if number >= 60 and row["label"] == "0" else "clips"
     clips = {row["video"] for row in rows if row["source"] == "clips"}
     assert 60 < len(clips) < 90
-    with open(folds, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*rows[0]])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(folds, rows)
     assert stack.calibration_items(folds) == clips
     plain = tmp_path / "plain_folds.csv"
-    with open(plain, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[name for name in rows[0] if name != "source"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(plain, rows, leave_out="source")
     assert stack.calibration_items(plain) is None
     out = tmp_path / "stacker.json"
     assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out)]) == 0
@@ -318,9 +321,6 @@ def test_cli_fits_on_the_sources_holding_both_classes_as_the_recipe_does(tmp_pat
     assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out), "--fit-on", "every"]) == 0
     assert json.loads(out.read_text())["videos"] == 90 and "left out" not in capsys.readouterr().out
     rows[5]["label"] = "maybe"
-    with open(folds, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*rows[0]])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(folds, rows)
     assert stack_main(["--oof", str(oof), "--folds", str(folds), "--out", str(out)]) == 2
     assert f"{folds}: line 7: label 'maybe'" in capsys.readouterr().err
