@@ -19,7 +19,7 @@ from training.data.dataset import (
     build_augmentation,
     partner_rows,
 )
-from training.data.sbi import blend_mask, face_box, self_blend
+from training.data.sbi import blend_mask, colour_shift, face_box, self_blend
 from training.engine.losses import BinaryLoss, build_loss
 from training.engine.train_fold import build_model
 
@@ -158,6 +158,26 @@ def test_self_blended_face_changes_only_pixels_under_a_mask_inside_the_face_box(
     assert changed_somewhere
     again, _ = self_blend(crop, points, 0.3, np.random.default_rng(3))
     assert np.array_equal(again, self_blend(crop, points, 0.3, np.random.default_rng(3))[0])
+
+
+def per_pixel_colour_shift(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`colour_shift` written pixel by pixel in float32, as it was before its lookup tables."""
+    image = crop.astype(np.float32)
+    shifted = image + rng.uniform(-20, 20, 3).astype(np.float32) * (rng.random() < 0.3)
+    hsv = cv2.cvtColor(np.clip(shifted, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-8, 8)) % 180
+    hsv[..., 1:] *= rng.uniform(0.85, 1.15, 2).astype(np.float32)
+    out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    mean = out.mean()
+    return (out - mean) * rng.uniform(0.9, 1.1) + mean * rng.uniform(0.9, 1.1)
+
+
+def test_colour_shift_lookup_tables_equal_the_per_pixel_arithmetic():
+    crop = np.random.default_rng(7).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    for seed in range(40):  # 40 draws: the +/-20 channel shift (p 0.3) is on in about 12
+        fast = colour_shift(crop, np.random.default_rng(seed))
+        assert fast.dtype == np.float32
+        assert np.array_equal(fast, per_pixel_colour_shift(crop, np.random.default_rng(seed)))
 
 
 def test_blend_mask_follows_the_landmarks():

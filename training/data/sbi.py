@@ -30,6 +30,12 @@ def face_box(shape: tuple[int, int], margin: float) -> tuple[int, int, int, int]
     return x1, y1, round(x1 + inner_w), round(y1 + inner_h)
 
 
+def box_region(shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[slice, slice]:
+    """The (rows, columns) slices of `box` (x1, y1, x2, y2) inside an image of `shape` (H, W)."""
+    height, width = shape
+    return slice(max(0, box[1]), min(height, box[3])), slice(max(0, box[0]), min(width, box[2]))
+
+
 def face_polygon(landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A face-region polygon from the eyes, nose and mouth corners: brows above the eyes, chin below the mouth,
     cheeks beside them; each point jittered so no two masks are alike."""
@@ -55,7 +61,6 @@ def blend_mask(shape: tuple[int, int], landmarks: np.ndarray, box: tuple[int, in
                rng: np.random.Generator) -> np.ndarray:
     """A soft `(H, W)` mask in [0, 1]: the face polygon, eroded or dilated, blurred twice, scaled by a blend
     ratio, and zero outside the face `box`."""
-    height, width = shape
     hard = np.zeros(shape, dtype=np.float32)
     cv2.fillConvexPoly(hard, np.round(face_polygon(landmarks, rng)).astype(np.int32), 1.0)
     face = max(box[2] - box[0], box[3] - box[1], 8)
@@ -68,19 +73,28 @@ def blend_mask(shape: tuple[int, int], landmarks: np.ndarray, box: tuple[int, in
         soft = cv2.GaussianBlur(soft, (0, 0), sigma)
         soft = soft / max(float(soft.max()), 1e-6)
     inside = np.zeros(shape, dtype=np.float32)
-    inside[max(0, box[1]):min(height, box[3]), max(0, box[0]):min(width, box[2])] = 1.0
+    inside[box_region(shape, box)] = 1.0
     return soft * inside * float(rng.choice(BLEND_RATIOS))
 
 
-def colour_shift(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Per-channel shift, hue/saturation/value change and a small contrast change (float32 RGB in 0..255)."""
-    shifted = image + rng.uniform(-20, 20, 3).astype(np.float32) * (rng.random() < 0.3)
-    hsv = cv2.cvtColor(np.clip(shifted, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-8, 8)) % 180
-    hsv[..., 1:] *= rng.uniform(0.85, 1.15, 2).astype(np.float32)
-    out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+def colour_shift(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-channel shift, hue/saturation/value change and a small contrast change of a uint8 RGB crop; float32
+    RGB in 0..255 out. The per-pixel steps on 8-bit values run as 256-entry lookup tables (the same float32
+    arithmetic on each level, so the same result as on every pixel, several times faster)."""
+    levels = np.arange(256, dtype=np.float32)[:, None]
+    shift = rng.uniform(-20, 20, 3).astype(np.float32) * (rng.random() < 0.3)
+    hsv = cv2.cvtColor(cv2.LUT(crop, channel_table(levels + shift)), cv2.COLOR_RGB2HSV)
+    hue = (levels + rng.uniform(-8, 8)) % 180
+    saturation_value = levels * rng.uniform(0.85, 1.15, 2).astype(np.float32)
+    changed = cv2.LUT(hsv, channel_table(np.concatenate([hue, saturation_value], axis=1)))
+    out = cv2.cvtColor(changed, cv2.COLOR_HSV2RGB).astype(np.float32)
     mean = out.mean()
     return (out - mean) * rng.uniform(0.9, 1.1) + mean * rng.uniform(0.9, 1.1)
+
+
+def channel_table(values: np.ndarray) -> np.ndarray:
+    """`(256, 3)` float levels → the `cv2.LUT` table of one uint8 entry per level and channel (clipped, truncated)."""
+    return np.clip(values, 0, 255).astype(np.uint8)[None]
 
 
 def sharpness_change(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -110,8 +124,12 @@ def self_blend(crop: np.ndarray, landmarks: np.ndarray, margin: float,
 
     `landmarks` are the five MTCNN points in the crop's pixels.
     """
-    target = crop.astype(np.float32)
-    source = shift_and_scale(sharpness_change(colour_shift(target, rng), rng), rng)
-    mask = blend_mask(crop.shape[:2], landmarks, face_box(crop.shape[:2], margin), rng)[..., None]
-    blended = mask * np.clip(source, 0, 255) + (1.0 - mask) * target
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8), mask[..., 0]
+    box = face_box(crop.shape[:2], margin)
+    source = shift_and_scale(sharpness_change(colour_shift(crop, rng), rng), rng)
+    mask = blend_mask(crop.shape[:2], landmarks, box, rng)
+    region = box_region(crop.shape[:2], box)  # the mask is zero outside it: those pixels stay the crop's
+    weight = mask[region][..., None]
+    blended = weight * np.clip(source[region], 0, 255) + (1.0 - weight) * crop[region].astype(np.float32)
+    fake = crop.copy()
+    fake[region] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return fake, mask
