@@ -16,11 +16,13 @@ from training.data.dataset import (
     BalancedSampler,
     CropDataset,
     PairSampler,
+    blend_probabilities,
     build_augmentation,
     partner_rows,
 )
 from training.data.sbi import blend_mask, colour_shift, face_box, self_blend
 from training.engine.losses import BinaryLoss, build_loss
+from training.engine.train_config import check_sbi
 from training.engine.train_fold import build_model
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -126,6 +128,33 @@ def test_pair_sampler_at_sbi_1_blends_every_fake_and_fills_the_epoch(tmp_path):
     assert set(reals.tolist()) == set(range(5))  # the real crops in turn, repeated to fill the epoch
     with pytest.raises(ValueError, match="sbi with landmarks"):
         PairSampler(rows, seed=0, sbi=1.0, blendable=np.zeros(0, np.int64))
+
+
+def test_sbi_bases_by_source_give_every_source_an_equal_share_of_the_blends():
+    rows = pd.DataFrame({"label": [0] * 50 + [1] * 10 + [0] * 10, "video": [f"v{i}" for i in range(70)],
+                         "frame": 0, "original": "", "box": "10 10 60 70",
+                         "source": ["photos"] * 50 + ["videos"] * 20})
+    blendable = np.flatnonzero(rows["label"] == 0)  # 50 photos, 10 video frames
+    assert blend_probabilities(rows, blendable, "crop") is None
+    shares = blend_probabilities(rows, blendable, "source")
+    assert np.isclose(shares.sum(), 1.0) and np.isclose(shares[:50].sum(), 0.5)
+    for bases, photo_share in (("crop", 50 / 60), ("source", 0.5)):
+        sampler = PairSampler(rows, seed=0, sbi=0.5, blendable=blendable,
+                              blend_p=blend_probabilities(rows, blendable, bases))
+        bases_drawn = []
+        for epoch in range(100):  # 10 blends an epoch beside the 10 fakes of the data
+            sampler.set_epoch(epoch)
+            order = np.array(list(sampler))
+            bases_drawn += order[1::2][order[0::2] >= len(rows)].tolist()
+        bases_drawn = np.array(bases_drawn)
+        assert abs(np.mean(bases_drawn < 50) - photo_share) < 0.04, bases
+    with pytest.raises(ValueError, match="choose one of"):
+        blend_probabilities(rows, blendable, "person")
+    config = {"num_classes": 1, "sampler": "pairs", "sbi": {"p": 0.5, "bases": "source"}}
+    check_sbi(config, Path("run.yaml"))
+    config["sbi"]["bases"] = "person"
+    with pytest.raises(ValueError, match=r"^run.yaml: sbi is .*optionally with bases: one of \('crop', 'source'\)"):
+        check_sbi(config, Path("run.yaml"))
 
 
 def test_balanced_sampler_blends_its_share_of_the_fakes(tmp_path):

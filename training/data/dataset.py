@@ -175,15 +175,18 @@ class BalancedSampler(EpochSampler):
     """Classes (0/1 or class indices) drawn equally often, with replacement, `size` items an epoch.
 
     With `sbi` > 0 (one-logit models), that share of the FAKE draws is a self-blended fake of a random real crop
-    (item `n + i` of `CropDataset`); with no fake crops at all, every FAKE draw is.
+    (item `n + i` of `CropDataset`; drawn with the probabilities `blend_p`, uniform when None); with no fake crops
+    at all, every FAKE draw is.
     """
 
     def __init__(self, labels: np.ndarray, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 size: int | None = None, sbi: float = 0.0, blendable: np.ndarray | None = None):
+                 size: int | None = None, sbi: float = 0.0, blendable: np.ndarray | None = None,
+                 blend_p: np.ndarray | None = None):
         super().__init__(rank, world_size, seed)
         self.labels = labels.astype(np.int64)
         self.size = size or len(labels)
         self.sbi, self.blendable = sbi, blendable if blendable is not None else np.zeros(0, np.int64)
+        self.blend_p = blend_p
         classes = np.unique(self.labels)
         present = set(classes.tolist()) | ({1} if sbi > 0 and len(self.blendable) else set())
         if len(present) < max(2, int(self.labels.max()) + 1):
@@ -199,7 +202,8 @@ class BalancedSampler(EpochSampler):
             blended = np.zeros(len(drawn), dtype=bool)
             if cls == 1 and len(self.blendable):
                 blended = generator.random(len(drawn)) < (self.sbi if len(members) else 1.0)
-                items[drawn[blended]] = len(self.labels) + generator.choice(self.blendable, int(blended.sum()))
+                items[drawn[blended]] = len(self.labels) + generator.choice(self.blendable, int(blended.sum()),
+                                                                            p=self.blend_p)
             if len(members):
                 items[drawn[~blended]] = generator.choice(members, int((~blended).sum()))
         return items
@@ -293,16 +297,16 @@ class PairSampler(EpochSampler):
     Every fake crop comes with a crop of its own original (`partner_rows`: time-aligned where both exist), or, when
     its original is not in the training data, a random real crop of the same person or at least the same source
     (`partner_pools`). With `sbi` > 0, that share of the pairs are
-    a real crop and its self-blended fake; with `sbi` 1 or no fakes at all, every pair is one (each real crop once,
-    in turn, until the epoch holds `size` items). Pairs are consecutive items, so an even batch size keeps each
-    pair in one batch.
+    a real crop and its self-blended fake, the real crops drawn with the probabilities `blend_p`; with `sbi` 1 or
+    no fakes at all, every pair is one (without `blend_p`: each real crop once, in turn, until the epoch holds
+    `size` items). Pairs are consecutive items, so an even batch size keeps each pair in one batch.
     """
 
     block = 2
 
     def __init__(self, rows: pd.DataFrame, rank: int = 0, world_size: int = 1, seed: int = 0,
                  size: int | None = None, sbi: float = 0.0, blendable: np.ndarray | None = None,
-                 person_columns: tuple[str, ...] = ()):
+                 person_columns: tuple[str, ...] = (), blend_p: np.ndarray | None = None):
         super().__init__(rank, world_size, seed)
         rows = rows.reset_index(drop=True)
         labels = rows["label"].to_numpy(dtype=np.int64)
@@ -313,6 +317,7 @@ class PairSampler(EpochSampler):
         pools = partner_pools(rows, orphans, self.reals, person_columns) if len(self.reals) else []
         self.pools = [(np.searchsorted(self.fakes, members), pool) for members, pool in pools]  # positions in fakes
         self.blendable = blendable if blendable is not None else np.zeros(0, np.int64)
+        self.blend_p = blend_p
         self.blends_only = sbi >= 1.0 or not len(self.fakes)
         if not len(self.reals) or (self.blends_only and not (sbi > 0 and len(self.blendable))):
             raise ValueError("sampler: pairs needs real crops and fake crops (or sbi with landmarks)")
@@ -324,7 +329,7 @@ class PairSampler(EpochSampler):
             pairs = [np.stack([self.fakes, self.drawn_partners(generator)], axis=1)]
             if self.sbi > 0 and len(self.blendable):
                 count = int(round(len(self.fakes) * self.sbi / (1.0 - self.sbi)))
-                pairs.append(self.blended_pairs(generator.choice(self.blendable, count)))
+                pairs.append(self.blended_pairs(generator.choice(self.blendable, count, p=self.blend_p)))
         pairs = np.concatenate(pairs)[generator.permutation(sum(len(p) for p in pairs))]
         if self.size:
             pairs = pairs[:max(1, self.size // 2)]
@@ -343,22 +348,47 @@ class PairSampler(EpochSampler):
 
     def blends_only_choice(self, generator: np.random.Generator) -> np.ndarray:
         """The real crops to blend when every fake is self-blended: each once, and repeated in turn until the
-        epoch holds `size` items."""
+        epoch holds `size` items; with `blend_p`, `size` / 2 of them drawn with those probabilities."""
+        if self.blend_p is not None:
+            return generator.choice(self.blendable, max(1, (self.size or 2 * len(self.blendable)) // 2), p=self.blend_p)
         rounds = -(-(self.size or 0) // (2 * len(self.blendable)))
         return np.concatenate([generator.permutation(self.blendable) for _ in range(max(1, rounds))])
 
 
-def balanced_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, **common) -> EpochSampler:
-    return BalancedSampler(dataset.labels, sbi=sbi, blendable=dataset.blendable(), **common)
+def blend_probabilities(rows: pd.DataFrame, blendable: np.ndarray, bases: str) -> np.ndarray | None:
+    """How often each blendable real crop is drawn as a self-blending base (`sbi: {bases}`): None for `crop`
+    (every crop alike, the default), or for `source` every source of the index (its `source` column) the same
+    share, so thousands of photos do not outweigh a few hundred video frames."""
+    if bases == "crop":
+        return None
+    if bases != "source":
+        raise ValueError(f"sbi bases is {bases!r}; choose one of {SBI_BASES}")
+    sources = (rows["source"].astype(str).to_numpy() if "source" in rows.columns else np.full(len(rows), ""))[blendable]
+    names, inverse, counts = np.unique(sources, return_inverse=True, return_counts=True)
+    return 1.0 / (len(names) * counts[inverse])
 
 
-def pair_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, **common) -> EpochSampler:
-    return PairSampler(train, sbi=sbi, blendable=dataset.blendable(),
+def balanced_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, bases: str = "crop",
+                     **common) -> EpochSampler:
+    blendable = dataset.blendable()
+    return BalancedSampler(dataset.labels, sbi=sbi, blendable=blendable,
+                           blend_p=blend_probabilities(train, blendable, bases), **common)
+
+
+def pair_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, bases: str = "crop",
+                 **common) -> EpochSampler:
+    blendable = dataset.blendable()
+    return PairSampler(train, sbi=sbi, blendable=blendable, blend_p=blend_probabilities(train, blendable, bases),
                        person_columns=tuple(rule["column"] for rule in read_person_ids(DEFAULT_PERSON_IDS)), **common)
 
 
-def shuffle_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, **common) -> EpochSampler:
+def shuffle_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, bases: str = "crop",
+                    **common) -> EpochSampler:
     return ShuffleSampler(len(dataset.labels), **common)
+
+
+# `sbi: {bases}`: how the real crops to self-blend are drawn (`blend_probabilities`)
+SBI_BASES = ("crop", "source")
 
 
 # the training config's `sampler` → the sampler over a fold's training rows and their dataset

@@ -8,7 +8,7 @@ from typing import Any
 
 from dfdc_core.config import load_settings
 from dfdc_core.manifest import model_family
-from training.data.dataset import SAMPLERS
+from training.data.dataset import SAMPLERS, SBI_BASES
 from training.engine.optim import OPTIMIZERS, SCHEDULES
 from training.tools.defences import defence_from_config
 
@@ -40,12 +40,15 @@ def resolve_config(path: Path, fold: int, overrides: dict[str, Any] | None = Non
 
 
 def check_sbi(config: dict[str, Any], path: Path) -> None:
-    """`sbi: {p: share}` needs one-logit models and a sampler that draws fakes (balanced or pairs)."""
+    """`sbi: {p: share, bases: crop|source}` needs one-logit models and a sampler that draws fakes (balanced or
+    pairs)."""
     sbi = config["sbi"]
     if sbi is None:
         return
-    if not isinstance(sbi, dict) or set(sbi) != {"p"} or not 0.0 <= float(sbi["p"]) <= 1.0:
-        raise ValueError(f"{path}: sbi is {sbi!r}; write sbi: {{p: 0.5}} (the share of fakes that are self-blended)")
+    if not isinstance(sbi, dict) or "p" not in sbi or not set(sbi) <= {"p", "bases"} \
+            or not 0.0 <= float(sbi["p"]) <= 1.0 or sbi.get("bases", "crop") not in SBI_BASES:
+        raise ValueError(f"{path}: sbi is {sbi!r}; write sbi: {{p: 0.5}} (the share of fakes that are self-blended), "
+                         f"optionally with bases: one of {SBI_BASES} (how the real crops to blend are drawn)")
     if config["num_classes"] != 1 or config["sampler"] == "shuffle":
         raise ValueError(f"{path}: sbi needs num_classes: 1 and sampler: balanced or pairs")
 

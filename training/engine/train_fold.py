@@ -105,7 +105,8 @@ def make_sampler(config: dict[str, Any], train: pd.DataFrame, dataset: CropDatas
     if sbi > 0 and not len(dataset.blendable()):
         raise ValueError(f"sbi: no real training crop of {config['crops']} has landmarks; re-run "
                          "training/extract_faces.py (it stores MTCNN's five points per face)")
-    return SAMPLERS[config["sampler"]](train, dataset, sbi, **common)
+    bases = config["sbi"].get("bases", "crop") if config["sbi"] else "crop"
+    return SAMPLERS[config["sampler"]](train, dataset, sbi, bases=bases, **common)
 
 
 def make_loaders(config: dict[str, Any], train: pd.DataFrame, val: pd.DataFrame,
