@@ -157,6 +157,20 @@ def test_sbi_bases_by_source_give_every_source_an_equal_share_of_the_blends():
         check_sbi(config, Path("run.yaml"))
 
 
+def test_sbi_bases_by_source_hold_when_every_fake_is_a_blend_and_in_the_balanced_sampler():
+    rows = pd.DataFrame({"label": 0, "video": [f"v{i}" for i in range(60)], "frame": 0, "original": "",
+                         "box": "10 10 60 70", "source": ["photos"] * 50 + ["videos"] * 10})
+    blendable = np.arange(60)
+    blend_p = blend_probabilities(rows, blendable, "source")
+    order = np.array(list(PairSampler(rows, seed=0, size=4000, sbi=1.0, blendable=blendable, blend_p=blend_p)))
+    assert len(order) == 4000 and (order[0::2] == order[1::2] + len(rows)).all()
+    assert abs(np.mean(order[1::2] < 50) - 0.5) < 0.04
+    labels = np.zeros(60)
+    drawn = np.array(list(BalancedSampler(labels, seed=0, size=4000, sbi=1.0, blendable=blendable, blend_p=blend_p)))
+    blends = drawn[drawn >= len(labels)] - len(labels)
+    assert abs(np.mean(blends < 50) - 0.5) < 0.05
+
+
 def test_balanced_sampler_blends_its_share_of_the_fakes(tmp_path):
     labels = np.array([0] * 50 + [1] * 50)
     blendable = np.arange(50)
