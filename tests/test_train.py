@@ -250,12 +250,47 @@ def test_ranks_take_disjoint_equal_slices_of_one_draw(world_size, block):
 
 def test_every_augmentation_runs_and_keeps_shape():
     transforms = build_augmentation({name: {"p": 1.0} for name in ("hflip", "shift_scale_rotate", "color_jitter",
-                                     "jpeg", "blur", "gauss_noise", "salt_pepper", "sharpen", "cutout")})
+                                     "gray", "downscale", "jpeg", "blur", "gauss_noise", "salt_pepper", "sharpen", "cutout")})
     image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
     out = transforms(image=image)["image"]
     assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
     with pytest.raises(KeyError, match="mixup"):
         build_augmentation({"mixup": {"p": 1.0}})
+
+
+def test_gray_augmentation_gives_three_equal_channels():
+    image = np.random.default_rng(2).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    out = build_augmentation({"gray": {"p": 1.0}})(image=image)["image"]
+    assert out.shape == image.shape and np.array_equal(out[..., 0], out[..., 1])
+    assert np.array_equal(out[..., 1], out[..., 2]) and not np.array_equal(out, image)
+
+
+def test_a_transform_at_p_0_leaves_the_other_transforms_draws_unchanged():
+    """Listing an unused transform (p 0; albumentations leaves it out) keeps a recipe's augmentation, draw for draw."""
+    settings = {"hflip": {"p": 0.5}, "color_jitter": {"p": 0.5}, "jpeg": {"p": 0.5}, "cutout": {"p": 0.5}}
+    plain = build_augmentation(settings)
+    listed = build_augmentation({**settings, "gray": {"p": 0.0}, "downscale": {"p": 0.0}, "blur": {"p": 0}})
+    image = np.random.default_rng(1).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    outputs = []
+    for seed in range(20):
+        plain.set_random_seed(seed)
+        listed.set_random_seed(seed)
+        outputs.append((plain(image=image)["image"], listed(image=image)["image"]))
+    assert all(np.array_equal(a, b) for a, b in outputs)
+    assert len({a.tobytes() for a, _ in outputs}) > 5  # the draws do vary with the seed
+
+
+def test_downscale_augmentation_removes_detail_finer_than_its_scale_and_keeps_the_rest():
+    """Half the resolution and back: a one-pixel checkerboard turns grey, a smooth gradient stays as it was."""
+    halve = build_augmentation({"downscale": {"p": 1.0, "scale": [0.5, 0.5]}})
+    rows, columns = np.indices((SIZE, SIZE))
+    checkerboard = np.repeat((((rows + columns) % 2) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    out = halve(image=checkerboard)["image"]
+    assert out.shape == checkerboard.shape and out.std() < 0.1 * checkerboard.std()
+    gradient = np.repeat((columns * 255 // (SIZE - 1)).astype(np.uint8)[..., None], 3, axis=2)
+    assert np.abs(halve(image=gradient)["image"].astype(int) - gradient).mean() < 3
+    with pytest.raises(KeyError, match="factor"):
+        build_augmentation({"downscale": {"p": 1.0, "factor": 0.5}})
 
 
 def test_efficientnet_lite_checkpoint_keys_map_onto_timm(tmp_path, caplog):

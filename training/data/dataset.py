@@ -29,7 +29,8 @@ from training.data.sbi import parse_landmarks, self_blend
 
 # each transform's settings besides `p`; the five perturbations take their one parameter from training/data/perturb.py
 AUGMENTATIONS = {"hflip": (), "shift_scale_rotate": ("shift", "scale", "rotate"),
-                 "color_jitter": ("brightness", "contrast", "saturation", "hue"),
+                 "color_jitter": ("brightness", "contrast", "saturation", "hue"), "gray": (),
+                 "downscale": ("scale",),
                  **{name: (parameter,) for name, (parameter, _) in PARAMETERS.items()}, "cutout": ("holes", "size")}
 # the perturbations shared with robustness evaluation (training/data/perturb.py), in pipeline order, default ranges
 PERTURBATION_DEFAULTS = {"jpeg": (40, 95), "blur": (0.5, 1.5), "gauss_noise": (0.01, 0.05),
@@ -61,6 +62,9 @@ def build_augmentation(settings: dict[str, Any]) -> A.Compose:
         A.ColorJitter(brightness=get("color_jitter", "brightness", 0.2), contrast=get("color_jitter", "contrast", 0.2),
                       saturation=get("color_jitter", "saturation", 0.2), hue=get("color_jitter", "hue", 0.02),
                       p=p("color_jitter")),
+        A.ToGray(p=p("gray")),
+        A.Downscale(scale_range=tuple(get("downscale", "scale", (0.5, 0.9))),
+                    interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}, p=p("downscale")),
         *(perturbation(name, tuple(get(name, PARAMETERS[name][0], default)), p(name))
           for name, default in PERTURBATION_DEFAULTS.items()),
         A.CoarseDropout(num_holes_range=tuple(get("cutout", "holes", (1, 2))),
