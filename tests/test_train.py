@@ -249,8 +249,9 @@ def test_ranks_take_disjoint_equal_slices_of_one_draw(world_size, block):
 
 
 def test_every_augmentation_runs_and_keeps_shape():
-    transforms = build_augmentation({name: {"p": 1.0} for name in ("hflip", "shift_scale_rotate", "color_jitter",
-                                     "gray", "downscale", "jpeg", "blur", "gauss_noise", "salt_pepper", "sharpen", "cutout")})
+    names = ("hflip", "shift_scale_rotate", "color_jitter", "gray", "downscale", "jpeg", "blur", "gauss_noise",
+             "salt_pepper", "sharpen", "cutout")
+    transforms = build_augmentation({name: {"p": 1.0} for name in names})
     image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
     out = transforms(image=image)["image"]
     assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
