@@ -359,6 +359,10 @@ class PairSampler(EpochSampler):
         return np.concatenate([generator.permutation(self.blendable) for _ in range(max(1, rounds))])
 
 
+# `sbi: {bases}`: how the real crops to self-blend are drawn (`blend_probabilities`)
+SBI_BASES = ("crop", "source")
+
+
 def blend_probabilities(rows: pd.DataFrame, blendable: np.ndarray, bases: str) -> np.ndarray | None:
     """How often each blendable real crop is drawn as a self-blending base (`sbi: {bases}`): None for `crop`
     (every crop alike, the default), or for `source` every source of the index (its `source` column) the same
@@ -389,10 +393,6 @@ def pair_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, bases: s
 def shuffle_sampler(train: pd.DataFrame, dataset: CropDataset, sbi: float, bases: str = "crop",
                     **common) -> EpochSampler:
     return ShuffleSampler(len(dataset.labels), **common)
-
-
-# `sbi: {bases}`: how the real crops to self-blend are drawn (`blend_probabilities`)
-SBI_BASES = ("crop", "source")
 
 
 # the training config's `sampler` → the sampler over a fold's training rows and their dataset
