@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dfdc_core.aggregate import sigmoid
+from dfdc_core.aggregate import logit, sigmoid
 from dfdc_core.io import write_atomic
 
 KEY = ["video", "frame", "person", "group"]
 COPIED = ("folds.csv", "folds_left_out.csv", "recipe.yaml", "weights_manifest.json")
-PROB_BOUND = 1e-6  # predictions are clipped to [PROB_BOUND, 1 - PROB_BOUND] before their logits are averaged
+LOGIT_CAP = 13.8  # |logit| of each run's prediction before averaging: P(fake) within [1e-6, 1 - 1e-6]
 
 
 def oof_files(run: Path) -> list[Path]:
@@ -53,7 +53,7 @@ def mean_logits(runs: list[Path]) -> pd.Series:
     first = run_predictions(runs[0]).set_index(KEY)
     logits = []
     for run in runs:
-        own = run_predictions(run).set_index(KEY)
+        own = first if run == runs[0] else run_predictions(run).set_index(KEY)
         table = first[["label"]].join(own[["prob", "label"]].rename(columns={"label": "label_run"}))
         if table["prob"].isna().any() or len(own) != len(first):
             missing = table.index[table["prob"].isna()][:3].tolist()
@@ -61,8 +61,7 @@ def mean_logits(runs: list[Path]) -> pd.Series:
                              "same sources and model groups")
         if not table["label"].eq(table["label_run"]).all():
             raise ValueError(f"{run}: labels differ from {runs[0]}'s; average runs of the same crop cache")
-        probs = table["prob"].clip(PROB_BOUND, 1 - PROB_BOUND).to_numpy(dtype=np.float64)
-        logits.append(np.log(probs) - np.log1p(-probs))
+        logits.append(logit(table["prob"].to_numpy(), bound=LOGIT_CAP))
     return pd.Series(np.mean(logits, axis=0), index=first.index)
 
 
