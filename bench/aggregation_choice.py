@@ -1,7 +1,7 @@
 """Which frame→video aggregation, does horizontal-flip TTA pay, and which items should the calibrator be fitted on?
 Measured on recipe runs' OOF predictions.
 
-    python -m bench.aggregation_choice --runs runs/quality/seed0 runs/quality/seed1 runs/quality/seed2 [--tta] \
+    python -m bench.aggregation_choice --runs runs/quality/seed0 runs/quality/seed1 runs/quality/seed2 [--tta] \\
         [--fit-on recipe videos]
 
 For each run (a `training.recipe` output folder, one per seed) and each rule of `dfdc_core.aggregate.STRATEGIES`,

@@ -1,7 +1,7 @@
 """How detector quality scales with the number of real people trained on: the recipe on the dev videos alone, then
 with 100, 400 and all people of an FF++ crop source, then with a photo source too.
 
-    python -m bench.people_scaling --videos ../shared/data/dev/videos --people ../shared/data/dev/ffpp_crops \
+    python -m bench.people_scaling --videos ../shared/data/dev/videos --people ../shared/data/dev/ffpp_crops \\
         --photos ../shared/data/dev/utkface --out runs/scaling --recipe cpu --seeds 0 [--steps 0 100 400 all]
 
 Each step runs `training.recipe` on the videos plus a subset of `--people`: the items of N persons drawn at random

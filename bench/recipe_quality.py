@@ -1,6 +1,6 @@
 """Detector quality of a training recipe: grouped out-of-fold log loss and AUC over several seeds.
 
-    python -m bench.recipe_quality --data ../shared/data/dev/videos [--data MORE ...] --out runs/quality \
+    python -m bench.recipe_quality --data ../shared/data/dev/videos [--data MORE ...] --out runs/quality \\
         --recipe cpu --seeds 0 1 2
 
 Runs `python -m training.recipe` once per seed (folds, initialisation and sampling change with it; the face crops

@@ -1,6 +1,6 @@
 """What a detector learns beyond the source of a video: a frozen-backbone probe beside a recipe's stacker.
 
-    python -m bench.shortcut_baseline --runs runs/quality/seed0 runs/quality/seed1 runs/quality/seed2 \
+    python -m bench.shortcut_baseline --runs runs/quality/seed0 runs/quality/seed1 runs/quality/seed2 \\
         --out runs/shortcut
 
 For each finished `python -m training.recipe` folder, the first model's backbone with its ImageNet weights and no
