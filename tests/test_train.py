@@ -249,8 +249,8 @@ def test_ranks_take_disjoint_equal_slices_of_one_draw(world_size, block):
 
 
 def test_every_augmentation_runs_and_keeps_shape():
-    names = ("hflip", "shift_scale_rotate", "color_jitter", "gray", "downscale", "jpeg", "blur", "gauss_noise",
-             "salt_pepper", "sharpen", "cutout")
+    names = ("hflip", "shift_scale_rotate", "color_jitter", "gray", "downscale", "h264", "jpeg", "blur",
+             "gauss_noise", "salt_pepper", "sharpen", "cutout")
     transforms = build_augmentation({name: {"p": 1.0} for name in names})
     image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
     out = transforms(image=image)["image"]
@@ -270,7 +270,8 @@ def test_a_transform_at_p_0_leaves_the_other_transforms_draws_unchanged():
     """Listing an unused transform (p 0; albumentations leaves it out) keeps a recipe's augmentation, draw for draw."""
     settings = {"hflip": {"p": 0.5}, "color_jitter": {"p": 0.5}, "jpeg": {"p": 0.5}, "cutout": {"p": 0.5}}
     plain = build_augmentation(settings)
-    listed = build_augmentation({**settings, "gray": {"p": 0.0}, "downscale": {"p": 0.0}, "blur": {"p": 0}})
+    listed = build_augmentation({**settings, "gray": {"p": 0.0}, "downscale": {"p": 0.0}, "h264": {"p": 0.0},
+                                 "blur": {"p": 0}})
     image = np.random.default_rng(1).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
     outputs = []
     for seed in range(20):
@@ -292,6 +293,31 @@ def test_downscale_augmentation_removes_detail_finer_than_its_scale_and_keeps_th
     assert np.abs(halve(image=gradient)["image"].astype(int) - gradient).mean() < 3
     with pytest.raises(KeyError, match="factor"):
         build_augmentation({"downscale": {"p": 1.0, "factor": 0.5}})
+
+
+def test_h264_augmentation_codes_each_crop_on_its_own_and_stronger_with_its_quantiser():
+    """An odd-sized crop keeps its size; higher qp loses more; the output depends on the image and qp alone (not on
+    what the cached encoder coded before); a qp outside x264's range is refused."""
+    from training.data.codec import h264_roundtrip
+
+    rows, columns = np.indices((61, 90))
+    texture = 120 + 50 * np.sin(rows / 3.0) * np.cos(columns / 5.0) + 30 * np.sin((rows + columns) / 11.0)
+    image = np.stack([texture + 20, texture, 0.8 * texture], axis=2).clip(0, 255).astype(np.uint8)
+    errors = {}
+    for qp in (20, 32, 44):
+        out = h264_roundtrip(image, qp)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        errors[qp] = np.abs(out.astype(int) - image).mean()
+    assert errors[20] < errors[32] < errors[44] and errors[20] < 3 < errors[44]
+    first = h264_roundtrip(image, 32)
+    h264_roundtrip(image[::-1].copy(), 32)  # the same cached encoder codes another image in between
+    assert np.array_equal(h264_roundtrip(image, 32), first)
+    drawn = build_augmentation({"h264": {"p": 1.0, "qp": [32, 32]}})(image=image)["image"]
+    assert np.array_equal(drawn, first)
+    with pytest.raises(ValueError, match="0 to 51"):
+        h264_roundtrip(image, 60)
+    with pytest.raises(ValueError, match="augment.h264.qp"):
+        build_augmentation({"h264": {"p": 1.0, "qp": [40, 30]}})
 
 
 def test_efficientnet_lite_checkpoint_keys_map_onto_timm(tmp_path, caplog):

@@ -22,6 +22,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over 
 import albumentations as A
 
 from dfdc_core.faces import model_images, model_input
+from training.data.codec import H264Compression
 from training.data.folds import DEFAULT_PERSON_IDS, read_person_ids
 from training.data.perturb import PARAMETERS, image_seed
 from training.data.perturb import transform as perturbation
@@ -30,7 +31,7 @@ from training.data.sbi import parse_landmarks, self_blend
 # each transform's settings besides `p`; the five perturbations take their one parameter from training/data/perturb.py
 AUGMENTATIONS = {"hflip": (), "shift_scale_rotate": ("shift", "scale", "rotate"),
                  "color_jitter": ("brightness", "contrast", "saturation", "hue"), "gray": (),
-                 "downscale": ("scale",),
+                 "downscale": ("scale",), "h264": ("qp",),
                  **{name: (parameter,) for name, (parameter, _) in PARAMETERS.items()}, "cutout": ("holes", "size")}
 # the perturbations shared with robustness evaluation (training/data/perturb.py), in pipeline order, default ranges
 PERTURBATION_DEFAULTS = {"jpeg": (40, 95), "blur": (0.5, 1.5), "gauss_noise": (0.01, 0.05),
@@ -65,6 +66,7 @@ def build_augmentation(settings: dict[str, Any]) -> A.Compose:
         A.ToGray(p=p("gray")),
         A.Downscale(scale_range=tuple(get("downscale", "scale", (0.5, 0.9))),
                     interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}, p=p("downscale")),
+        H264Compression(qp_range=tuple(get("h264", "qp", (24, 40))), p=p("h264")),
         *(perturbation(name, tuple(get(name, PARAMETERS[name][0], default)), p(name))
           for name, default in PERTURBATION_DEFAULTS.items()),
         A.CoarseDropout(num_holes_range=tuple(get("cutout", "holes", (1, 2))),
