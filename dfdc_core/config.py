@@ -9,6 +9,7 @@ imported when a YAML file is read), so `python -m kernel` can load it before `--
 """
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
@@ -90,9 +91,11 @@ def parse_yaml(path: Path, what: str) -> Any:
 
 
 def load_settings(defaults: Path, path: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
-                  what: str = "--config", merge: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`defaults`, then the keys of the file at `path`, then the `overrides` that are not None."""
-    settings = read_settings(defaults, "defaults")
+                  what: str = "--config", merge: tuple[str, ...] = (),
+                  snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`defaults`, then the keys of the file at `path`, then the `overrides` that are not None. `snapshot`: the
+    defaults as read from that file earlier (copied, never re-read), so a long run keeps the defaults it started with."""
+    settings = copy.deepcopy(snapshot) if snapshot is not None else read_settings(defaults, "defaults")
     updates = [] if path is None else [(f"{what} {path}", read_settings(Path(path), what))]
     updates.append(("overrides", {key: value for key, value in (overrides or {}).items() if value is not None}))
     for origin, update in updates:

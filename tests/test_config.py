@@ -77,6 +77,23 @@ def test_every_settings_file_of_the_kit_goes_through_the_loader(tmp_path):
     assert config["augment"]["hflip"] == {"p": 0.0} and len(config["augment"]) > 1  # merged per transform
 
 
+def test_training_keeps_the_defaults_it_was_imported_with_when_default_yaml_changes(tmp_path, monkeypatch):
+    """A recipe trains every fold in one process: a default.yaml edited mid-run (a new augmentation, another epoch
+    count) must not reach its later folds, whose code was imported before the edit."""
+    from training.engine import train_config
+
+    run = write(tmp_path / "run.yaml", {"crops": "x", "augment": {"hflip": {"p": 0.0}}})
+    before = resolve_config(run, 1)
+    edited = read_settings(DEFAULT_CONFIG)
+    edited["epochs"] = before["epochs"] + 5
+    edited["augment"] = {**edited["augment"], "brand_new_transform": {"p": 0.5}}
+    monkeypatch.setattr(train_config, "DEFAULT_CONFIG", write(tmp_path / "default.yaml", edited))
+    after = resolve_config(run, 1)
+    assert after == before and after["epochs"] != edited["epochs"] and "brand_new_transform" not in after["augment"]
+    after["augment"]["hflip"]["p"] = 1.0  # a resolved config is the caller's own: the snapshot stays as read
+    assert resolve_config(run, 1) == before
+
+
 def test_the_notebooks_own_prior_and_clip_are_the_kernels_defaults_and_the_metrics_clip():
     """kernel/kaggle.py runs before the kit is installed (only dfdc_core/io.py is inlined into it), so it holds its own
     copy of the prior and clip it writes: they must stay the kernel's defaults and the metric's clip."""

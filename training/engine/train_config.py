@@ -6,19 +6,22 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dfdc_core.config import load_settings
+from dfdc_core.config import load_settings, read_settings
 from dfdc_core.manifest import model_family
 from training.data.dataset import SAMPLERS, SBI_BASES
 from training.engine.optim import OPTIMIZERS, SCHEDULES
 from training.tools.defences import defence_from_config
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "default.yaml"
+# read once, with the code: every fold of a recipe's one process trains with the defaults its code was imported beside,
+# even if default.yaml is edited while it runs
+DEFAULTS = read_settings(DEFAULT_CONFIG, "defaults")
 
 
 def resolve_config(path: Path, fold: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults overridden by the file at `path`, then by `overrides` (`--set`; `augment` merged per transform),
     checked, for `fold`."""
-    config = load_settings(DEFAULT_CONFIG, path, overrides, merge=("augment",))
+    config = load_settings(DEFAULT_CONFIG, path, overrides, merge=("augment",), snapshot=DEFAULTS)
     config["fold"] = fold
     model_family(config["arch"])
     for key, allowed in (("optimizer", tuple(OPTIMIZERS)), ("schedule", tuple(SCHEDULES)),
