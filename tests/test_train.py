@@ -176,42 +176,6 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, crops, caplog):
     assert (run / "oof.csv").is_file()
 
 
-@pytest.mark.slow
-def test_progressive_trains_its_first_epochs_at_the_smaller_size_and_the_rest_validation_and_oof_at_input_size(
-        tmp_path, crops, monkeypatch):
-    from training.engine import train_fold
-
-    seen, validated = [], []
-    train_epoch, predict = train_fold.train_one_epoch, train_fold.predict_logits
-
-    def recording_epoch(model, ema, loader, *args, **kwargs):
-        seen.append(next(iter(loader))[0].shape[-1])
-        return train_epoch(model, ema, loader, *args, **kwargs)
-
-    def recording_predict(model, loader, *args, **kwargs):
-        validated.append(next(iter(loader))[0].shape[-1])
-        return predict(model, loader, *args, **kwargs)
-
-    monkeypatch.setattr(train_fold, "train_one_epoch", recording_epoch)
-    monkeypatch.setattr(train_fold, "predict_logits", recording_predict)
-    small = SIZE * 3 // 4
-    config = write_config(tmp_path, crops, epochs=3, progressive={"input_size": small, "epochs": 2})
-    assert train_main(["--config", str(config), "--fold", "0"]) == 0
-    assert seen == [small, small, SIZE] and validated and set(validated) == {SIZE}
-    assert (tmp_path / "runs" / f"{ARCH}_fold0" / "oof.csv").is_file()
-
-
-@pytest.mark.parametrize("progressive", [{"input_size": SIZE, "epochs": 1}, {"input_size": 16, "epochs": 3},
-                                         {"input_size": 16}, {"input_size": 16.5, "epochs": 1}, [16, 1]])
-def test_a_progressive_setting_that_cannot_work_is_refused_with_the_form_to_write(tmp_path, crops, progressive):
-    from training.engine.train_config import resolve_config
-
-    config = write_config(tmp_path, crops, epochs=3, progressive=progressive)
-    with pytest.raises(ValueError, match=rf"^{config}: progressive is .*; write progressive: \{{input_size: 160, "
-                                         r"epochs: 4\}"):
-        resolve_config(config, 0)
-
-
 def test_resume_without_checkpoint_says_how_to_start(tmp_path, crops, capsys):
     assert train_main(["--config", str(write_config(tmp_path, crops)), "--fold", "0", "--resume"]) == 2
     checkpoint = tmp_path / "runs" / f"{ARCH}_fold0" / "last.pt"

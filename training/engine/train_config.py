@@ -30,7 +30,6 @@ def resolve_config(path: Path, fold: int, overrides: dict[str, Any] | None = Non
         if config[key] not in allowed:
             raise ValueError(f"{path}: {key} is {config[key]!r}; choose one of {allowed}")
     check_sbi(config, path)
-    check_progressive(config, path)
     check_validation(config, path)
     if not config["crops"]:
         raise ValueError(f"{path}: set 'crops' to the folder written by extract_faces.py")
@@ -55,27 +54,6 @@ def check_sbi(config: dict[str, Any], path: Path) -> None:
                          f"optionally with bases: one of {SBI_BASES} (how the real crops to blend are drawn)")
     if config["num_classes"] != 1 or config["sampler"] == "shuffle":
         raise ValueError(f"{path}: sbi needs num_classes: 1 and sampler: balanced or pairs")
-
-
-def check_progressive(config: dict[str, Any], path: Path) -> None:
-    """`progressive: {input_size, epochs}` trains the first epochs at a smaller input: fewer than `epochs` of them,
-    at a size below `input_size`."""
-    progressive = config["progressive"]
-    if progressive is None:
-        return
-    if not isinstance(progressive, dict) or set(progressive) != {"input_size", "epochs"} \
-            or not all(isinstance(value, int) and not isinstance(value, bool) for value in progressive.values()) \
-            or not 0 < progressive["input_size"] < config["input_size"] \
-            or not 0 < progressive["epochs"] < config["epochs"]:
-        raise ValueError(f"{path}: progressive is {progressive!r}; write progressive: {{input_size: 160, epochs: 4}} "
-                         f"(the first epochs, fewer than epochs {config['epochs']}, at a size below input_size "
-                         f"{config['input_size']}), or null")
-
-
-def epoch_input_size(config: dict[str, Any], epoch: int) -> int:
-    """The training input size of `epoch` (1-based): `progressive`'s for its first epochs, else `input_size`."""
-    progressive = config["progressive"]
-    return progressive["input_size"] if progressive and epoch <= progressive["epochs"] else config["input_size"]
 
 
 def check_validation(config: dict[str, Any], path: Path) -> None:

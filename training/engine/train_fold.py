@@ -42,7 +42,7 @@ from training.engine.export import export, run_paths, trained_preprocessing
 from training.engine.losses import build_loss
 from training.engine.optim import build_ema, build_optimizer, build_scheduler
 from training.engine.pretrained import class_shares, init_head, load_pretrained
-from training.engine.train_config import epoch_input_size, resolve_config
+from training.engine.train_config import resolve_config
 from training.engine.validation import metric_columns, validation_metrics, write_metrics
 from training.tools.defences import defence_from_config
 
@@ -320,10 +320,6 @@ def train(config: dict[str, Any], context: Dist, resume: bool = False, stop_afte
         epoch, started = state.epoch + 1, time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
         train_loader.dataset.set_epoch(epoch)
-        size = epoch_input_size(config, epoch)
-        if size != train_loader.dataset.input_size:
-            log.info("epoch %d: training at %d px (progressive)", epoch, size)
-        train_loader.dataset.input_size = size  # read by the loader's workers, started afresh each epoch
         lr = scheduler.get_last_lr()[0]
         train_loss = train_one_epoch(trained, ema, train_loader, criterion, optimizer, scheduler, scaler, config,
                                      context, epoch)
