@@ -4,13 +4,13 @@
         [--json runs/kaggle_projection.json]
 
 It builds the recipe's model set with random weights of the same shape (`training/recipes/cpu.yaml`: `folds` fold
-models of each recipe model, i.e. 4 x tf_efficientnet_lite0 at 160 px in one group, with a Platt calibrator), then, on
+models of each recipe model, i.e. 2 x tf_efficientnet_lite0 at 192 px in one group, with a Platt calibrator), then, on
 full-size videos (default: the dev set's DFDC-size ones, 1080 px or more on the short side, read in place):
 
 1. CPU seconds per video and stage on ONE thread (torch, MTCNN and OpenCV on one thread, measured with
    `time.thread_time`, so other processes on this machine do not inflate them): decode (the kernel's decoders and
-   frame count), detect (MTCNN and person tracks) and classify (every model; the fold models are alike, so one fold
-   costs classify / models);
+   frame count), detect (MTCNN and person tracks) and classify (every model, with the flip TTA the recipe's `train`
+   block sets, as its manifest records it; the fold models are alike, so one fold costs classify / models);
 2. the kernel itself (`kernel.predict`, its default threads, `--repeat` passes over the videos): wall seconds per
    video on this machine, for comparison.
 
@@ -46,6 +46,7 @@ from dfdc_core.video import decode_video
 from kernel.config import load_config
 from kernel.pipeline import predict
 from kernel.scorer import load_scorer
+from training.engine.train_config import DEFAULTS
 from training.pipelines.recipe import read_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +68,9 @@ class VideoCPU:
 
 
 def recipe_manifest(recipe_name: str, folder: Path) -> Path:
-    """The recipe's fold models with random weights (fp16, as exported), one group per recipe model, and a Platt
-    calibrator on the first group: the manifest the recipe would write, minus the training."""
+    """The recipe's fold models with random weights (fp16, as exported), one group per recipe model, each with the
+    recipe's flip TTA, and a Platt calibrator on the first group: the manifest the recipe would write, minus the
+    training."""
     recipe = read_recipe(recipe_name)
     entries = []
     for model in recipe["models"]:
@@ -77,7 +79,8 @@ def recipe_manifest(recipe_name: str, folder: Path) -> Path:
             weights = folder / f"{model['name']}_fold{fold}.pth"
             save_fp16_state_dict(create_classifier(model["arch"]), weights)
             entries.append(manifest_entry(f"{model['name']}_fold{fold}", model["arch"], weights, folder,
-                                          model["input_size"], group=model["name"]))
+                                          model["input_size"], group=model["name"],
+                                          tta_hflip={**DEFAULTS, **recipe["train"], **model}["tta_hflip"]))
     groups = [model["name"] for model in recipe["models"]]
     stacker = {"feature_names": [f"{group}.logit" for group in groups], "coef": [1.0] * len(groups),
                "intercept": 0.0, "aggregation": recipe["aggregation"]}
@@ -167,8 +170,8 @@ def report(result: dict) -> str:
     rows = [VideoCPU(**row) for row in result["one_thread"]]
     load_before, load_after = result["load"]
     lines = [f"{len(rows)} videos, {result['frames']} frames, recipe {result['recipe']} ({result['models']} models: "
-             f"{', '.join(result['archs'])}); 1-min load average {load_before:.2f} before, {load_after:.2f} after; "
-             f"cores here {result['cores_here']}", "",
+             f"{', '.join(result['archs'])}; flip TTA: {', '.join(result['flip_tta']) or 'none'}); 1-min load "
+             f"average {load_before:.2f} before, {load_after:.2f} after; cores here {result['cores_here']}", "",
              "one-thread CPU s/video     size         decode  detect  classify  crops"]
     lines += [f"  {row.name[:24]:24s} {row.size:>10s} {row.decode:7.2f} {row.detect:7.2f} {row.classify:9.2f} "
               f"{row.crops:6d}" for row in rows]
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = kernel_wall(manifest, videos, config, args.repeat, Path(work))
     result = {"recipe": args.recipe, "models": len(models), "archs": sorted({f"{m['arch']}@{m['input_size']}"
                                                                               for m in models}),
+              "flip_tta": sorted({m["arch"] for m in models if m["tta_hflip"]}),
               "frames": config["frames"], "videos": names, "one_thread": [asdict(row) for row in rows],
               "kernel": wall, "capacity": list(args.capacity), "core_speed": args.core_speed,
               "cores_here": len(os.sched_getaffinity(0)), "load": [load_before, os.getloadavg()[0]],

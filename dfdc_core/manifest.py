@@ -79,6 +79,8 @@ class ModelSpec:
     crop_margin: float | None = None  # the margin of the crops it was trained on (None: not recorded)
     still_pad: float | None = None  # the padding of the stills among them (None: not recorded)
     preprocessing: Preprocessing | None = None  # what made its training crops, as recorded (None: not recorded)
+    tta_hflip: bool | None = None  # whether its OOF scores, which fitted the stacker, averaged each crop with its
+                                   # mirror image (None: not recorded; the kernel config's `tta_hflip` decides)
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -151,7 +153,8 @@ def model_specs(entries: list[dict], path: Path) -> list[ModelSpec]:
             file=path.parent / entry["file"], sha256=entry["sha256"].lower(), bytes=int(entry.get("bytes", -1)),
             input_size=int(entry["input_size"]), mean=tuple(entry.get("mean", IMAGENET_MEAN)),
             std=tuple(entry.get("std", IMAGENET_STD)), group=str(entry.get("group") or ""), crop_margin=crop_margin,
-            still_pad=still_pad, preprocessing=preprocessing, **class_keys(entry, f"{path}: models[{index}]")))
+            still_pad=still_pad, preprocessing=preprocessing, tta_hflip=entry.get("tta_hflip"),
+            **class_keys(entry, f"{path}: models[{index}]")))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: model names must be unique, got {names}")
@@ -216,6 +219,9 @@ def check_manifest_entries(entries: list, path: Path) -> None:
                 and margin != entry["preprocessing"]["crop_margin"]:
             raise ManifestError(f"{where}: 'crop_margin' {margin} differs from its preprocessing's "
                                 f"{entry['preprocessing']['crop_margin']}; keep the one the model was trained with")
+        if entry.get("tta_hflip") is not None and not isinstance(entry["tta_hflip"], bool):
+            raise ManifestError(f"{where}: 'tta_hflip' is {entry['tta_hflip']!r}; it must be true or false (whether "
+                                "the model's OOF scores averaged each crop with its mirror image) or null")
         for key in ("bytes", "num_classes"):
             if key in entry and not is_positive_int(entry[key]):
                 raise ManifestError(f"{where}: '{key}' is {entry[key]!r}; it must be a whole number above 0")

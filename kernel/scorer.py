@@ -124,7 +124,8 @@ class Scorer:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = normalise(images[start:start + batch_size], spec.mean, spec.std)
-                logits = forward_logits(model.module, batch.to(self.device, dtype=dtype), self.config["tta_hflip"])
+                logits = forward_logits(model.module, batch.to(self.device, dtype=dtype),
+                                        scored_with_flip(spec, self.config))
                 out.append(fake_probability(logits, spec.real_index).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
@@ -203,9 +204,21 @@ def load_scorer(manifest: Manifest, config: dict[str, Any], device: str = "cpu")
     return Scorer(models, config, device, manifest.stacker)
 
 
+def scored_with_flip(spec: ModelSpec, config: dict[str, Any]) -> bool:
+    """Whether `spec` scores each crop averaged with its mirror image: as its OOF scores were made when its manifest
+    entry records it (the stacker was fitted on them), else as the config's `tta_hflip` says."""
+    return spec.tta_hflip if spec.tta_hflip is not None else config["tta_hflip"]
+
+
 def resolved_config(config: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
     """`config` resolved for the manifest's models (`dfdc_core.preprocessing.resolve_config`): crops cut with the
-    geometry they were trained on, other differences from their training logged."""
+    geometry they were trained on, other differences from their training logged, and so are models whose recorded
+    flip TTA overrides the config's (`scored_with_flip`)."""
+    overridden = [spec.name for spec in manifest.models if scored_with_flip(spec, config) != config["tta_hflip"]]
+    if overridden:
+        log.info("%s: models %s score %s flip TTA, as their OOF scores were made for the stacker (the config's "
+                 "tta_hflip is %s)", manifest.path, overridden, "with" if not config["tta_hflip"] else "without",
+                 str(config["tta_hflip"]).lower())
     return resolve_config(config, {"crop_margin": manifest.crop_margin, "still_pad": manifest.still_pad},
                           {spec.name: spec.preprocessing for spec in manifest.models if spec.preprocessing is not None},
                           str(manifest.path))

@@ -412,6 +412,7 @@ SETTINGS_CASES = (
     SettingsCase("manifest std 1e-320", "at least 0.001", set_entry("std", [0.2, 1e-320, 0.2])),
     SettingsCase("manifest mean 1e308", "'mean' is [1e+308", set_entry("mean", [1e308, 0.5, 0.5])),
     SettingsCase("manifest input_size 100000", "at most 1024 pixels", set_entry("input_size", 100000)),
+    SettingsCase("manifest tta_hflip 'yes'", "'tta_hflip' is 'yes'", set_entry("tta_hflip", "yes")),
     SettingsCase("stacker aggregation ['mean']", "aggregation ['mean']", stacker(aggregation=["mean"])),
     SettingsCase("stacker feature_names [5]", "'feature_names' is [5]", stacker(feature_names=[5])),
     SettingsCase("stacker with no features", "'feature_names' is []", stacker(feature_names=[], coef=[])),

@@ -1,5 +1,6 @@
 """The kernel end to end: crafted bad inputs, weight checks, time budget, checkpoints, no network, real videos."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -12,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import kernel.pipeline as pipeline
 import kernel.scorer as kernel_scorer
 from dfdc_core.aggregate import Stacker, logit, sigmoid
-from dfdc_core.faces import Detection, Track, face_crops
+from dfdc_core.faces import Detection, Track, face_crops, model_images, normalise
 from dfdc_core.manifest import Manifest, ManifestError
+from dfdc_core.models import fake_probability, forward_logits
 from kernel import predict
 from kernel.config import load_config
 from tests.helpers import (
@@ -325,6 +328,43 @@ def test_the_aggregation_is_the_configs_unless_the_stacker_names_its_own(tiny_ma
     assert scorer.score_crops(crops, [track]).score == pytest.approx(0.45)  # the mean of 0.2 ... 0.7
     scorer.stacker = Stacker([f"{names[0]}.logit"], [1.0], 0.0, aggregation="mean")
     assert scorer.score_crops(crops, [track]).score == pytest.approx(0.46)  # the plain mean, through logit/sigmoid
+
+
+def test_each_model_scores_with_the_flip_tta_its_manifest_entry_records(tiny_manifest_path, tmp_path, caplog):
+    """The stacker was fitted on OOF scores made with (or without) flip TTA: each model scores as its entry says,
+    whatever the config's tta_hflip; an entry that records nothing follows the config."""
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_manifest_path.parent, folder)
+    data = json.loads((folder / "weights_manifest.json").read_text())
+    data["models"][0]["tta_hflip"], data["models"][1]["tta_hflip"] = True, False
+    (folder / "weights_manifest.json").write_text(json.dumps(data))
+    manifest = Manifest.load(folder / "weights_manifest.json")
+    crops = [np.random.default_rng(seed).integers(0, 255, (40, 32, 3), dtype=np.uint8) for seed in range(3)]
+    caplog.set_level(logging.INFO, logger="kernel")
+    for config_flip in (False, True):
+        caplog.clear()
+        scorer = kernel_scorer.load_scorer(manifest, dict(FAST, tta_hflip=config_flip))
+        probs = scorer.classify_crops(crops)
+        for model, flip in zip(scorer.models, (True, False)):
+            images = normalise(model_images(crops, model.spec.input_size), model.spec.mean, model.spec.std)
+            with torch.inference_mode():
+                expected = fake_probability(forward_logits(model.module, images, flip)).numpy()
+                other = fake_probability(forward_logits(model.module, images, not flip)).numpy()
+            assert np.allclose(probs[model.spec.name], expected, atol=1e-6)
+            assert not np.allclose(probs[model.spec.name], other, atol=1e-6), model.spec.name
+        overridden = data["models"][1 if config_flip else 0]["name"]
+        message = (f"{manifest.path}: models ['{overridden}'] score {'without' if config_flip else 'with'} flip TTA, "
+                   f"as their OOF scores were made for the stacker (the config's tta_hflip is "
+                   f"{str(config_flip).lower()})")
+        assert [r.getMessage() for r in caplog.records if "flip TTA" in r.getMessage()] == [message]
+    del data["models"][0]["tta_hflip"]
+    (folder / "weights_manifest.json").write_text(json.dumps(data))
+    scorer = kernel_scorer.load_scorer(Manifest.load(folder / "weights_manifest.json"), dict(FAST, tta_hflip=True))
+    model = scorer.models[0]
+    images = normalise(model_images(crops, model.spec.input_size), model.spec.mean, model.spec.std)
+    with torch.inference_mode():
+        expected = fake_probability(forward_logits(model.module, images, True)).numpy()
+    assert np.allclose(scorer.classify_crops(crops)[model.spec.name], expected, atol=1e-6)  # the config's
 
 
 @pytest.mark.slow

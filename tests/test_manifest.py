@@ -620,6 +620,19 @@ def test_manifest_values_of_the_wrong_type_or_range_are_named(models):
                                                    "or the index of the output that means real")
 
 
+def test_the_flip_tta_of_each_models_oof_scores_is_read_and_a_bad_one_named(models):
+    edit(models, lambda data: [entry.update(tta_hflip=value) for entry, value in zip(data["models"], (True, False))])
+    assert [spec.tta_hflip for spec in Manifest.load(models).models] == [True, False]
+    edit(models, lambda data: data["models"][0].update(tta_hflip=None))
+    assert Manifest.load(models).models[0].tta_hflip is None
+    edit(models, lambda data: data["models"][0].pop("tta_hflip"))
+    assert Manifest.load(models).models[0].tta_hflip is None  # not recorded: the kernel config decides
+    for value in (1, 0, "true", [True]):
+        entry_refused(models, "tta_hflip", value, f": 'tta_hflip' is {value!r}; it must be true or false (whether "
+                                                  "the model's OOF scores averaged each crop with its mirror image) "
+                                                  "or null")
+
+
 def test_manifest_values_at_their_bounds_pass(models):
     edit(models, lambda data: data["models"][0].update(input_size=1024, mean=[0, 0.5, 1], std=[0.001, 1, 5],
                                                        group=None, classes=None, real_class=0))

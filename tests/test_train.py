@@ -3,6 +3,7 @@ stop, a 2-process torchrun (gloo); checkpoints load with `weights_only=True` (RN
 tensors and plain values, a checkpoint holding any other object is refused unread)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -24,7 +25,12 @@ from dfdc_core.preprocessing import Preprocessing
 from kernel.config import load_config
 from kernel.scorer import load_scorer
 from tests.helpers import TINY_MODELS
-from training.data.dataset import BalancedSampler, EpochSampler, build_augmentation
+from training.data.dataset import (
+    BalancedSampler,
+    EpochSampler,
+    build_augmentation,
+    read_crop,
+)
 from training.data.folds import assign_folds
 from training.engine.optim import build_ema, build_scheduler
 from training.engine.pretrained import load_pretrained, map_lukemelas_keys
@@ -117,6 +123,26 @@ def test_the_manifest_records_the_crop_margin_of_the_crops_and_the_kernel_cuts_w
     assert load_scorer(Manifest.load(manifest), load_config()).config["crop_margin"] == 0.1
     (entry,) = json.loads(manifest.read_text())["models"]  # the whole record: frames, detector, geometry
     assert entry["preprocessing"] == Preprocessing.of_config(load_config(crop_margin=0.1), frames=3).as_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tta_hflip", [True, False])
+def test_the_kernel_scores_crops_with_the_flip_tta_of_the_oof_scores(tmp_path, crops, tta_hflip):
+    """The manifest records whether the OOF scores (the stacker's training data) were made with flip TTA, and the
+    kernel scores alike whatever its config says: the same crops get the OOF's probabilities."""
+    train_main(["--config", str(write_config(tmp_path, crops, tta_hflip=tta_hflip)), "--fold", "0"])
+    manifest = Manifest.load(tmp_path / "runs" / "weights_manifest.json")
+    (spec,) = manifest.models
+    assert spec.tta_hflip is tta_hflip
+    oof = pd.read_csv(tmp_path / "runs" / f"{ARCH}_fold0" / "oof.csv")
+    index = pd.read_csv(crops / "index.csv").merge(oof, on=["video", "frame", "person"], validate="1:1")
+    scorer = load_scorer(manifest, load_config(tta_hflip=not tta_hflip))
+    probs = scorer.classify_crops([read_crop(crops / path) for path in index["path"]])[spec.name]
+    assert np.allclose(probs, index["prob"], atol=1e-5)
+    other = load_scorer(dataclasses.replace(manifest, models=(dataclasses.replace(spec, tta_hflip=None),)),
+                        load_config(tta_hflip=not tta_hflip))  # not recorded: the config decides
+    assert not np.allclose(other.classify_crops([read_crop(crops / path) for path in index["path"]])[spec.name],
+                           index["prob"], atol=1e-5)
 
 
 @pytest.mark.slow

@@ -88,7 +88,8 @@ def export(config: dict[str, Any], paths: RunPaths, history: list[dict[str, floa
     best = exported_epoch(config, history)
     entry = manifest_entry(config["name"], config["arch"], paths.weights, paths.manifest.parent,
                            config["input_size"], config["mean"], config["std"], group=config["group"],
-                           preprocessing=trained_preprocessing(Path(config["crops"])).as_dict(), fold=config["fold"],
+                           preprocessing=trained_preprocessing(Path(config["crops"])).as_dict(),
+                           tta_hflip=config["tta_hflip"], fold=config["fold"],
                            epoch=int(best["epoch"]), val_log_loss=round(best["val_log_loss"], 6),
                            val_auc=round(best["val_auc"], 6) if not math.isnan(best["val_auc"]) else None, **classes)
     update_manifest(paths.manifest, [entry])
