@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -338,6 +339,36 @@ def test_the_recipe_over_two_sources_fits_the_calibrator_on_the_videos_and_repor
     folds = pd.read_csv(two_source_run / "folds.csv", keep_default_na=False)
     photo_folds = folds[folds["source"] == "photos"].assign(person=lambda t: t["video"].str[-5].astype(int) // 2)
     assert (photo_folds.groupby("person")["fold"].nunique() == 1).all()
+
+
+@pytest.mark.slow
+def test_aggregation_choice_tta_scores_a_run_both_ways_whichever_way_it_was_trained(two_source_run, tmp_path):
+    """`--tta` re-predicts the way a run's OOF was not scored; a run trained with flip TTA is labelled so."""
+    from bench.aggregation_choice import main as aggregation_main
+
+    plain_run = tmp_path / "plain" / "run"
+    shutil.copytree(two_source_run, plain_run)
+    assert aggregation_main(["--runs", str(plain_run), "--tta"]) == 0
+    keys = ["score", "fit_on", "aggregation", "tta_hflip"]
+    plain = pd.read_csv(plain_run.parent / "aggregation_choice.csv").sort_values(keys, ignore_index=True)
+    assert set(plain["tta_hflip"]) == {False, True}
+    flipped_run = tmp_path / "flipped" / "run"
+    shutil.copytree(plain_run, flipped_run)
+    for folder in sorted(path.parent for path in (flipped_run / "runs").glob("*/oof.csv")):
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        (folder / "config.yaml").write_text(yaml.safe_dump({**config, "tta_hflip": True}))
+        (folder / "oof_hflip.csv").replace(folder / "oof.csv")  # as a run trained with tta_hflip writes it
+    assert aggregation_main(["--runs", str(flipped_run)]) == 0
+    alone = pd.read_csv(flipped_run.parent / "aggregation_choice.csv").sort_values(keys, ignore_index=True)
+    assert set(alone["tta_hflip"]) == {True}
+    assert np.allclose(alone["log_loss"], plain[plain["tta_hflip"]]["log_loss"])
+    assert aggregation_main(["--runs", str(flipped_run), "--tta"]) == 0
+    both = pd.read_csv(flipped_run.parent / "aggregation_choice.csv").sort_values(keys, ignore_index=True)
+    assert np.allclose(both["log_loss"], plain["log_loss"], atol=1e-4)
+    for folder in sorted(path.parent for path in (flipped_run / "runs").glob("*/oof.csv")):
+        assert not (folder / "oof_hflip.csv").exists()
+        original = pd.read_csv(plain_run / "runs" / folder.name / "oof.csv")
+        assert np.allclose(pd.read_csv(folder / "oof_plain.csv")["prob"], original["prob"], atol=1e-5)
 
 
 @pytest.mark.slow
