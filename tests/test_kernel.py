@@ -330,6 +330,13 @@ def test_the_aggregation_is_the_configs_unless_the_stacker_names_its_own(tiny_ma
     assert scorer.score_crops(crops, [track]).score == pytest.approx(0.46)  # the plain mean, through logit/sigmoid
 
 
+def flip_probs(model: kernel_scorer.LoadedModel, crops: list[np.ndarray], flip: bool) -> np.ndarray:
+    """P(fake) of `crops` under a loaded model, computed here with or without flip TTA."""
+    images = normalise(model_images(crops, model.spec.input_size), model.spec.mean, model.spec.std)
+    with torch.inference_mode():
+        return fake_probability(forward_logits(model.module, images, flip)).numpy()
+
+
 def test_each_model_scores_with_the_flip_tta_its_manifest_entry_records(tiny_manifest_path, tmp_path, caplog):
     """The stacker was fitted on OOF scores made with (or without) flip TTA: each model scores as its entry says,
     whatever the config's tta_hflip; an entry that records nothing follows the config."""
@@ -346,12 +353,8 @@ def test_each_model_scores_with_the_flip_tta_its_manifest_entry_records(tiny_man
         scorer = kernel_scorer.load_scorer(manifest, dict(FAST, tta_hflip=config_flip))
         probs = scorer.classify_crops(crops)
         for model, flip in zip(scorer.models, (True, False)):
-            images = normalise(model_images(crops, model.spec.input_size), model.spec.mean, model.spec.std)
-            with torch.inference_mode():
-                expected = fake_probability(forward_logits(model.module, images, flip)).numpy()
-                other = fake_probability(forward_logits(model.module, images, not flip)).numpy()
-            assert np.allclose(probs[model.spec.name], expected, atol=1e-6)
-            assert not np.allclose(probs[model.spec.name], other, atol=1e-6), model.spec.name
+            assert np.allclose(probs[model.spec.name], flip_probs(model, crops, flip), atol=1e-6)
+            assert not np.allclose(probs[model.spec.name], flip_probs(model, crops, not flip), atol=1e-6)
         overridden = data["models"][1 if config_flip else 0]["name"]
         message = (f"{manifest.path}: models ['{overridden}'] score {'without' if config_flip else 'with'} flip TTA, "
                    f"as their OOF scores were made for the stacker (the config's tta_hflip is "
@@ -361,10 +364,8 @@ def test_each_model_scores_with_the_flip_tta_its_manifest_entry_records(tiny_man
     (folder / "weights_manifest.json").write_text(json.dumps(data))
     scorer = kernel_scorer.load_scorer(Manifest.load(folder / "weights_manifest.json"), dict(FAST, tta_hflip=True))
     model = scorer.models[0]
-    images = normalise(model_images(crops, model.spec.input_size), model.spec.mean, model.spec.std)
-    with torch.inference_mode():
-        expected = fake_probability(forward_logits(model.module, images, True)).numpy()
-    assert np.allclose(scorer.classify_crops(crops)[model.spec.name], expected, atol=1e-6)  # the config's
+    assert np.allclose(scorer.classify_crops(crops)[model.spec.name], flip_probs(model, crops, True),
+                       atol=1e-6)  # the config's
 
 
 @pytest.mark.slow
